@@ -1,0 +1,72 @@
+"""Load `OptimizedModel` manifests and turn validation errors into field-named messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from optiserve.api.spec import OptimizedModel
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; `errors` holds one 'field: message' line per problem."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{source}: " + "; ".join(errors))
+
+
+def _format_location(loc: tuple[int | str, ...], union_tags: frozenset[str]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in union_tags:
+            continue  # pydantic inserts the discriminator value into the location
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+_PASS_TAGS = frozenset({"export", "graph", "fp16", "quantize", "tensorrt"})
+
+
+def format_validation_error(error: ValidationError) -> list[str]:
+    """One line per error, naming the field as it is written in YAML (camelCase, with indexes)."""
+    lines = []
+    for item in error.errors():
+        where = _format_location(tuple(item["loc"]), _PASS_TAGS)
+        message = str(item["msg"]).removeprefix("Value error, ")
+        # Cross-field validators name their field in the message as 'field: reason'.
+        if ": " in message and message.split(": ", 1)[0].replace(".", "").replace("[", "").replace("]", "").isalnum():
+            sub, message = message.split(": ", 1)
+            where = f"{where}.{sub}" if where else sub
+        lines.append(f"{where or '<root>'}: {message}")
+    return lines
+
+
+def parse_manifest(document: Any, source: str = "<manifest>") -> OptimizedModel:
+    if not isinstance(document, dict):
+        raise ManifestError(source, ["<root>: expected a mapping (an OptimizedModel manifest)"])
+    try:
+        return OptimizedModel.model_validate(document)
+    except ValidationError as e:
+        raise ManifestError(source, format_validation_error(e)) from e
+
+
+def load_manifest(path: Path) -> OptimizedModel:
+    """Read one OptimizedModel from a YAML file (the first document of that kind)."""
+    try:
+        documents = list(yaml.safe_load_all(path.read_text()))
+    except FileNotFoundError as e:
+        raise ManifestError(str(path), ["<file>: no such file"]) from e
+    except yaml.YAMLError as e:
+        raise ManifestError(str(path), [f"<yaml>: {e}"]) from e
+    for document in documents:
+        if isinstance(document, dict) and document.get("kind") == "OptimizedModel":
+            return parse_manifest(document, str(path))
+    raise ManifestError(str(path), ["kind: no document of kind OptimizedModel"])

@@ -1,0 +1,315 @@
+"""The `OptimizedModel` resource: spec models.
+
+These models are the single source of truth for the CRD schema and for offline validation.
+Every field carries a description, because it becomes `kubectl explain` output.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from optiserve.api.base import ApiModel
+
+API_GROUP = "optiserve.io"
+API_VERSION = "v1alpha1"
+KIND = "OptimizedModel"
+
+
+class ModelFormat(str, Enum):
+    ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+    HUGGINGFACE = "huggingface"
+    PYTORCH = "pytorch"
+
+
+class Task(str, Enum):
+    EMBEDDING = "embedding"
+    CLASSIFICATION = "classification"
+    GENERIC = "generic"
+
+
+class DType(str, Enum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    INT64 = "int64"
+    INT32 = "int32"
+
+
+class TensorSpec(ApiModel):
+    name: str = Field(description="Input tensor name, as the model and Triton clients will see it.", min_length=1)
+    shape: list[int] = Field(
+        description="Shape without the batch dimension; -1 marks a dynamic axis (e.g. sequence length).",
+        min_length=0,
+        max_length=8,
+    )
+    dtype: DType = Field(default=DType.FLOAT32, description="Element type of the tensor.")
+
+
+class ModelSpec(ApiModel):
+    uri: str = Field(
+        description=(
+            "Where the model is: a plain path, file://, http(s)://. ONNX and TorchScript name a file, "
+            "huggingface names a directory (loaded offline), pytorch names an optional state_dict file."
+        ),
+        min_length=1,
+    )
+    format: ModelFormat = Field(description="Serialization of the source model.")
+    task: Task = Field(
+        default=Task.GENERIC,
+        description=(
+            "What the outputs mean; chooses the fidelity metric: embedding (cosine), "
+            "classification (top-1 agreement and label accuracy), generic (max abs error)."
+        ),
+    )
+    entrypoint: str | None = Field(
+        default=None,
+        description=(
+            "For format pytorch: 'package.module:factory' or 'path/to/file.py:factory'; the factory "
+            "returns a torch.nn.Module and receives the state_dict path from uri (or None)."
+        ),
+    )
+    inputs: list[TensorSpec] = Field(
+        default_factory=list,
+        description="Input tensors; required for torchscript and pytorch sources (read from the model otherwise).",
+    )
+    outputs: list[str] = Field(
+        default_factory=list,
+        description="Output names for exported models (default: 'output', or 'embedding'/'logits' by task).",
+    )
+    sequence_length: int = Field(
+        default=128, ge=1, le=8192, description="Token sequence length used for text validation and benchmarks."
+    )
+    tokenizer_uri: str | None = Field(
+        default=None,
+        description="Tokenizer directory for an ONNX text model; huggingface sources use their own directory.",
+    )
+
+    @model_validator(mode="after")
+    def _check_format_needs(self) -> ModelSpec:
+        if self.format in (ModelFormat.TORCHSCRIPT, ModelFormat.PYTORCH) and not self.inputs:
+            raise ValueError(f"inputs: required for format {self.format.value} (the export needs example inputs)")
+        if self.format is ModelFormat.PYTORCH and not self.entrypoint:
+            raise ValueError("entrypoint: required for format pytorch ('module:factory' or 'file.py:factory')")
+        return self
+
+
+class ExportPass(ApiModel):
+    type: Literal["export"] = Field(description="Export the source model to ONNX (added first automatically).")
+    opset: int = Field(default=17, ge=13, le=23, description="ONNX opset version of the export.")
+    atol: float = Field(default=1e-4, ge=0, description="Absolute tolerance of the numerical check against the source.")
+    rtol: float = Field(default=1e-3, ge=0, description="Relative tolerance of the numerical check against the source.")
+
+
+class GraphLevel(str, Enum):
+    DISABLED = "disabled"
+    BASIC = "basic"
+    EXTENDED = "extended"
+    ALL = "all"
+
+
+class FusionKind(str, Enum):
+    AUTO = "auto"
+    BERT = "bert"
+    NONE = "none"
+
+
+class GraphPass(ApiModel):
+    type: Literal["graph"] = Field(description="Graph optimization: transformer fusion and ONNX Runtime levels.")
+    level: GraphLevel = Field(
+        default=GraphLevel.BASIC,
+        description="ONNX Runtime optimization level applied offline (basic is portable across machines).",
+    )
+    fusion: FusionKind = Field(
+        default=FusionKind.AUTO,
+        description="Transformer fusion through onnxruntime.transformers; auto fuses BERT-like Hugging Face models.",
+    )
+
+
+class Fp16Pass(ApiModel):
+    type: Literal["fp16"] = Field(description="Convert weights and compute to float16.")
+    keep_io_types: bool = Field(default=True, description="Keep float32 inputs and outputs (casts at the edges).")
+    op_block_list: list[str] = Field(default_factory=list, description="Operator types kept in float32.")
+
+
+class CalibrationMethod(str, Enum):
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
+
+class Calibration(ApiModel):
+    dataset_uri: str = Field(description="Calibration data (.txt, .jsonl or .npz); never the validation set.")
+    samples: int = Field(default=200, ge=1, le=100_000, description="How many calibration samples to use at most.")
+    method: CalibrationMethod = Field(default=CalibrationMethod.MINMAX, description="Range estimation method.")
+    percentile: float = Field(default=99.999, gt=90, le=100, description="Percentile for method percentile.")
+
+
+class Smoothing(ApiModel):
+    alpha: float = Field(
+        default=0.75,
+        ge=0,
+        le=1,
+        description="SmoothQuant migration strength: how much activation outlier range moves into the weights.",
+    )
+
+
+class QuantMode(str, Enum):
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+
+
+class QuantizePass(ApiModel):
+    type: Literal["quantize"] = Field(description="INT8 quantization through onnxruntime.quantization.")
+    precision: Literal["int8"] = Field(default="int8", description="Target precision.")
+    mode: QuantMode = Field(default=QuantMode.DYNAMIC, description="dynamic (weights only) or static (QDQ).")
+    per_channel: bool = Field(default=True, description="Per-output-channel weight scales.")
+    reduce_range: bool = Field(default=False, description="7-bit weights, for CPUs without VNNI.")
+    smoothing: Smoothing | None = Field(
+        default=None,
+        description="SmoothQuant-style activation smoothing before quantization (needs calibration data).",
+    )
+    calibration: Calibration | None = Field(
+        default=None, description="Calibration data; required for static mode and for smoothing."
+    )
+    exclude_op_types: list[str] = Field(default_factory=list, description="Operator types kept in float.")
+    exclude_nodes: list[str] = Field(default_factory=list, description="Node names kept in float.")
+
+    @model_validator(mode="after")
+    def _check_calibration(self) -> QuantizePass:
+        if self.mode is QuantMode.STATIC and self.calibration is None:
+            raise ValueError("calibration: required when mode is static")
+        if self.smoothing is not None and self.calibration is None:
+            raise ValueError("calibration: required when smoothing is set")
+        return self
+
+
+class TensorRTPass(ApiModel):
+    type: Literal["tensorrt"] = Field(description="Build a TensorRT engine (GPU only; skipped with a reason otherwise).")
+    precision: Literal["fp16", "int8"] = Field(default="fp16", description="Engine precision.")
+    workspace_mib: int = Field(default=2048, ge=64, description="Builder workspace memory pool.")
+    max_batch_size: int = Field(default=32, ge=1, description="Largest batch of the optimization profile.")
+
+
+Pass = Annotated[
+    ExportPass | GraphPass | Fp16Pass | QuantizePass | TensorRTPass,
+    Field(discriminator="type"),
+]
+
+
+class OptimizationSpec(ApiModel):
+    passes: list[Pass] = Field(default_factory=list, description="Passes, applied in order to the ONNX model.")
+
+
+class ValidationSpec(ApiModel):
+    dataset_uri: str = Field(description="Validation data (.txt, .jsonl or .npz, labels optional).")
+    samples: int = Field(default=1000, ge=1, description="Validate on at most this many samples.")
+    max_degradation: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Largest allowed drop: of label accuracy (absolute), and of mean fidelity below 1.",
+    )
+    min_worst_fidelity: float | None = Field(
+        default=None, ge=-1, le=1, description="Lowest allowed fidelity of the worst single sample."
+    )
+    min_speedup: float | None = Field(
+        default=None, gt=0, description="Smallest allowed p50 speedup over the source model at batch 1."
+    )
+    max_size_ratio: float | None = Field(default=None, gt=0, description="Largest allowed candidate/baseline size.")
+
+
+class BenchmarkSpec(ApiModel):
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8], min_length=1, description="Batch sizes to time.")
+    threads: int = Field(default=2, ge=1, le=256, description="Intra-op threads, the same for every variant.")
+    warmup: int = Field(default=10, ge=0, description="Untimed runs before timing.")
+    iterations: int = Field(default=30, ge=1, description="Timed runs per repeat.")
+    repeats: int = Field(default=5, ge=1, description="Repeats; each variant alternates with the baseline.")
+    profile: bool = Field(default=True, description="Record ONNX Runtime per-operator time for each variant.")
+
+
+class InstanceKind(str, Enum):
+    KIND_CPU = "KIND_CPU"
+    KIND_GPU = "KIND_GPU"
+
+
+class DynamicBatching(ApiModel):
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list, description="Batch sizes the scheduler prefers (default: benchmark batch sizes > 1)."
+    )
+    max_queue_delay_microseconds: int = Field(
+        default=500, ge=0, description="How long a request may wait for others to form a batch."
+    )
+
+
+class InstanceGroup(ApiModel):
+    kind: InstanceKind = Field(default=InstanceKind.KIND_CPU, description="Where instances run.")
+    count: int = Field(default=1, ge=1, le=64, description="Model instances per server.")
+
+
+class TritonBackend(str, Enum):
+    ONNXRUNTIME = "onnxruntime"
+    PYTHON = "python"
+
+
+class TritonSpec(ApiModel):
+    image: str = Field(default="nvcr.io/nvidia/tritonserver:24.10-py3", description="Triton server image.")
+    backend: TritonBackend = Field(
+        default=TritonBackend.ONNXRUNTIME,
+        description="onnxruntime (production) or python (ONNX Runtime inside a Python-backend model, CPU-only Triton).",
+    )
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="max_batch_size in config.pbtxt.")
+    dynamic_batching: DynamicBatching | None = Field(
+        default_factory=DynamicBatching, description="Dynamic batching; null turns it off."
+    )
+    instance_group: InstanceGroup = Field(default_factory=InstanceGroup, description="instance_group settings.")
+    response_cache: bool = Field(default=False, description="Enable Triton's response cache for this model.")
+    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads (0: runtime default).")
+
+
+class ServingSpec(ApiModel):
+    replicas: int = Field(default=1, ge=0, le=1000, description="Triton replicas of the promoted variant.")
+    triton: TritonSpec = Field(default_factory=TritonSpec, description="Triton model configuration.")
+
+
+class OptimizedModelSpec(ApiModel):
+    model: ModelSpec = Field(description="The source model.")
+    optimization: OptimizationSpec = Field(default_factory=OptimizationSpec, description="Optimization passes.")
+    validation: ValidationSpec = Field(description="Offline proof against the unoptimized model.")
+    benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec, description="Offline benchmark settings.")
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="How the model is served.")
+    rollout: dict[str, Any] | None = Field(
+        default=None, description="Canary rollout: traffic steps, analysis metrics and promotion policy."
+    )
+
+    @model_validator(mode="after")
+    def _check_passes(self) -> OptimizedModelSpec:
+        quantize_count = sum(isinstance(p, QuantizePass) for p in self.optimization.passes)
+        if quantize_count > 1:
+            raise ValueError("optimization.passes: at most one quantize pass")
+        for index, step in enumerate(self.optimization.passes):
+            if isinstance(step, ExportPass) and index != 0:
+                raise ValueError(f"optimization.passes[{index}]: export must be the first pass")
+        return self
+
+
+class ObjectMeta(ApiModel):
+    """The metadata fields OptiServe reads; the rest of Kubernetes metadata is accepted and ignored."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    name: str = Field(description="Resource name.", min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: str | None = Field(default=None, description="Namespace.")
+
+
+class OptimizedModel(ApiModel):
+    """A whole manifest. Parts that are not about optimization are the operator's (`extra` ignored here)."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    api_version: Literal["optiserve.io/v1alpha1"] = Field(description="optiserve.io/v1alpha1")
+    kind: Literal["OptimizedModel"] = Field(description="OptimizedModel")
+    metadata: ObjectMeta = Field(description="Standard object metadata.")
+    spec: OptimizedModelSpec = Field(description="Desired state.")

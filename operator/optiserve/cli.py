@@ -1,0 +1,101 @@
+"""`optiserve`: the user's command line (see docs/cli.md; keep it stable)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from optiserve.api.job import job_request_from_manifest
+from optiserve.api.manifest import ManifestError, load_manifest
+
+console = Console(stderr=True)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        manifest = load_manifest(args.file)
+    except ManifestError as e:
+        for line in e.errors:
+            console.print(f"[red]error[/red] {line}", highlight=False)
+        return 1
+    console.print(f"{args.file}: OptimizedModel '{manifest.metadata.name}' is valid", highlight=False)
+    return 0
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    console.print(_table("passes", ["pass", "status", "seconds", "detail"],
+                         [[p["name"], p["status"], f"{p['seconds']:.1f}", p["detail"]] for p in report["passes"]]))
+    if report["gates"]:
+        console.print(_table("gates", ["gate", "passed", "value", "threshold"], [
+            [g["name"], "yes" if g["passed"] else "[red]NO[/red]",
+             "-" if g["value"] is None else f"{g['value']:.4f}", f"{g['comparison']} {g['threshold']:g}"]
+            for g in report["gates"]]))
+    benchmark = report.get("benchmark")
+    if benchmark:
+        rows = [[v["name"], v["runtime"], str(b["batch_size"]), f"{b['p50_ms']:.2f}", f"{b['p95_ms']:.2f}",
+                 f"{b['p99_ms']:.2f}", f"{b['throughput_per_s']:.1f}", f"{v['model_bytes'] / 1e6:.1f}"]
+                for v in benchmark["variants"] for b in v["batches"]]
+        console.print(_table(f"benchmark ({benchmark['threads']} threads)",
+                             ["variant", "runtime", "batch", "p50 ms", "p95 ms", "p99 ms", "samples/s", "MB"], rows))
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from optiserve_jobs.job import run_job  # the data plane: heavy imports only for this command
+
+    try:
+        manifest = load_manifest(args.file)
+    except ManifestError as e:
+        for line in e.errors:
+            console.print(f"[red]error[/red] {line}", highlight=False)
+        return 1
+    request = job_request_from_manifest(manifest, base_dir=str(args.file.resolve().parent))
+    with console.status("optimizing") as status:
+        report, result = run_job(request, args.out, progress=lambda msg: status.update(f"optimizing: {msg}"))
+    _print_summary(report.model_dump(mode="json"))
+    if not result.passed:
+        console.print(f"[red]failed[/red]: {result.reason}", highlight=False)
+        console.print(f"report: {args.out / 'report.json'} (no model repository was published)", highlight=False)
+        return 1
+    speedup = f"{result.speedup_p50:.2f}x" if result.speedup_p50 else "n/a"
+    console.print(f"[green]passed[/green]: speedup {speedup}, size ratio {result.size_ratio:.3f}; "
+                  f"repository {result.artifact.uri if result.artifact else '-'}", highlight=False)
+    sys.stdout.write(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True)) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="optiserve", description="Optimize, prove, serve and canary models on Triton.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    validate = commands.add_parser("validate", help="validate a manifest offline; every error names its field")
+    validate.add_argument("-f", "--file", type=Path, required=True)
+    validate.set_defaults(handler=_validate)
+    optimize = commands.add_parser("optimize", help="run the optimization job locally")
+    optimize.add_argument("-f", "--file", type=Path, required=True)
+    optimize.add_argument("--out", type=Path, required=True, help="report.json and model_repository*/ go here")
+    optimize.set_defaults(handler=_optimize)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Any = args.handler
+    return int(handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

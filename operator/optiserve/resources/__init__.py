@@ -1,0 +1,1 @@
+"""Pure builders of what OptiServe creates: Kubernetes objects and Triton model configurations."""

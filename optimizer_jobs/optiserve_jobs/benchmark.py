@@ -1,0 +1,178 @@
+"""Side-by-side latency benchmark: every variant in its own process, alternating, same threads.
+
+Two ONNX Runtime sessions in one process with thread spinning on slow each other down, and
+PyTorch's OpenMP pool competes with ONNX Runtime's; so each variant runs in its own worker
+process, and the parent asks one worker at a time for a round of timed runs (A, B, A, B, ...),
+which also spreads any drift of the machine evenly over the variants.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optiserve.api.spec import BenchmarkSpec
+
+from optiserve_jobs.profiling import profile_operators
+from optiserve_jobs.runners import VariantSpec
+
+
+@dataclass
+class BatchTiming:
+    batch_size: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    throughput_per_s: float
+    samples: int
+
+
+@dataclass
+class VariantBenchmark:
+    name: str
+    runtime: str
+    model_bytes: int
+    peak_rss_bytes: int
+    model_rss_bytes: int
+    batches: list[BatchTiming] = field(default_factory=list)
+    top_operators: list[dict[str, float | str]] = field(default_factory=list)
+
+    def timing(self, batch_size: int) -> BatchTiming:
+        return next(b for b in self.batches if b.batch_size == batch_size)
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _worker(conn: Connection, variant: VariantSpec, threads: int, inputs: dict[int, dict[str, np.ndarray]]) -> None:
+    """Runs in the child: build the runner once, then answer timing requests until told to stop."""
+    try:
+        before = _rss_bytes()
+        runner = variant.build(threads)
+        conn.send(("ready", _rss_bytes() - before))
+        while True:
+            command, *args = conn.recv()
+            if command == "stop":
+                break
+            if command == "time":
+                batch, warmup, iterations = args
+                for _ in range(warmup):
+                    runner.run(inputs[batch])
+                times = []
+                for _ in range(iterations):
+                    start = time.perf_counter()
+                    runner.run(inputs[batch])
+                    times.append(time.perf_counter() - start)
+                conn.send(("times", times))
+            elif command == "profile":
+                conn.send(("profile", profile_operators(variant.onnx_path, threads, inputs[args[0]], args[1])))
+            elif command == "rss":
+                conn.send(("rss", _peak_rss_bytes()))
+    except Exception as e:  # report to the parent instead of dying silently
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+class _Worker:
+    def __init__(self, variant: VariantSpec, threads: int, inputs: dict[int, dict[str, np.ndarray]]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker, args=(child, variant, threads, inputs), daemon=True)
+        self.process.start()
+        self.model_rss_bytes = int(self._expect("ready"))
+
+    def _expect(self, kind: str) -> Any:
+        if not self.conn.poll(600):
+            raise RuntimeError("benchmark worker did not answer within 600 s")
+        answer, payload = self.conn.recv()
+        if answer == "error":
+            raise RuntimeError(f"benchmark worker failed: {payload}")
+        if answer != kind:
+            raise RuntimeError(f"benchmark worker answered {answer}, expected {kind}")
+        return payload
+
+    def ask(self, kind: str, *args: Any) -> Any:
+        self.conn.send((kind, *args))
+        return self._expect({"time": "times"}.get(kind, kind))
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.conn.send(("stop",))
+            self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def _summarize(batch: int, rounds: list[list[float]]) -> BatchTiming:
+    pooled = np.asarray([t for r in rounds for t in r]) * 1000.0
+    p50 = statistics.median(float(np.median(r)) * 1000.0 for r in rounds)
+    return BatchTiming(
+        batch_size=batch,
+        p50_ms=p50,
+        p95_ms=float(np.percentile(pooled, 95)),
+        p99_ms=float(np.percentile(pooled, 99)),
+        throughput_per_s=batch * 1000.0 / p50,
+        samples=len(pooled),
+    )
+
+
+def run_benchmark(
+    variants: list[tuple[VariantSpec, str, Path]],
+    inputs: dict[int, dict[str, np.ndarray]],
+    spec: BenchmarkSpec,
+    on_progress: Callable[[str], None] = lambda _: None,
+) -> list[VariantBenchmark]:
+    """Time each (variant, runtime, model file) at each batch size; alternate variants every round."""
+    workers = []
+    try:
+        for variant, _, _ in variants:
+            on_progress(f"loading {variant.name}")
+            workers.append(_Worker(variant, spec.threads, inputs))
+        rounds: dict[tuple[int, int], list[list[float]]] = {}
+        for batch in spec.batch_sizes:
+            for index, worker in enumerate(workers):
+                worker.ask("time", batch, spec.warmup, 1)  # warm-up round per batch size
+                rounds[(index, batch)] = []
+            for repeat in range(spec.repeats):
+                on_progress(f"batch {batch}: repeat {repeat + 1}/{spec.repeats}")
+                for index, worker in enumerate(workers):
+                    rounds[(index, batch)].append(worker.ask("time", batch, 0, spec.iterations))
+        results = []
+        for index, ((variant, runtime, model_file), worker) in enumerate(zip(variants, workers, strict=True)):
+            result = VariantBenchmark(
+                name=variant.name,
+                runtime=runtime,
+                model_bytes=model_file.stat().st_size if model_file.is_file() else _dir_size(model_file),
+                peak_rss_bytes=int(worker.ask("rss")),
+                model_rss_bytes=worker.model_rss_bytes,
+                batches=[_summarize(b, rounds[(index, b)]) for b in spec.batch_sizes],
+            )
+            if spec.profile and variant.onnx_path is not None:
+                on_progress(f"profiling {variant.name}")
+                result.top_operators = worker.ask("profile", spec.batch_sizes[0], spec.iterations)
+            results.append(result)
+        return results
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

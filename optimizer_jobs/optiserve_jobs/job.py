@@ -1,0 +1,197 @@
+"""The optimization job from request to report: passes, validation, benchmark, gates, publish."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import onnx
+
+from optiserve.api.job import JobRequest, JobResult
+from optiserve.api.spec import ExportPass, ModelFormat
+
+from optiserve_jobs import repository
+from optiserve_jobs.benchmark import VariantBenchmark, run_benchmark
+from optiserve_jobs.datasets import Dataset, load_dataset
+from optiserve_jobs.errors import JobError, SourceError
+from optiserve_jobs.passes import PassContext, PassStatus, build_pass
+from optiserve_jobs.report import (
+    AccuracyReport,
+    BenchmarkReport,
+    FidelityReport,
+    GateReport,
+    PassReport,
+    Report,
+    VariantReport,
+    machine_report,
+    write_report,
+)
+from optiserve_jobs.runners import OrtRunner, VariantSpec
+from optiserve_jobs.source_model import SourceModel, load_source_model
+from optiserve_jobs.validate import accuracy, evaluate_gates, fidelity, run_all
+
+Progress = Callable[[str], None]
+NUMERICAL_CHECK_SAMPLES = 8
+
+
+class _Job:
+    def __init__(self, request: JobRequest, out_dir: Path, work_dir: Path, progress: Progress) -> None:
+        self.request = request
+        self.out_dir = out_dir
+        self.work_dir = work_dir
+        self.progress = progress
+        self.base_dir = Path(request.base_dir) if request.base_dir else None
+        self.report = Report(model=request.name, passed=False)
+
+    def dataset(self, source: SourceModel, uri: str, limit: int) -> Dataset:
+        from optiserve_jobs.sources import resolve_uri
+
+        path = resolve_uri(uri, base_dir=self.base_dir, download_dir=self.work_dir / "downloads")
+        return load_dataset(path, source, limit=limit)
+
+    def run(self) -> Path:
+        self.progress("loading the source model")
+        source = load_source_model(self.request.model, base_dir=self.base_dir, download_dir=self.work_dir / "downloads")
+        if source.format is ModelFormat.ONNX:
+            try:
+                onnx.checker.check_model(str(source.path))
+            except onnx.checker.ValidationError as e:
+                raise SourceError(f"{self.request.model.uri}: ONNX checker rejected the model: {e}") from e
+        validation = self.dataset(source, self.request.validation.dataset_uri, self.request.validation.samples)
+        self.report.validation_samples = len(validation)
+        candidate = self._run_passes(source, validation)
+        self._validate_and_benchmark(source, validation, candidate)
+        return candidate
+
+    def _run_passes(self, source: SourceModel, validation: Dataset) -> Path:
+        configs = list(self.request.passes)
+        if source.format is not ModelFormat.ONNX and not any(isinstance(c, ExportPass) for c in configs):
+            configs.insert(0, ExportPass(type="export"))
+        context = PassContext(
+            work_dir=self.work_dir,
+            source=source,
+            base_dir=self.base_dir,
+            threads=self.request.benchmark.threads,
+            sample=validation.take(NUMERICAL_CHECK_SAMPLES),
+            load_dataset=lambda uri, limit: self.dataset(source, uri, limit),
+        )
+        current = source.path
+        for index, config in enumerate(configs):
+            self.progress(f"pass {index + 1}/{len(configs)}: {config.type}")
+            started = time.perf_counter()
+            outcome = build_pass(config).run(current, context, index)
+            seconds = round(time.perf_counter() - started, 2)
+            self.report.passes.append(PassReport(name=config.type, status=outcome.status.value, seconds=seconds, detail=outcome.detail))
+            if outcome.status is PassStatus.FAILED:
+                raise JobError(f"pass {config.type} failed: {outcome.detail}")
+            if outcome.output is not None and outcome.output.suffix == ".onnx":
+                current = outcome.output
+        if current.suffix != ".onnx":
+            raise JobError(f"{source.spec.uri}: no ONNX model to serve (add an export pass)")
+        return current
+
+    def _validate_and_benchmark(self, source: SourceModel, validation: Dataset, candidate: Path) -> None:
+        spec = self.request.validation
+        bench = self.request.benchmark
+        baseline_variant = VariantSpec("baseline", onnx_path=source.path if source.format is ModelFormat.ONNX else None,
+                                       torch_source=source, base_dir=self.base_dir)
+        self.progress(f"validating on {len(validation)} samples")
+        baseline_out = run_all(baseline_variant.build(bench.threads), validation)
+        candidate_out = run_all(OrtRunner(candidate, threads=bench.threads), validation)
+        found = fidelity(source.spec.task, baseline_out, candidate_out)
+        self.report.fidelity = FidelityReport(**asdict(found))
+        accuracy_pair = None
+        if validation.labels is not None:
+            accuracy_pair = (accuracy(baseline_out, validation.labels), accuracy(candidate_out, validation.labels))
+            self.report.accuracy = AccuracyReport(baseline=accuracy_pair[0], candidate=accuracy_pair[1])
+        baseline_bytes = _model_bytes(source.path)
+        self.report.size_ratio = candidate.stat().st_size / baseline_bytes
+        results = run_benchmark(
+            [(baseline_variant, source.baseline_runtime, source.path), (VariantSpec("candidate", onnx_path=candidate), "onnxruntime", candidate)],
+            {b: validation.repeat_to(b) for b in bench.batch_sizes},
+            bench,
+            self.progress,
+        )
+        self.report.benchmark = BenchmarkReport(
+            threads=bench.threads, batch_sizes=bench.batch_sizes, machine=machine_report(),
+            variants=[_variant_report(r) for r in results],
+        )
+        first = bench.batch_sizes[0]
+        self.report.speedup_p50 = results[0].timing(first).p50_ms / results[1].timing(first).p50_ms
+        gates = evaluate_gates(spec, found, accuracy_pair, self.report.speedup_p50, self.report.size_ratio)
+        self.report.gates = [GateReport(**asdict(g)) for g in gates]
+        failed = [g for g in gates if not g.passed]
+        if failed:
+            raise JobError("gate failed: " + "; ".join(f"{g.name} = {_fmt(g.value)}, needs {g.comparison} {g.threshold:g}" for g in failed))
+
+
+def _fmt(value: float | None) -> str:
+    return "no value" if value is None else f"{value:.4g}"
+
+
+def _model_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".onnx", ".pt"))
+
+
+def _variant_report(result: VariantBenchmark) -> VariantReport:
+    return VariantReport.model_validate(asdict(result))
+
+
+def run_job(request: JobRequest, out_dir: Path, progress: Progress = lambda _: None) -> tuple[Report, JobResult]:
+    """Run the whole job. Always writes report.json; publishes a repository only when everything passed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    repository.remove_published(out_dir)
+    started = time.perf_counter()
+    work_dir = Path(tempfile.mkdtemp(prefix=".work-", dir=out_dir))
+    job = _Job(request, out_dir, work_dir, progress)
+    report = job.report
+    try:
+        candidate = job.run()
+        progress("publishing the Triton model repository")
+        report.artifact = repository.publish(
+            out_dir,
+            candidate,
+            repository.PublishSettings(
+                name=request.name,
+                triton=request.triton,
+                benchmark_batch_sizes=request.benchmark.batch_sizes,
+                sequence_length=request.model.sequence_length,
+                text_inputs=job_source_is_text(request),
+            ),
+        )
+        report.passed = True
+    except JobError as e:
+        report.reason = str(e)
+    except Exception as e:  # an unexpected failure still ends in a report and a clear reason
+        report.reason = f"{type(e).__name__}: {e}"
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    report.seconds = round(time.perf_counter() - started, 2)
+    report_path = write_report(report, out_dir)
+    return report, _job_result(report, report_path)
+
+
+def job_source_is_text(request: JobRequest) -> bool:
+    return request.model.format is ModelFormat.HUGGINGFACE or request.model.tokenizer_uri is not None
+
+
+def _job_result(report: Report, report_path: Path) -> JobResult:
+    delta = None if report.accuracy is None else report.accuracy.candidate - report.accuracy.baseline
+    return JobResult(
+        passed=report.passed,
+        reason=report.reason,
+        artifact=report.artifact,
+        speedup_p50=report.speedup_p50,
+        size_ratio=report.size_ratio,
+        fidelity_mean=report.fidelity.mean if report.fidelity else None,
+        fidelity_min=report.fidelity.min if report.fidelity else None,
+        accuracy_delta=delta,
+        failed_gates=[g.name for g in report.gates if not g.passed],
+        report_uri=str(report_path.resolve()),
+    )

@@ -1,0 +1,77 @@
+"""What every pass shares: its outcome, the context it runs in, and the Protocol it implements."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+import onnx
+
+from optiserve_jobs.datasets import Dataset
+from optiserve_jobs.source_model import SourceModel
+
+
+class PassStatus(str, Enum):
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class PassOutcome:
+    """One line of status: ok / failed / skipped, and why. `output` is the new model when ok."""
+
+    status: PassStatus
+    detail: str
+    output: Path | None = None
+    facts: dict[str, float | int | str] = field(default_factory=dict)
+
+    @classmethod
+    def ok(cls, output: Path, detail: str, **facts: float | int | str) -> PassOutcome:
+        return cls(PassStatus.OK, detail, output, dict(facts))
+
+    @classmethod
+    def failed(cls, detail: str, **facts: float | int | str) -> PassOutcome:
+        return cls(PassStatus.FAILED, detail, None, dict(facts))
+
+    @classmethod
+    def skipped(cls, detail: str) -> PassOutcome:
+        return cls(PassStatus.SKIPPED, detail)
+
+
+@dataclass
+class PassContext:
+    work_dir: Path
+    source: SourceModel
+    base_dir: Path | None
+    threads: int
+    sample: Dataset
+    """A few validation samples, for numerical checks inside passes."""
+    load_dataset: Callable[[str, int], Dataset]
+    """Load a data set by URI, at most N samples (calibration data)."""
+
+    def output_path(self, pass_index: int, name: str) -> Path:
+        return self.work_dir / f"{pass_index:02d}-{name}.onnx"
+
+
+class OptimizationPass(Protocol):
+    name: str
+
+    def run(self, model: Path, context: PassContext, index: int) -> PassOutcome: ...
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> Path:
+    """Save with weights inline when they fit in one protobuf, external data otherwise."""
+    large = model.ByteSize() > 1_800_000_000
+    onnx.save_model(model, str(path), save_as_external_data=large)
+    return path
+
+
+def count_ops(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

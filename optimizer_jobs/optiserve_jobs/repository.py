@@ -1,0 +1,142 @@
+"""Publish a Triton model repository atomically, with a sha256 manifest; verify before loading.
+
+Everything is written into a staging directory first; the manifest is computed there; then the
+repositories are renamed into place and the manifest is renamed last. A reader that finds no
+manifest, or a file whose hash differs from it, must not load the repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from optiserve.api.job import ArtifactRef
+from optiserve.api.spec import DType, TensorSpec, TritonBackend, TritonSpec
+from optiserve.resources.triton_config import ModelIO, build_model_config, render_model_config
+
+from optiserve_jobs.errors import JobError
+
+MANIFEST = "manifest.json"
+REPOSITORIES = {TritonBackend.ONNXRUNTIME: "model_repository", TritonBackend.PYTHON: "model_repository_python"}
+_PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
+_ONNX_TO_DTYPE = {1: DType.FLOAT32, 10: DType.FLOAT16, 7: DType.INT64, 6: DType.INT32}
+
+
+class CorruptRepositoryError(JobError):
+    """A published repository does not match its manifest."""
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    name: str
+    triton: TritonSpec
+    benchmark_batch_sizes: list[int]
+    sequence_length: int
+    text_inputs: bool
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_model_io(model_path: Path, text_inputs: bool) -> ModelIO:
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+
+    def specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
+        out = []
+        for value in values:
+            tensor = value.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim][1:]
+            out.append(TensorSpec(name=value.name, shape=dims, dtype=_ONNX_TO_DTYPE[tensor.elem_type]))
+        return out
+
+    inputs = [v for v in graph.input if v.name not in initializers]
+    return ModelIO(specs(inputs), specs(list(graph.output)), text_inputs)
+
+
+def _write_model(repository: Path, backend: TritonBackend, model_path: Path, io: ModelIO, settings: PublishSettings) -> None:
+    version_dir = repository / settings.name / "1"
+    version_dir.mkdir(parents=True)
+    shutil.copyfile(model_path, version_dir / "model.onnx")
+    if backend is TritonBackend.PYTHON:
+        shutil.copyfile(_PYTHON_MODEL, version_dir / "model.py")
+    config = build_model_config(
+        settings.name,
+        backend,
+        io,
+        settings.triton,
+        benchmark_batch_sizes=settings.benchmark_batch_sizes,
+        sequence_length=settings.sequence_length,
+    )
+    (repository / settings.name / "config.pbtxt").write_text(render_model_config(config))
+
+
+def _manifest(root: Path) -> dict[str, dict[str, str | int]]:
+    return {
+        str(path.relative_to(root)): {"sha256": sha256_file(path), "size": path.stat().st_size}
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+def publish(out_dir: Path, model_path: Path, settings: PublishSettings) -> ArtifactRef:
+    """Write both repositories under `out_dir` and return the artifact reference."""
+    io = read_model_io(model_path, settings.text_inputs)
+    staging = out_dir / f".staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        for backend, directory in REPOSITORIES.items():
+            _write_model(staging / directory, backend, model_path, io, settings)
+        manifest_text = json.dumps({"model": settings.name, "files": _manifest(staging)}, indent=2, sort_keys=True)
+        (staging / MANIFEST).write_text(manifest_text)
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # the old manifest goes first: no reader trusts a mix
+        for directory in REPOSITORIES.values():
+            target = out_dir / directory
+            if target.exists():
+                shutil.rmtree(target)
+            (staging / directory).rename(target)
+        (staging / MANIFEST).rename(out_dir / MANIFEST)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ArtifactRef(
+        uri=str(out_dir.resolve() / REPOSITORIES[settings.triton.backend]),
+        sha256=hashlib.sha256(manifest_text.encode()).hexdigest(),
+        size_bytes=model_path.stat().st_size,
+    )
+
+
+def verify(out_dir: Path) -> dict[str, object]:
+    """Check every file against the manifest; raise CorruptRepositoryError naming the first problem."""
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise CorruptRepositoryError(f"{out_dir}: no {MANIFEST}: the repository was never completely published")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files: dict[str, dict[str, object]] = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CorruptRepositoryError(f"{manifest_path}: unreadable manifest") from e
+    for relative, expected in files.items():
+        path = out_dir / relative
+        if not path.is_file():
+            raise CorruptRepositoryError(f"{relative}: listed in the manifest but missing")
+        if path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
+            raise CorruptRepositoryError(f"{relative}: sha256 differs from the manifest (truncated or modified)")
+    return manifest  # type: ignore[no-any-return]
+
+
+def remove_published(out_dir: Path) -> None:
+    """Remove a previous run's repositories, so a failed run leaves none behind."""
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    for directory in REPOSITORIES.values():
+        shutil.rmtree(out_dir / directory, ignore_errors=True)

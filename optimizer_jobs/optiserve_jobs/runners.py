@@ -1,0 +1,79 @@
+"""Run a model variant on a batch: ONNX Runtime for ONNX files, PyTorch eager for torch sources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Runner(Protocol):
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The first output for a batch of inputs."""
+        ...
+
+
+def ort_session(
+    path: Path, *, threads: int, spinning: bool = True, profile_prefix: str | None = None
+) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OrtRunner:
+    def __init__(self, path: Path, *, threads: int, spinning: bool = True) -> None:
+        self.session = ort_session(path, threads=threads, spinning=spinning)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {name: inputs[name] for name in self.input_names}
+        return np.asarray(self.session.run(None, feed)[0])
+
+
+class TorchRunner:
+    def __init__(self, module: Any, input_names: list[str], *, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.module = module
+        self.input_names = input_names
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            output = self.module(*(torch.from_numpy(inputs[n]) for n in self.input_names))
+        if isinstance(output, (tuple, list)):
+            output = output[0]
+        return np.asarray(output.float().numpy())
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """A picklable description of a variant, so a worker process can build its own runner."""
+
+    name: str
+    onnx_path: Path | None = None
+    torch_source: Any = None  # a SourceModel, for the PyTorch baseline
+    base_dir: Path | None = None
+
+    def build(self, threads: int) -> Runner:
+        if self.onnx_path is not None:
+            return OrtRunner(self.onnx_path, threads=threads)
+        from optiserve_jobs.torch_models import load_torch_module
+
+        module = load_torch_module(self.torch_source, self.base_dir)
+        return TorchRunner(module, [i.name for i in self.torch_source.inputs], threads=threads)

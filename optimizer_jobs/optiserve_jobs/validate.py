@@ -1,0 +1,84 @@
+"""Offline proof: fidelity to the unoptimized baseline, task accuracy, and the gates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from optiserve.api.spec import Task, ValidationSpec
+
+from optiserve_jobs.datasets import Dataset
+from optiserve_jobs.runners import Runner
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    metric: str
+    mean: float
+    min: float
+    max_abs_error: float
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    passed: bool
+    value: float | None
+    threshold: float
+    comparison: str  # ">=" or "<="
+
+
+def run_all(runner: Runner, data: Dataset, batch_size: int = 16) -> np.ndarray:
+    return np.concatenate([runner.run(batch) for batch in data.batches(batch_size)])
+
+
+def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a2, b2 = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    norms = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+    return np.asarray(np.where(norms > 0, (a2 * b2).sum(axis=1) / np.maximum(norms, 1e-30), 1.0))
+
+
+def fidelity(task: Task, baseline: np.ndarray, candidate: np.ndarray) -> Fidelity:
+    """Top-1 agreement for classifiers, cosine similarity otherwise; max abs error always."""
+    max_abs = float(np.max(np.abs(baseline.astype(np.float64) - candidate.astype(np.float64))))
+    if task is Task.CLASSIFICATION:
+        agree = (baseline.argmax(axis=-1) == candidate.argmax(axis=-1)).astype(np.float64)
+        return Fidelity("top1_agreement", float(agree.mean()), float(agree.min()), max_abs)
+    cosine = _row_cosine(baseline, candidate)
+    return Fidelity("cosine", float(cosine.mean()), float(cosine.min()), max_abs)
+
+
+def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
+    return float((outputs.argmax(axis=-1) == labels).mean())
+
+
+def _at_least(name: str, value: float | None, threshold: float) -> Gate:
+    passed = value is not None and np.isfinite(value) and value >= threshold
+    return Gate(name, bool(passed), value, threshold, ">=")
+
+
+def _at_most(name: str, value: float | None, threshold: float) -> Gate:
+    passed = value is not None and np.isfinite(value) and value <= threshold
+    return Gate(name, bool(passed), value, threshold, "<=")
+
+
+def evaluate_gates(
+    spec: ValidationSpec,
+    found: Fidelity,
+    accuracy_pair: tuple[float, float] | None,
+    speedup_p50: float | None,
+    size_ratio: float,
+) -> list[Gate]:
+    """Every gate the spec asks for; a missing or non-finite measurement fails its gate."""
+    gates = [_at_least("fidelity_mean", found.mean, 1.0 - spec.max_degradation)]
+    if spec.min_worst_fidelity is not None:
+        gates.append(_at_least("fidelity_worst", found.min, spec.min_worst_fidelity))
+    if accuracy_pair is not None:
+        baseline, candidate = accuracy_pair
+        gates.append(_at_most("accuracy_drop", baseline - candidate, spec.max_degradation))
+    if spec.min_speedup is not None:
+        gates.append(_at_least("speedup_p50", speedup_p50, spec.min_speedup))
+    if spec.max_size_ratio is not None:
+        gates.append(_at_most("size_ratio", size_ratio, spec.max_size_ratio))
+    return gates

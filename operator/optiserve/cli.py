@@ -38,20 +38,52 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
 
 
 def _print_summary(report: dict[str, Any]) -> None:
-    console.print(_table("passes", ["pass", "status", "seconds", "detail"],
-                         [[p["name"], p["status"], f"{p['seconds']:.1f}", p["detail"]] for p in report["passes"]]))
+    console.print(
+        _table(
+            "passes",
+            ["pass", "status", "seconds", "detail"],
+            [[p["name"], p["status"], f"{p['seconds']:.1f}", p["detail"]] for p in report["passes"]],
+        )
+    )
     if report["gates"]:
-        console.print(_table("gates", ["gate", "passed", "value", "threshold"], [
-            [g["name"], "yes" if g["passed"] else "[red]NO[/red]",
-             "-" if g["value"] is None else f"{g['value']:.4f}", f"{g['comparison']} {g['threshold']:g}"]
-            for g in report["gates"]]))
+        console.print(
+            _table(
+                "gates",
+                ["gate", "passed", "value", "threshold"],
+                [
+                    [
+                        g["name"],
+                        "yes" if g["passed"] else "[red]NO[/red]",
+                        "-" if g["value"] is None else f"{g['value']:.4f}",
+                        f"{g['comparison']} {g['threshold']:g}",
+                    ]
+                    for g in report["gates"]
+                ],
+            )
+        )
     benchmark = report.get("benchmark")
     if benchmark:
-        rows = [[v["name"], v["runtime"], str(b["batch_size"]), f"{b['p50_ms']:.2f}", f"{b['p95_ms']:.2f}",
-                 f"{b['p99_ms']:.2f}", f"{b['throughput_per_s']:.1f}", f"{v['model_bytes'] / 1e6:.1f}"]
-                for v in benchmark["variants"] for b in v["batches"]]
-        console.print(_table(f"benchmark ({benchmark['threads']} threads)",
-                             ["variant", "runtime", "batch", "p50 ms", "p95 ms", "p99 ms", "samples/s", "MB"], rows))
+        rows = [
+            [
+                v["name"],
+                v["runtime"],
+                str(b["batch_size"]),
+                f"{b['p50_ms']:.2f}",
+                f"{b['p95_ms']:.2f}",
+                f"{b['p99_ms']:.2f}",
+                f"{b['throughput_per_s']:.1f}",
+                f"{v['model_bytes'] / 1e6:.1f}",
+            ]
+            for v in benchmark["variants"]
+            for b in v["batches"]
+        ]
+        console.print(
+            _table(
+                f"benchmark ({benchmark['threads']} threads)",
+                ["variant", "runtime", "batch", "p50 ms", "p95 ms", "p99 ms", "samples/s", "MB"],
+                rows,
+            )
+        )
 
 
 def _optimize(args: argparse.Namespace) -> int:
@@ -72,8 +104,11 @@ def _optimize(args: argparse.Namespace) -> int:
         console.print(f"report: {args.out / 'report.json'} (no model repository was published)", highlight=False)
         return 1
     speedup = f"{result.speedup_p50:.2f}x" if result.speedup_p50 else "n/a"
-    console.print(f"[green]passed[/green]: speedup {speedup}, size ratio {result.size_ratio:.3f}; "
-                  f"repository {result.artifact.uri if result.artifact else '-'}", highlight=False)
+    console.print(
+        f"[green]passed[/green]: speedup {speedup}, size ratio {result.size_ratio:.3f}; "
+        f"repository {result.artifact.uri if result.artifact else '-'}",
+        highlight=False,
+    )
     sys.stdout.write(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True)) + "\n")
     return 0
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from optiserve.api.job import JobRequest, JobResult
-
 from optiserve_jobs.job import run_job
 
 log = logging.getLogger("optiserve_jobs")

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from optiserve.api.spec import BenchmarkSpec
-
 from optiserve_jobs.profiling import profile_operators
 from optiserve_jobs.runners import VariantSpec
 

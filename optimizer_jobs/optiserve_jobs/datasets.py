@@ -62,9 +62,7 @@ def _tokenize(texts: list[str], source: SourceModel) -> dict[str, np.ndarray]:
 
     assert source.tokenizer_dir is not None
     tokenizer = AutoTokenizer.from_pretrained(str(source.tokenizer_dir), local_files_only=True)
-    encoded = tokenizer(
-        texts, padding="max_length", truncation=True, max_length=source.spec.sequence_length, return_tensors="np"
-    )
+    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=source.spec.sequence_length, return_tensors="np")
     return {i.name: np.asarray(encoded[i.name], dtype=np.int64) for i in source.inputs}
 
 
@@ -76,9 +74,7 @@ def _read_arrays(path: Path, source: SourceModel) -> tuple[dict[str, np.ndarray]
     expected = {i.name for i in source.inputs}
     found = set(archive.files) - {LABELS_KEY}
     if found != expected:
-        raise SourceError(
-            f"{path.name}: arrays {sorted(found)} do not match the model's input names {sorted(expected)}"
-        )
+        raise SourceError(f"{path.name}: arrays {sorted(found)} do not match the model's input names {sorted(expected)}")
     inputs = {i.name: np.ascontiguousarray(archive[i.name], dtype=_NUMPY_DTYPES[i.dtype.value]) for i in source.inputs}
     labels = np.asarray(archive[LABELS_KEY]) if LABELS_KEY in archive.files else None
     return inputs, labels

@@ -13,12 +13,11 @@ import onnx
 
 from optiserve.api.job import JobRequest, JobResult
 from optiserve.api.spec import ExportPass, ModelFormat
-
 from optiserve_jobs import repository
 from optiserve_jobs.benchmark import VariantBenchmark, run_benchmark
 from optiserve_jobs.datasets import Dataset, load_dataset
 from optiserve_jobs.errors import JobError, SourceError
-from optiserve_jobs.passes import PassContext, PassStatus, build_pass
+from optiserve_jobs.passes import PassContext, PassOutcome, PassStatus, build_pass
 from optiserve_jobs.report import (
     AccuracyReport,
     BenchmarkReport,
@@ -83,9 +82,16 @@ class _Job:
         for index, config in enumerate(configs):
             self.progress(f"pass {index + 1}/{len(configs)}: {config.type}")
             started = time.perf_counter()
-            outcome = build_pass(config).run(current, context, index)
+            try:
+                outcome = build_pass(config).run(current, context, index)
+            except JobError:
+                raise
+            except Exception as e:  # a library failure inside a pass is that pass's failure
+                outcome = PassOutcome.failed(f"{type(e).__name__}: {e}")
             seconds = round(time.perf_counter() - started, 2)
-            self.report.passes.append(PassReport(name=config.type, status=outcome.status.value, seconds=seconds, detail=outcome.detail))
+            self.report.passes.append(
+                PassReport(name=config.type, status=outcome.status.value, seconds=seconds, detail=outcome.detail)
+            )
             if outcome.status is PassStatus.FAILED:
                 raise JobError(f"pass {config.type} failed: {outcome.detail}")
             if outcome.output is not None and outcome.output.suffix == ".onnx":
@@ -97,8 +103,12 @@ class _Job:
     def _validate_and_benchmark(self, source: SourceModel, validation: Dataset, candidate: Path) -> None:
         spec = self.request.validation
         bench = self.request.benchmark
-        baseline_variant = VariantSpec("baseline", onnx_path=source.path if source.format is ModelFormat.ONNX else None,
-                                       torch_source=source, base_dir=self.base_dir)
+        baseline_variant = VariantSpec(
+            "baseline",
+            onnx_path=source.path if source.format is ModelFormat.ONNX else None,
+            torch_source=source,
+            base_dir=self.base_dir,
+        )
         self.progress(f"validating on {len(validation)} samples")
         baseline_out = run_all(baseline_variant.build(bench.threads), validation)
         candidate_out = run_all(OrtRunner(candidate, threads=bench.threads), validation)
@@ -111,13 +121,18 @@ class _Job:
         baseline_bytes = _model_bytes(source.path)
         self.report.size_ratio = candidate.stat().st_size / baseline_bytes
         results = run_benchmark(
-            [(baseline_variant, source.baseline_runtime, source.path), (VariantSpec("candidate", onnx_path=candidate), "onnxruntime", candidate)],
+            [
+                (baseline_variant, source.baseline_runtime, source.path),
+                (VariantSpec("candidate", onnx_path=candidate), "onnxruntime", candidate),
+            ],
             {b: validation.repeat_to(b) for b in bench.batch_sizes},
             bench,
             self.progress,
         )
         self.report.benchmark = BenchmarkReport(
-            threads=bench.threads, batch_sizes=bench.batch_sizes, machine=machine_report(),
+            threads=bench.threads,
+            batch_sizes=bench.batch_sizes,
+            machine=machine_report(),
             variants=[_variant_report(r) for r in results],
         )
         first = bench.batch_sizes[0]
@@ -126,7 +141,9 @@ class _Job:
         self.report.gates = [GateReport(**asdict(g)) for g in gates]
         failed = [g for g in gates if not g.passed]
         if failed:
-            raise JobError("gate failed: " + "; ".join(f"{g.name} = {_fmt(g.value)}, needs {g.comparison} {g.threshold:g}" for g in failed))
+            raise JobError(
+                "gate failed: " + "; ".join(f"{g.name} = {_fmt(g.value)}, needs {g.comparison} {g.threshold:g}" for g in failed)
+            )
 
 
 def _fmt(value: float | None) -> str:

@@ -26,15 +26,10 @@ def summarize_trace(events: list[dict[str, object]], runs: int) -> list[dict[str
         totals[op_type] = totals.get(op_type, 0.0) + float(str(event.get("dur", 0)))
     grand_total = sum(totals.values()) or 1.0
     ranked = sorted(totals.items(), key=lambda item: item[1], reverse=True)[:TOP_OPERATORS]
-    return [
-        {"op_type": op, "ms_per_run": round(us / runs / 1000.0, 4), "share": round(us / grand_total, 4)}
-        for op, us in ranked
-    ]
+    return [{"op_type": op, "ms_per_run": round(us / runs / 1000.0, 4), "share": round(us / grand_total, 4)} for op, us in ranked]
 
 
-def profile_operators(
-    model: Path | None, threads: int, inputs: dict[str, np.ndarray], runs: int
-) -> list[dict[str, float | str]]:
+def profile_operators(model: Path | None, threads: int, inputs: dict[str, np.ndarray], runs: int) -> list[dict[str, float | str]]:
     if model is None:
         return []
     with tempfile.TemporaryDirectory(prefix="optiserve-profile-") as tmp:

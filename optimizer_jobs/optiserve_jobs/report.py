@@ -107,7 +107,7 @@ def machine_report() -> MachineReport:
 def write_json_atomically(path: Path, payload: str) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(payload)
-    os.replace(partial, path)
+    partial.replace(path)
 
 
 def write_report(report: Report, out_dir: Path) -> Path:

@@ -19,7 +19,6 @@ import onnx
 from optiserve.api.job import ArtifactRef
 from optiserve.api.spec import DType, TensorSpec, TritonBackend, TritonSpec
 from optiserve.resources.triton_config import ModelIO, build_model_config, render_model_config
-
 from optiserve_jobs.errors import JobError
 
 MANIFEST = "manifest.json"

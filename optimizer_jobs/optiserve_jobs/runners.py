@@ -15,9 +15,7 @@ class Runner(Protocol):
         ...
 
 
-def ort_session(
-    path: Path, *, threads: int, spinning: bool = True, profile_prefix: str | None = None
-) -> Any:
+def ort_session(path: Path, *, threads: int, spinning: bool = True, profile_prefix: str | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from optiserve.api.spec import DType, ModelFormat, ModelSpec, Task, TensorSpec
-
 from optiserve_jobs.errors import SourceError
 from optiserve_jobs.sources import resolve_uri
 
@@ -108,9 +107,7 @@ def load_source_model(spec: ModelSpec, *, base_dir: Path | None, download_dir: P
         declared = {i.name for i in spec.inputs}
         actual = {i.name for i in inputs}
         if declared and declared != actual:
-            raise SourceError(
-                f"model.inputs: names {sorted(declared)} do not match the ONNX model's inputs {sorted(actual)}"
-            )
+            raise SourceError(f"model.inputs: names {sorted(declared)} do not match the ONNX model's inputs {sorted(actual)}")
         transformer = _transformer_shape(tokenizer_dir) if tokenizer_dir else None
         return SourceModel(spec, path, inputs, outputs, tokenizer_dir, transformer)
     if path.is_dir():

@@ -31,9 +31,7 @@ def resolve_uri(uri: str, *, base_dir: Path | None, download_dir: Path) -> Path:
         return path
     if scheme in ("http", "https"):
         return _download(uri, download_dir)
-    raise SourceError(
-        f"{uri}: URI scheme '{scheme}' is not supported (supported: plain paths, {', '.join(SUPPORTED_SCHEMES)})"
-    )
+    raise SourceError(f"{uri}: URI scheme '{scheme}' is not supported (supported: plain paths, {', '.join(SUPPORTED_SCHEMES)})")
 
 
 def _download(uri: str, download_dir: Path) -> Path:

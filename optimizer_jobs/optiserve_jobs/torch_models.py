@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from optiserve.api.spec import ModelFormat, Task
-
 from optiserve_jobs.errors import SourceError
 from optiserve_jobs.source_model import SourceModel
 
@@ -86,7 +85,7 @@ def load_torch_module(source: SourceModel, base_dir: Path | None) -> torch.nn.Mo
         module = _load_huggingface(source)
     elif source.format is ModelFormat.TORCHSCRIPT:
         try:
-            module = torch.jit.load(str(source.path), map_location="cpu")
+            module = torch.jit.load(str(source.path), map_location="cpu")  # type: ignore[no-untyped-call]
         except Exception as e:
             raise SourceError(f"{source.spec.uri}: not a readable TorchScript file: {e}") from e
     elif source.format is ModelFormat.PYTORCH:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from optiserve.api.spec import Task, ValidationSpec
-
 from optiserve_jobs.datasets import Dataset
 from optiserve_jobs.runners import Runner
 

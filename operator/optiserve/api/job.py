@@ -22,7 +22,7 @@ from optiserve.api.spec import (
     ValidationSpec,
 )
 
-JOB_API_VERSION = "optiserve.io/job/v1"
+JOB_API_VERSION: Literal["optiserve.io/job/v1"] = "optiserve.io/job/v1"
 TERMINATION_MESSAGE_LIMIT = 4096
 
 

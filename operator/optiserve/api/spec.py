@@ -6,7 +6,7 @@ Every field carries a description, because it becomes `kubectl explain` output.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -18,20 +18,20 @@ API_VERSION = "v1alpha1"
 KIND = "OptimizedModel"
 
 
-class ModelFormat(str, Enum):
+class ModelFormat(StrEnum):
     ONNX = "onnx"
     TORCHSCRIPT = "torchscript"
     HUGGINGFACE = "huggingface"
     PYTORCH = "pytorch"
 
 
-class Task(str, Enum):
+class Task(StrEnum):
     EMBEDDING = "embedding"
     CLASSIFICATION = "classification"
     GENERIC = "generic"
 
 
-class DType(str, Enum):
+class DType(StrEnum):
     FLOAT32 = "float32"
     FLOAT16 = "float16"
     INT64 = "int64"
@@ -103,14 +103,14 @@ class ExportPass(ApiModel):
     rtol: float = Field(default=1e-3, ge=0, description="Relative tolerance of the numerical check against the source.")
 
 
-class GraphLevel(str, Enum):
+class GraphLevel(StrEnum):
     DISABLED = "disabled"
     BASIC = "basic"
     EXTENDED = "extended"
     ALL = "all"
 
 
-class FusionKind(str, Enum):
+class FusionKind(StrEnum):
     AUTO = "auto"
     BERT = "bert"
     NONE = "none"
@@ -134,7 +134,7 @@ class Fp16Pass(ApiModel):
     op_block_list: list[str] = Field(default_factory=list, description="Operator types kept in float32.")
 
 
-class CalibrationMethod(str, Enum):
+class CalibrationMethod(StrEnum):
     MINMAX = "minmax"
     ENTROPY = "entropy"
     PERCENTILE = "percentile"
@@ -156,7 +156,7 @@ class Smoothing(ApiModel):
     )
 
 
-class QuantMode(str, Enum):
+class QuantMode(StrEnum):
     DYNAMIC = "dynamic"
     STATIC = "static"
 
@@ -230,7 +230,7 @@ class BenchmarkSpec(ApiModel):
     profile: bool = Field(default=True, description="Record ONNX Runtime per-operator time for each variant.")
 
 
-class InstanceKind(str, Enum):
+class InstanceKind(StrEnum):
     KIND_CPU = "KIND_CPU"
     KIND_GPU = "KIND_GPU"
 
@@ -249,7 +249,7 @@ class InstanceGroup(ApiModel):
     count: int = Field(default=1, ge=1, le=64, description="Model instances per server.")
 
 
-class TritonBackend(str, Enum):
+class TritonBackend(StrEnum):
     ONNXRUNTIME = "onnxruntime"
     PYTHON = "python"
 

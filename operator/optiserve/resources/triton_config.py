@@ -27,8 +27,13 @@ class ModelIO:
     text_inputs: bool = False
 
 
-def _tensor(spec: TensorSpec, cls: type[mc.ModelInput] | type[mc.ModelOutput]) -> mc.ModelInput | mc.ModelOutput:
-    return cls(name=spec.name, data_type=_DATA_TYPES[spec.dtype], dims=list(spec.shape))
+def _output(spec: TensorSpec) -> mc.ModelOutput:
+    return mc.ModelOutput(name=spec.name, data_type=_DATA_TYPES[spec.dtype], dims=list(spec.shape))
+
+
+def _input(spec: TensorSpec, *, ragged: bool) -> mc.ModelInput:
+    """`ragged` lets Triton batch requests of different sequence lengths; the Python model pads them."""
+    return mc.ModelInput(name=spec.name, data_type=_DATA_TYPES[spec.dtype], dims=list(spec.shape), allow_ragged_batch=ragged)
 
 
 def _warmup(io: ModelIO, batch_sizes: list[int], sequence_length: int) -> list[mc.ModelWarmup]:
@@ -80,8 +85,8 @@ def build_model_config(
         name=name,
         backend=backend.value,
         max_batch_size=triton.max_batch_size,
-        input=[_tensor(s, mc.ModelInput) for s in io.inputs],
-        output=[_tensor(s, mc.ModelOutput) for s in io.outputs],
+        input=[_input(s, ragged=backend is TritonBackend.PYTHON and io.text_inputs) for s in io.inputs],
+        output=[_output(s) for s in io.outputs],
         instance_group=[mc.ModelInstanceGroup(kind=_KINDS[triton.instance_group.kind], count=triton.instance_group.count)],
         model_warmup=_warmup(io, [1, *preferred], sequence_length),
         parameters=_parameters(backend, triton, io),

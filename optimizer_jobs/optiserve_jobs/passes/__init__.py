@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from optiserve.api.spec import ExportPass, Fp16Pass, GraphPass, QuantizePass, TensorRTPass
-
 from optiserve_jobs.errors import PassError
 from optiserve_jobs.passes.base import OptimizationPass, PassContext, PassOutcome, PassStatus
 from optiserve_jobs.passes.export import Export

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -14,7 +14,7 @@ from optiserve_jobs.datasets import Dataset
 from optiserve_jobs.source_model import SourceModel
 
 
-class PassStatus(str, Enum):
+class PassStatus(StrEnum):
     OK = "ok"
     FAILED = "failed"
     SKIPPED = "skipped"

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 
 from optiserve.api.spec import ExportPass, ModelFormat
-
 from optiserve_jobs.passes.base import PassContext, PassOutcome
 from optiserve_jobs.runners import OrtRunner, TorchRunner
 
@@ -47,7 +46,7 @@ class Export:
             str(output),
             input_names=names,
             output_names=context.source.outputs,
-            dynamic_axes=_dynamic_axes(context),  # type: ignore[arg-type]
+            dynamic_axes=_dynamic_axes(context),
             opset_version=self.config.opset,
             dynamo=False,
         )
@@ -60,4 +59,6 @@ class Export:
                 f"numerical check failed: max abs error {max_abs:.3g} exceeds atol {self.config.atol} / rtol {self.config.rtol}",
                 max_abs_error=max_abs,
             )
-        return PassOutcome.ok(output, f"opset {self.config.opset}, checker ok, max abs error {max_abs:.2g}", max_abs_error=max_abs)
+        return PassOutcome.ok(
+            output, f"opset {self.config.opset}, checker ok, max abs error {max_abs:.2g}", max_abs_error=max_abs
+        )

@@ -7,7 +7,6 @@ from pathlib import Path
 import onnx
 
 from optiserve.api.spec import Fp16Pass
-
 from optiserve_jobs.passes.base import PassContext, PassOutcome, save_model
 
 

@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from optiserve.api.spec import FusionKind, GraphLevel, GraphPass
-
 from optiserve_jobs.passes.base import PassContext, PassOutcome, count_ops
 
-_FUSED_TYPES = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "BiasGelu", "EmbedLayerNormalization", "FastGelu", "LayerNormalization", "Gelu")
+_FUSED_TYPES = (
+    "Attention",
+    "MultiHeadAttention",
+    "SkipLayerNormalization",
+    "BiasGelu",
+    "EmbedLayerNormalization",
+    "FastGelu",
+    "LayerNormalization",
+    "Gelu",
+)
 
 
 def _fuse_transformer(model: Path, output: Path, context: PassContext) -> None:

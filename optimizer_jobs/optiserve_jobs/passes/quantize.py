@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 
 from optiserve.api.spec import CalibrationMethod, QuantizePass, QuantMode
-
 from optiserve_jobs.datasets import Dataset
 from optiserve_jobs.passes.base import PassContext, PassOutcome, save_model
 from optiserve_jobs.passes.smoothing import activation_channel_max, apply_smoothing, find_targets
@@ -91,7 +90,9 @@ class Quantize:
             reduce_range=self.config.reduce_range,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(self.config.exclude_nodes),
-            op_types_to_quantize=self._op_types(["MatMul", "Attention", "Gather", "Gemm", "Conv", "LSTM", "EmbedLayerNormalization"]),
+            op_types_to_quantize=self._op_types(
+                ["MatMul", "Attention", "Gather", "Gemm", "Conv", "LSTM", "EmbedLayerNormalization"]
+            ),
             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
 
@@ -105,7 +106,10 @@ class Quantize:
             CalibrationMethod.ENTROPY: OrtMethod.Entropy,
             CalibrationMethod.PERCENTILE: OrtMethod.Percentile,
         }
-        extra: dict[str, Any] = {"CalibPercentile": self.config.calibration.percentile, "DefaultTensorType": onnx.TensorProto.FLOAT}
+        extra: dict[str, Any] = {
+            "CalibPercentile": self.config.calibration.percentile,
+            "DefaultTensorType": onnx.TensorProto.FLOAT,
+        }
         reader = _DatasetReader(data, _input_names(onnx.load(str(model), load_external_data=False)))
         quantize_static(
             str(model),
@@ -118,6 +122,8 @@ class Quantize:
             weight_type=QuantType.QInt8,
             calibrate_method=methods[self.config.calibration.method],
             nodes_to_exclude=list(self.config.exclude_nodes),
-            op_types_to_quantize=self._op_types(["MatMul", "Attention", "Gemm", "Conv", "Add", "Mul", "Relu", "MaxPool", "AveragePool", "Gather"]),
+            op_types_to_quantize=self._op_types(
+                ["MatMul", "Attention", "Gemm", "Conv", "Add", "Mul", "Relu", "MaxPool", "AveragePool", "Gather"]
+            ),
             extra_options=extra,
         )

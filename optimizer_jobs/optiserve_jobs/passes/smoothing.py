@@ -74,12 +74,10 @@ def activation_channel_max(
 def smoothing_scales(activation_max: np.ndarray, weights: list[np.ndarray], alpha: float) -> np.ndarray:
     weight_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
     scales = np.power(np.maximum(activation_max, 1e-5), alpha) / np.power(np.maximum(weight_max, 1e-5), 1 - alpha)
-    return np.clip(scales, 1e-4, 1e4).astype(np.float32)
+    return np.asarray(np.clip(scales, 1e-4, 1e4), dtype=np.float32)
 
 
-def apply_smoothing(
-    model: onnx.ModelProto, targets: list[SmoothingTarget], maxima: dict[str, np.ndarray], alpha: float
-) -> int:
+def apply_smoothing(model: onnx.ModelProto, targets: list[SmoothingTarget], maxima: dict[str, np.ndarray], alpha: float) -> int:
     """Rewrite `model` in place; returns how many activations were smoothed."""
     initializers = {i.name: i for i in model.graph.initializer}
     use_count: dict[str, int] = defaultdict(int)

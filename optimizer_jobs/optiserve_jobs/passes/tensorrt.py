@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from optiserve.api.spec import TensorRTPass
-
 from optiserve_jobs.passes.base import PassContext, PassOutcome
 
 
@@ -66,7 +65,9 @@ class TensorRT:
             return PassOutcome.failed("TensorRT engine build failed (see the job log)")
         output = context.work_dir / f"{index:02d}-tensorrt.plan"
         output.write_bytes(bytes(engine))
-        return PassOutcome.ok(output, f"TensorRT {trt.__version__} engine, {self.config.precision}, max batch {self.config.max_batch_size}")
+        return PassOutcome.ok(
+            output, f"TensorRT {trt.__version__} engine, {self.config.precision}, max batch {self.config.max_batch_size}"
+        )
 
     def _builder_config(self, builder: Any, trt: Any) -> Any:
         config = builder.create_builder_config()

@@ -1,0 +1,33 @@
+# OptiServe developer entry points. `make demo` and `make test` are the two commands of the README.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= out
+
+.PHONY: setup demo test unit lint bench e2e clean
+
+setup:
+	@scripts/setup.sh
+
+# The main job on this machine, no cluster: optimize MiniLM and prove it against PyTorch.
+demo: setup
+	$(VENV)/bin/optiserve optimize -f examples/minilm/optimizedmodel.yaml --out $(OUT)/minilm
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy operator optimizer_jobs bench
+
+test: setup lint
+	$(VENV)/bin/pytest -q
+
+unit: setup
+	$(VENV)/bin/pytest -q tests/unit
+
+bench: setup
+	$(PY) bench/optimizer.py --out bench/results
+
+e2e:
+	@e2e/run.sh
+
+clean:
+	rm -rf $(OUT) bench/results .pytest_cache .mypy_cache .ruff_cache

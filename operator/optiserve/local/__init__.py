@@ -1,0 +1,1 @@
+"""Local, cluster-free helpers: run Triton Inference Server as a child process."""

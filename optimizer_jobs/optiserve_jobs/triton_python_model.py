@@ -1,0 +1,328 @@
+"""Triton Python-backend model that serves an ONNX file with onnxruntime.
+
+This file is copied to ``<repository>/<model>/1/model.py`` next to
+``1/model.onnx``. Triton's Python backend runs it in the server's own
+environment (numpy<2), so it sticks to APIs that numpy 1.x provides.
+
+Model config ``parameters`` understood by :class:`TritonPythonModel`:
+
+``onnx_file``
+    ONNX file name, relative to the version directory (default ``model.onnx``).
+``intra_op_threads``
+    onnxruntime intra-op thread count; ``0`` keeps onnxruntime's default.
+``pad_inputs``
+    Comma-separated input names whose axis 1 has a variable length (token
+    ids, attention masks). Requests that are run together get these inputs
+    right-padded with zeros to the longest one among them, so requests of
+    different lengths still share one ``session.run``. Triton's dynamic
+    batcher only hands requests of different shapes to one ``execute`` when
+    those inputs set ``allow_ragged_batch: true`` in the model config.
+
+With dynamic batching Triton hands :meth:`TritonPythonModel.execute` several
+requests at once. They are grouped by compatible shapes, each group is merged
+along axis 0 into a single ``session.run`` and the outputs are split back per
+request. The grouping, padding and splitting helpers are plain functions so
+they can be unit tested without Triton.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:  # Only importable inside the Triton Python-backend stub.
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # outside Triton, e.g. unit tests of the helpers below
+    pb_utils = None
+
+logger = logging.getLogger(__name__)
+
+# Shape key of one request: per input, its dtype and its shape past axis 0,
+# with axis 1 left out for padded inputs (they are padded to a common length).
+ShapeKey = tuple[tuple[str, str, tuple[int, ...]], ...]
+
+
+class BadRequestError(ValueError):
+    """A request whose inputs cannot be served; only that request fails."""
+
+
+def parse_pad_inputs(value: str | None) -> frozenset[str]:
+    """Parse the ``pad_inputs`` parameter (comma-separated input names)."""
+    if not value:
+        return frozenset()
+    return frozenset(name.strip() for name in value.split(",") if name.strip())
+
+
+def request_batch_size(inputs: Mapping[str, np.ndarray], pad_inputs: Iterable[str] = ()) -> int:
+    """Return the batch size (axis 0) shared by all inputs of one request.
+
+    Raises :class:`BadRequestError` when inputs disagree on axis 0 or a
+    padded input has no axis 1.
+    """
+    if not inputs:
+        raise BadRequestError("request has no inputs")
+    pad = frozenset(pad_inputs)
+    sizes = set()
+    for name, array in inputs.items():
+        if array.ndim < 1:
+            raise BadRequestError(f"input {name!r} has no batch dimension")
+        if name in pad and array.ndim < 2:
+            raise BadRequestError(f"input {name!r} is padded along axis 1 but has shape {array.shape}")
+        sizes.add(int(array.shape[0]))
+    if len(sizes) != 1:
+        raise BadRequestError(f"inputs disagree on the batch size: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def shape_key(inputs: Mapping[str, np.ndarray], pad_inputs: Iterable[str] = ()) -> ShapeKey:
+    """Key under which requests can share one merged ``session.run``."""
+    pad = frozenset(pad_inputs)
+    key = []
+    for name in sorted(inputs):
+        array = inputs[name]
+        trailing = tuple(int(d) for d in array.shape[2 if name in pad else 1 :])
+        key.append((name, array.dtype.str, trailing))
+    return tuple(key)
+
+
+def group_requests(requests_inputs: Sequence[Mapping[str, np.ndarray]], pad_inputs: Iterable[str] = ()) -> list[list[int]]:
+    """Group request indices whose inputs can be concatenated along axis 0.
+
+    Requests fall into one group when every input has the same dtype and the
+    same shape past axis 0 (past axis 1 for padded inputs). Groups are ordered
+    by their first request and keep request order inside.
+    """
+    pad = frozenset(pad_inputs)
+    groups: dict[ShapeKey, list[int]] = {}
+    for index, inputs in enumerate(requests_inputs):
+        groups.setdefault(shape_key(inputs, pad), []).append(index)
+    return list(groups.values())
+
+
+def merge_inputs(requests_inputs: Sequence[Mapping[str, np.ndarray]], pad_inputs: Iterable[str] = ()) -> dict[str, np.ndarray]:
+    """Concatenate one group's inputs along axis 0, zero-padding axis 1 where asked.
+
+    Every output array is written exactly once: padded inputs go straight into
+    a zero-filled buffer of the final shape instead of being padded per
+    request and then concatenated. A lone request with nothing to pad is
+    passed through without any copy.
+    """
+    if not requests_inputs:
+        raise ValueError("no requests to merge")
+    pad = frozenset(pad_inputs)
+    merged: dict[str, np.ndarray] = {}
+    for name in requests_inputs[0]:
+        parts = [inputs[name] for inputs in requests_inputs]
+        if name in pad:
+            longest = max(int(part.shape[1]) for part in parts)
+            if len(parts) == 1 and int(parts[0].shape[1]) == longest:
+                merged[name] = parts[0]
+                continue
+            first = parts[0]
+            total = sum(int(part.shape[0]) for part in parts)
+            out = np.zeros((total, longest, *first.shape[2:]), dtype=first.dtype)
+            row = 0
+            for part in parts:
+                rows = int(part.shape[0])
+                out[row : row + rows, : part.shape[1]] = part
+                row += rows
+            merged[name] = out
+        elif len(parts) == 1:
+            merged[name] = parts[0]
+        else:
+            merged[name] = np.concatenate(parts, axis=0)
+    return merged
+
+
+def split_outputs(outputs: Sequence[np.ndarray], batch_sizes: Sequence[int]) -> list[list[np.ndarray]]:
+    """Split merged outputs back per request along axis 0.
+
+    Returns, per request, its slice of every output. The slices are views
+    (C-contiguous rows of the merged arrays), not copies.
+    """
+    total = sum(batch_sizes)
+    for output in outputs:
+        if output.ndim < 1 or int(output.shape[0]) != total:
+            raise ValueError(f"output with shape {output.shape} does not cover the merged batch of {total}")
+    per_request: list[list[np.ndarray]] = []
+    row = 0
+    for size in batch_sizes:
+        per_request.append([output[row : row + size] for output in outputs])
+        row += size
+    return per_request
+
+
+def _parameter(config: Mapping[str, Any], key: str, default: str) -> str:
+    """Read a string ``parameters`` entry of a Triton model config (JSON form)."""
+    entry = config.get("parameters", {}).get(key)
+    if not entry:
+        return default
+    value = entry.get("string_value", "") if isinstance(entry, Mapping) else str(entry)
+    return value if value != "" else default
+
+
+class TritonPythonModel:
+    """Triton Python-backend entry point serving one ONNX model on CPU."""
+
+    def initialize(self, args: Mapping[str, str]) -> None:
+        """Create the onnxruntime session from the model config."""
+        import onnxruntime as ort
+
+        config = json.loads(args["model_config"])
+        self.max_batch_size = int(config.get("max_batch_size", 0))
+        self.input_names = [entry["name"] for entry in config.get("input", [])]
+        self.output_names = [entry["name"] for entry in config.get("output", [])]
+        self.output_dtypes = [_triton_dtype_to_numpy(entry["data_type"]) for entry in config.get("output", [])]
+        self.pad_inputs = parse_pad_inputs(_parameter(config, "pad_inputs", ""))
+        unknown = self.pad_inputs.difference(self.input_names)
+        if unknown:
+            raise ValueError(f"pad_inputs names unknown inputs: {sorted(unknown)}")
+
+        not_ragged = sorted(
+            entry["name"]
+            for entry in config.get("input", [])
+            if entry["name"] in self.pad_inputs and not entry.get("allow_ragged_batch", False)
+        )
+        if not_ragged and self.max_batch_size > 0:
+            logger.warning(
+                "pad_inputs %s lack allow_ragged_batch: Triton will not batch requests of different lengths together",
+                not_ragged,
+            )
+
+        onnx_file = _parameter(config, "onnx_file", "model.onnx")
+        model_dir = Path(args["model_repository"]) / args["model_version"]
+        options = ort.SessionOptions()
+        threads = int(_parameter(config, "intra_op_threads", "0"))
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(model_dir / onnx_file),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
+        )
+        session_inputs = {node.name for node in self.session.get_inputs()}
+        if session_inputs != set(self.input_names):
+            raise ValueError(
+                f"config inputs {sorted(self.input_names)} do not match the ONNX model's inputs {sorted(session_inputs)}"
+            )
+        logger.info(
+            "loaded %s (inputs %s, outputs %s, pad %s)",
+            onnx_file,
+            self.input_names,
+            self.output_names,
+            sorted(self.pad_inputs),
+        )
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        """Serve a batch of requests with one ``session.run`` per shape group."""
+        responses: list[Any] = [None] * len(requests)
+        inputs_by_request: list[dict[str, np.ndarray]] = []
+        sizes: list[int] = []
+        valid: list[int] = []
+        for index, request in enumerate(requests):
+            try:
+                inputs = self._read_inputs(request)
+                size = request_batch_size(inputs, self.pad_inputs) if self.max_batch_size > 0 else 0
+            except BadRequestError as exc:
+                responses[index] = _error_response(str(exc))
+                continue
+            inputs_by_request.append(inputs)
+            sizes.append(size)
+            valid.append(index)
+
+        if self.max_batch_size > 0:
+            groups = group_requests(inputs_by_request, self.pad_inputs)
+        else:  # Without a batch dimension, axis 0 is not ours to merge along.
+            groups = [[position] for position in range(len(valid))]
+
+        for group in groups:
+            self._run_group(
+                [inputs_by_request[p] for p in group],
+                [sizes[p] for p in group],
+                [valid[p] for p in group],
+                responses,
+            )
+        return responses
+
+    def _read_inputs(self, request: Any) -> dict[str, np.ndarray]:
+        inputs: dict[str, np.ndarray] = {}
+        for name in self.input_names:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise BadRequestError(f"missing input {name!r}")
+            inputs[name] = tensor.as_numpy()
+        return inputs
+
+    def _run_group(
+        self,
+        group_inputs: list[dict[str, np.ndarray]],
+        batch_sizes: list[int],
+        indices: list[int],
+        responses: list[Any],
+    ) -> None:
+        """Run one merged group; on failure retry its requests one by one.
+
+        A merged run fails as a whole (for instance one request carries an
+        out-of-range token id), so the retry isolates the bad request and
+        the others still get their results.
+        """
+        try:
+            merged = merge_inputs(group_inputs, self.pad_inputs if self.max_batch_size > 0 else ())
+            outputs = self.session.run(self.output_names, merged)
+            per_request = split_outputs(outputs, batch_sizes) if len(indices) > 1 else [list(outputs)]
+        except Exception as exc:  # onnxruntime raises plain RuntimeErrors and more
+            if len(indices) > 1:
+                logger.warning("merged run of %d requests failed (%s); retrying one by one", len(indices), exc)
+                for position, index in enumerate(indices):
+                    self._run_group([group_inputs[position]], [batch_sizes[position]], [index], responses)
+                return
+            responses[indices[0]] = _error_response(f"inference failed: {exc}")
+            return
+        for index, arrays in zip(indices, per_request, strict=True):
+            try:
+                tensors = [
+                    pb_utils.Tensor(name, np.ascontiguousarray(array, dtype=dtype))
+                    for name, array, dtype in zip(self.output_names, arrays, self.output_dtypes, strict=True)
+                ]
+            except Exception as exc:  # report it on this request only
+                responses[index] = _error_response(f"cannot return outputs: {exc}")
+                continue
+            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def finalize(self) -> None:
+        """Release the onnxruntime session."""
+        self.session = None
+
+
+_TRITON_TO_NUMPY: dict[str, Any] = {
+    "TYPE_BOOL": np.bool_,
+    "TYPE_UINT8": np.uint8,
+    "TYPE_UINT16": np.uint16,
+    "TYPE_UINT32": np.uint32,
+    "TYPE_UINT64": np.uint64,
+    "TYPE_INT8": np.int8,
+    "TYPE_INT16": np.int16,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64,
+    "TYPE_FP16": np.float16,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP64": np.float64,
+    "TYPE_STRING": np.object_,
+}
+
+
+def _triton_dtype_to_numpy(data_type: str) -> Any:
+    """Map a config ``data_type`` (``TYPE_FP32``...) to a numpy dtype."""
+    try:
+        return np.dtype(_TRITON_TO_NUMPY[data_type])
+    except KeyError:
+        raise ValueError(f"unsupported output data_type {data_type!r}") from None
+
+
+def _error_response(message: str) -> Any:
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))

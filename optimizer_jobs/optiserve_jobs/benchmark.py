@@ -8,6 +8,7 @@ which also spreads any drift of the machine evenly over the variants.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import statistics
 import time
@@ -97,9 +98,12 @@ class _Worker:
         self.model_rss_bytes = int(self._expect("ready"))
 
     def _expect(self, kind: str) -> Any:
-        if not self.conn.poll(600):
-            raise RuntimeError("benchmark worker did not answer within 600 s")
-        answer, payload = self.conn.recv()
+        try:
+            if not self.conn.poll(600):
+                raise RuntimeError("benchmark worker did not answer within 600 s")
+            answer, payload = self.conn.recv()
+        except (EOFError, OSError) as e:
+            raise RuntimeError(f"benchmark worker exited (code {self.process.exitcode})") from e
         if answer == "error":
             raise RuntimeError(f"benchmark worker failed: {payload}")
         if answer != kind:
@@ -107,12 +111,16 @@ class _Worker:
         return payload
 
     def ask(self, kind: str, *args: Any) -> Any:
-        self.conn.send((kind, *args))
+        try:
+            self.conn.send((kind, *args))
+        except OSError as e:
+            raise RuntimeError(f"benchmark worker exited (code {self.process.exitcode})") from e
         return self._expect({"time": "times"}.get(kind, kind))
 
     def close(self) -> None:
         if self.process.is_alive():
-            self.conn.send(("stop",))
+            with contextlib.suppress(OSError):  # the worker may already be going away
+                self.conn.send(("stop",))
             self.process.join(timeout=10)
         if self.process.is_alive():
             self.process.kill()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optiserve_jobs.runners import ort_session
+from optiserve_jobs.runners import ort_session, session_feed
 
 TOP_OPERATORS = 8
 
@@ -34,7 +34,7 @@ def profile_operators(model: Path | None, threads: int, inputs: dict[str, np.nda
         return []
     with tempfile.TemporaryDirectory(prefix="optiserve-profile-") as tmp:
         session = ort_session(model, threads=threads, profile_prefix=str(Path(tmp) / "profile"))
-        feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+        feed = session_feed(session, inputs)
         for _ in range(runs):
             session.run(None, feed)
         trace = Path(session.end_profiling())

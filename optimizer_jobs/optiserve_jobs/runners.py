@@ -8,6 +8,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def session_feed(session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs the session declares, cast to its types (a float16-IO candidate takes float16)."""
+    feed = {}
+    for declared in session.get_inputs():
+        dtype = _ORT_TYPES.get(declared.type)
+        value = inputs[declared.name]
+        feed[declared.name] = value if dtype is None else value.astype(dtype, copy=False)
+    return feed
+
 
 class Runner(Protocol):
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -34,11 +46,15 @@ def ort_session(path: Path, *, threads: int, spinning: bool = True, profile_pref
 class OrtRunner:
     def __init__(self, path: Path, *, threads: int, spinning: bool = True) -> None:
         self.session = ort_session(path, threads=threads, spinning=spinning)
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_types = {i.name: _ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {name: inputs[name] for name in self.input_names}
-        return np.asarray(self.session.run(None, feed)[0])
+        """Run one batch; inputs are cast to what the model declares (a float16-IO candidate takes float16)."""
+        feed = {
+            name: inputs[name] if dtype is None else inputs[name].astype(dtype, copy=False)
+            for name, dtype in self.input_types.items()
+        }
+        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
 
 
 class TorchRunner:

@@ -10,9 +10,7 @@ leaves no process behind.
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +33,7 @@ from optiserve.local.triton import (
     TritonStartError,
     find_triton_install,
 )
+from tests.component.triton_helpers import model_counters
 
 MODEL_PY = Path(triton_python_model.__file__)
 
@@ -185,18 +184,6 @@ def grpc_infer(client: grpcclient.InferenceServerClient, model: str, name: str, 
     tensor = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT64")
     tensor.set_data_from_numpy(array)
     return client.infer(model, [tensor])
-
-
-def model_counters(server: TritonServer, model: str) -> tuple[float, float]:
-    """(executions, successful requests) of ``model`` from Triton's /metrics."""
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    values = {}
-    for metric in ("nv_inference_exec_count", "nv_inference_request_success"):
-        match = re.search(rf'^{metric}\{{[^}}]*model="{model}"[^}}]*\}} (\S+)$', text, re.MULTILINE)
-        assert match, f"{metric} for {model} missing from /metrics"
-        values[metric] = float(match.group(1))
-    return values["nv_inference_exec_count"], values["nv_inference_request_success"]
 
 
 def linear_inputs(count: int) -> list[np.ndarray]:

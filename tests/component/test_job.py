@@ -1,0 +1,177 @@
+"""The optimization job end to end on a tiny real model: publishes, reports, and refuses bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from optiserve.api.job import JobRequest, JobResult
+from optiserve.cli import main
+from optiserve_jobs import repository
+from tests.conftest import manifest, tiny_dataset
+
+REPORT_KEYS = {"passed", "speedup_p50", "size_ratio", "fidelity", "accuracy", "gates", "passes", "benchmark"}
+
+
+def _write(tmp_path: Path, spec: dict[str, Any]) -> Path:
+    path = tmp_path / "om.yaml"
+    path.write_text(yaml.safe_dump(manifest(spec)))
+    return path
+
+
+def _optimize(tmp_path: Path, spec: dict[str, Any]) -> tuple[int, dict[str, Any], Path]:
+    out = tmp_path / "out"
+    code = main(["optimize", "-f", str(_write(tmp_path, spec)), "--out", str(out)])
+    report_path = out / "report.json"
+    return code, json.loads(report_path.read_text()) if report_path.exists() else {}, out
+
+
+def test_tiny_model_is_optimized_published_and_reported(tmp_path: Path, tiny_onnx_spec: dict[str, Any]) -> None:
+    code, report, out = _optimize(tmp_path, tiny_onnx_spec)
+    assert code == 0, report.get("reason")
+    assert set(report) >= REPORT_KEYS
+    assert report["passed"] and report["accuracy"] is None
+    assert [p["status"] for p in report["passes"]] == ["ok", "ok"]
+    assert report["fidelity"]["metric"] == "cosine" and report["fidelity"]["mean"] > 0.9
+    variants = report["benchmark"]["variants"]
+    assert [v["name"] for v in variants] == ["baseline", "candidate"]
+    assert [b["batch_size"] for b in variants[1]["batches"]] == [1, 4]
+    assert variants[1]["top_operators"], "the candidate's operator profile is empty"
+    assert any("Quantize" in str(op["op_type"]) for op in variants[1]["top_operators"])
+    assert not any("Quantize" in str(op["op_type"]) for op in variants[0]["top_operators"])
+    assert report["benchmark"]["machine"]["logical_cpus"] >= 1
+    repository.verify(out)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing_model", "absent.onnx: no such file"),
+        ("corrupt_onnx", "not a readable ONNX model"),
+        ("wrong_input_names", "do not match the model's input names"),
+        ("empty_calibration", "contains no samples"),
+        ("gate_violated", "gate failed: speedup_p50"),
+        ("unsupported_scheme", "scheme 's3' is not supported"),
+        ("nan_in_model", "gate failed: fidelity_mean"),
+    ],
+)
+def test_bad_input_fails_with_a_reason_and_leaves_no_repository(
+    tmp_path: Path, tiny_onnx_spec: dict[str, Any], case: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A previous good run published a repository; the failing run must not leave it behind.
+    assert _optimize(tmp_path, tiny_onnx_spec)[0] == 0
+    spec = json.loads(json.dumps(tiny_onnx_spec))
+    if case == "missing_model":
+        spec["model"]["uri"] = "absent.onnx"
+    elif case == "corrupt_onnx":
+        (tmp_path / "model.onnx").write_bytes(b"\x08\x07not an onnx model at all")
+    elif case == "wrong_input_names":
+        spec["validation"]["datasetUri"] = str(tiny_dataset(tmp_path / "wrong.npz", name="pixels"))
+    elif case == "empty_calibration":
+        np.savez(tmp_path / "empty.npz", x=np.zeros((0, 8), dtype=np.float32))
+        spec["optimization"]["passes"][1] = {"type": "quantize", "mode": "static", "calibration": {"datasetUri": "empty.npz"}}
+    elif case == "gate_violated":
+        spec["validation"]["minSpeedup"] = 1000.0
+    elif case == "unsupported_scheme":
+        spec["validation"]["datasetUri"] = "s3://bucket/validation.npz"
+    elif case == "nan_in_model":
+        spec["optimization"]["passes"] = [{"type": "fp16", "keepIoTypes": False}]
+        spec["validation"]["datasetUri"] = str(_huge_inputs(tmp_path))
+    code, report, out = _optimize(tmp_path, spec)
+    captured = capsys.readouterr()
+    assert code == 1
+    assert expected in report["reason"] and expected in captured.err
+    assert not report["passed"]
+    assert not (out / "model_repository").exists() and not (out / "model_repository_python").exists()
+    assert not (out / repository.MANIFEST).exists()
+    assert not list(out.glob(".work-*")) and not list(out.glob(".staging-*"))
+
+
+def _huge_inputs(tmp_path: Path) -> Path:
+    """Inputs whose activations overflow float16 (inf/nan): fidelity must then fail, not pass."""
+    path = tmp_path / "huge.npz"
+    np.savez(path, x=np.full((16, 8), 3e4, dtype=np.float32))
+    return path
+
+
+def test_unknown_pass_is_refused_before_anything_runs(tmp_path: Path, tiny_onnx_spec: dict[str, Any]) -> None:
+    tiny_onnx_spec["optimization"]["passes"] = [{"type": "prune"}]
+    code, report, out = _optimize(tmp_path, tiny_onnx_spec)
+    assert code == 1 and report == {} and not out.exists()
+
+
+def test_gate_failure_report_names_value_and_threshold(tmp_path: Path, tiny_onnx_spec: dict[str, Any]) -> None:
+    tiny_onnx_spec["validation"]["minSpeedup"] = 1000.0
+    _, report, _ = _optimize(tmp_path, tiny_onnx_spec)
+    gate = next(g for g in report["gates"] if g["name"] == "speedup_p50")
+    assert gate == {"name": "speedup_p50", "passed": False, "value": gate["value"], "threshold": 1000.0, "comparison": ">="}
+    assert gate["value"] is not None and gate["value"] < 1000.0
+
+
+def test_container_entry_point_writes_the_termination_message(tmp_path: Path, tiny_onnx_spec: dict[str, Any]) -> None:
+    request = JobRequest.model_validate(
+        {
+            "name": "tiny",
+            "model": tiny_onnx_spec["model"],
+            "passes": tiny_onnx_spec["optimization"]["passes"],
+            "validation": tiny_onnx_spec["validation"],
+            "benchmark": tiny_onnx_spec["benchmark"],
+            "baseDir": str(tmp_path),
+        }
+    )
+    (tmp_path / "request.json").write_text(request.model_dump_json(by_alias=True))
+    termination = tmp_path / "termination-log"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optiserve_jobs",
+            "--request",
+            str(tmp_path / "request.json"),
+            "--out",
+            str(tmp_path / "out"),
+            "--termination-log",
+            str(termination),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = JobResult.from_termination_message(termination.read_text())
+    assert result.passed and result.artifact is not None and result.artifact.size_bytes > 0
+    assert len(termination.read_bytes()) <= 4096
+    assert Path(result.report_uri or "").is_file()
+
+
+def test_container_entry_point_refuses_a_bad_request(tmp_path: Path) -> None:
+    (tmp_path / "request.json").write_text(json.dumps({"apiVersion": "optiserve.io/job/v9", "name": "x"}))
+    termination = tmp_path / "termination-log"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optiserve_jobs",
+            "--request",
+            str(tmp_path / "request.json"),
+            "--out",
+            str(tmp_path / "out"),
+            "--termination-log",
+            str(termination),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 1
+    result = JobResult.from_termination_message(termination.read_text())
+    assert not result.passed and "invalid JobRequest" in result.reason

@@ -1,0 +1,46 @@
+"""Talking to a real Triton server in tests: inference over HTTP and gRPC, and its metrics."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from optiserve.local.triton import TritonServer
+
+_TRITON_DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
+
+
+def infer_http(url: str, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
+    with httpclient.InferenceServerClient(url) as client:
+        tensors = []
+        for name, array in inputs.items():
+            tensor = httpclient.InferInput(name, list(array.shape), _TRITON_DTYPES[array.dtype])
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        return np.asarray(client.infer(model, tensors).as_numpy(output))
+
+
+def infer_grpc(url: str, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
+    with grpcclient.InferenceServerClient(url) as client:
+        tensors = []
+        for name, array in inputs.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), _TRITON_DTYPES[array.dtype])
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        return np.asarray(client.infer(model, tensors).as_numpy(output))
+
+
+def model_counters(server: TritonServer, model: str) -> tuple[float, float]:
+    """(executions, successful requests) of ``model`` from Triton's /metrics."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for metric in ("nv_inference_exec_count", "nv_inference_request_success"):
+        match = re.search(rf'^{metric}\{{[^}}]*model="{model}"[^}}]*\}} (\S+)$', text, re.MULTILINE)
+        assert match, f"{metric} for {model} missing from /metrics"
+        values[metric] = float(match.group(1))
+    return values["nv_inference_exec_count"], values["nv_inference_request_success"]

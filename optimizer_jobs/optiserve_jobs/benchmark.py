@@ -56,9 +56,15 @@ def _rss_bytes() -> int:
 
 
 def _peak_rss_bytes() -> int:
-    import resource
+    """The worker's high-water mark of resident memory (VmHWM).
 
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    Not getrusage's ru_maxrss: that survives fork and exec, so a worker would report its
+    parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return _rss_bytes()
 
 
 def _worker(conn: Connection, variant: VariantSpec, threads: int, inputs: dict[int, dict[str, np.ndarray]]) -> None:

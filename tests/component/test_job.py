@@ -101,6 +101,15 @@ def _huge_inputs(tmp_path: Path) -> Path:
     return path
 
 
+def test_fp16_keeps_fidelity_and_io_types(tmp_path: Path, tiny_onnx_spec: dict[str, Any]) -> None:
+    tiny_onnx_spec["optimization"]["passes"] = [{"type": "fp16"}]
+    code, report, out = _optimize(tmp_path, tiny_onnx_spec)
+    assert code == 0, report["reason"]
+    assert report["fidelity"]["min"] > 0.999 and report["passes"][0]["detail"].startswith("float16")
+    config = (out / "model_repository_python/tiny/config.pbtxt").read_text()
+    assert "TYPE_FP32" in config and "TYPE_FP16" not in config
+
+
 def test_unknown_pass_is_refused_before_anything_runs(tmp_path: Path, tiny_onnx_spec: dict[str, Any]) -> None:
     tiny_onnx_spec["optimization"]["passes"] = [{"type": "prune"}]
     code, report, out = _optimize(tmp_path, tiny_onnx_spec)

@@ -11,7 +11,7 @@ def test_request_from_the_example_manifest() -> None:
     request = job_request_from_manifest(load_manifest(REPO_ROOT / "examples/minilm/optimizedmodel.yaml"), "/data")
     assert request.api_version == "optiserve.io/job/v1"
     assert request.name == "minilm" and request.base_dir == "/data"
-    assert [p.type for p in request.passes] == ["export", "graph", "quantize", "tensorrt"]
+    assert [p.type for p in request.passes] == ["export", "quantize", "tensorrt"]
     assert type(request).model_validate_json(request.model_dump_json()) == request
 
 

@@ -84,3 +84,16 @@ def test_shared_weights_are_left_alone() -> None:
     x = rng.normal(size=(4, 8)).astype(np.float32)
     maxima = activation_channel_max(model, [t.activation for t in targets], Dataset({"x": x}, None), threads=1)
     assert apply_smoothing(model, targets, maxima, 0.5) == 0
+
+
+def test_only_activations_with_outliers_are_selected() -> None:
+    from optiserve_jobs.passes.smoothing import SmoothingTarget, outlier_ratio, with_outliers
+
+    flat = np.ones(8, dtype=np.float32)
+    spiky = np.ones(8, dtype=np.float32)
+    spiky[2] = 30.0
+    assert outlier_ratio(flat) == 1.0 and outlier_ratio(spiky) == 30.0
+    targets = [SmoothingTarget("flat", ("w1",), (0,)), SmoothingTarget("spiky", ("w2",), (1,))]
+    maxima = {"flat": flat, "spiky": spiky}
+    assert [t.activation for t in with_outliers(targets, maxima, 6.0)] == ["spiky"]
+    assert len(with_outliers(targets, maxima, 0.0)) == 2

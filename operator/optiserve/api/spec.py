@@ -154,6 +154,14 @@ class Smoothing(ApiModel):
         le=1,
         description="SmoothQuant migration strength: how much activation outlier range moves into the weights.",
     )
+    min_outlier_ratio: float = Field(
+        default=6.0,
+        ge=0,
+        description=(
+            "Smooth only activations whose largest channel maximum is this many times their median channel "
+            "maximum; each smoothed activation costs one Mul at run time (0 smooths all)."
+        ),
+    )
 
 
 class QuantMode(StrEnum):

@@ -11,7 +11,7 @@ import onnx
 from optiserve.api.spec import CalibrationMethod, QuantizePass, QuantMode
 from optiserve_jobs.datasets import Dataset
 from optiserve_jobs.passes.base import PassContext, PassOutcome, save_model
-from optiserve_jobs.passes.smoothing import activation_channel_max, apply_smoothing, find_targets
+from optiserve_jobs.passes.smoothing import activation_channel_max, apply_smoothing, find_targets, with_outliers
 
 
 class _DatasetReader:
@@ -52,7 +52,8 @@ class Quantize:
         proto = onnx.load(str(model))
         targets = find_targets(proto, set(self.config.exclude_nodes))
         maxima = activation_channel_max(proto, [t.activation for t in targets], data, threads=context.threads)
-        count = apply_smoothing(proto, targets, maxima, self.config.smoothing.alpha)
+        selected = with_outliers(targets, maxima, self.config.smoothing.min_outlier_ratio)
+        count = apply_smoothing(proto, selected, maxima, self.config.smoothing.alpha)
         onnx.checker.check_model(proto)
         return save_model(proto, context.output_path(index, "smoothed")), count
 
@@ -67,7 +68,12 @@ class Quantize:
         else:
             assert data is not None
             self._static(model, output, data)
-        smoothing = f", {smoothed} activations smoothed (alpha {self.config.smoothing.alpha})" if self.config.smoothing else ""
+        smoothing = ""
+        if self.config.smoothing:
+            smoothing = (
+                f", {smoothed} activations smoothed (alpha {self.config.smoothing.alpha}, "
+                f"outlier ratio >= {self.config.smoothing.min_outlier_ratio:g})"
+            )
         calibration = f", calibrated on {len(data)} samples" if data is not None else ""
         detail = (
             f"int8 {self.config.mode.value}, {'per-channel' if self.config.per_channel else 'per-tensor'} weights"

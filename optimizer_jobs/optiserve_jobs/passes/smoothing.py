@@ -71,6 +71,15 @@ def activation_channel_max(
     return maxima
 
 
+def outlier_ratio(channel_max: np.ndarray) -> float:
+    """How far the largest channel stands out: max / median of the per-channel maxima."""
+    return float(channel_max.max() / max(float(np.median(channel_max)), 1e-12))
+
+
+def with_outliers(targets: list[SmoothingTarget], maxima: dict[str, np.ndarray], min_ratio: float) -> list[SmoothingTarget]:
+    return [t for t in targets if outlier_ratio(maxima[t.activation]) >= min_ratio]
+
+
 def smoothing_scales(activation_max: np.ndarray, weights: list[np.ndarray], alpha: float) -> np.ndarray:
     weight_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
     scales = np.power(np.maximum(activation_max, 1e-5), alpha) / np.power(np.maximum(weight_max, 1e-5), 1 - alpha)

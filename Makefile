@@ -15,7 +15,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator optimizer_jobs bench
+	$(VENV)/bin/mypy operator optimizer_jobs bench tests
 
 test: setup lint
 	$(VENV)/bin/pytest -q

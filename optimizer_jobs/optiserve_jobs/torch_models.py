@@ -95,4 +95,6 @@ def load_torch_module(source: SourceModel, base_dir: Path | None) -> torch.nn.Mo
             raise SourceError(f"model.entrypoint: factory returned {type(module).__name__}, not a torch.nn.Module")
     else:
         raise SourceError(f"model.format: {source.format.value} has no PyTorch form")
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)  # inference only; TorchScript modules fail under inference_mode otherwise
     return module.eval()

@@ -96,7 +96,7 @@ def test_minilm_served_by_triton_matches_the_candidate(minilm: tuple[dict[str, A
     def ask(index: int) -> np.ndarray:
         infer = infer_http if index % 2 == 0 else infer_grpc
         url = minilm_server.http_url if index % 2 == 0 else minilm_server.grpc_url
-        return infer(url, "minilm", requests[index], "embedding")[0]
+        return np.asarray(infer(url, "minilm", requests[index], "embedding")[0])
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         served = list(pool.map(ask, range(len(requests))))

@@ -34,7 +34,7 @@ def _run(tmp_path: Path, model: dict[str, Any], passes: list[dict[str, Any]] | N
 
 
 def test_torchscript_source(tmp_path: Path) -> None:
-    torch.jit.script(TinyClassifier().eval()).save(str(tmp_path / "model.pt"))
+    torch.jit.script(TinyClassifier().eval()).save(str(tmp_path / "model.pt"))  # type: ignore[no-untyped-call]
     report = _run(tmp_path, {"uri": "model.pt", "format": "torchscript"})
     assert report["exit_code"] == 0, report["reason"]
     export = report["passes"][0]
@@ -45,9 +45,14 @@ def test_torchscript_source(tmp_path: Path) -> None:
 
 def test_module_by_import_path_with_weights(tmp_path: Path) -> None:
     torch.save(TinyClassifier().state_dict(), tmp_path / "weights.pt")
-    report = _run(tmp_path, {"uri": "weights.pt", "format": "pytorch", "entrypoint": "tests.component.torch_factories:build"},
-                  passes=[{"type": "export", "atol": 1e-5}, {"type": "quantize", "mode": "static",
-                          "calibration": {"datasetUri": "calibration.npz", "method": "entropy"}}])
+    report = _run(
+        tmp_path,
+        {"uri": "weights.pt", "format": "pytorch", "entrypoint": "tests.component.torch_factories:build"},
+        passes=[
+            {"type": "export", "atol": 1e-5},
+            {"type": "quantize", "mode": "static", "calibration": {"datasetUri": "calibration.npz", "method": "entropy"}},
+        ],
+    )
     assert report["exit_code"] == 0, report["reason"]
     assert [p["status"] for p in report["passes"]] == ["ok", "ok"]
     assert "calibrated on 64 samples" in report["passes"][1]["detail"]

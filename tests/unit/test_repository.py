@@ -25,7 +25,7 @@ def _publish(tmp_path: Path) -> Path:
 def test_both_repositories_are_complete_and_verified(tmp_path: Path) -> None:
     out = _publish(tmp_path)
     manifest = repository.verify(out)
-    files = set(manifest["files"])  # type: ignore[arg-type]
+    files = set(manifest["files"])  # type: ignore[call-overload]
     assert {
         "model_repository/tiny/config.pbtxt",
         "model_repository/tiny/1/model.onnx",

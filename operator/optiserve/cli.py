@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from optiserve.api.job import job_request_from_manifest
 from optiserve.api.manifest import ManifestError, load_manifest
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # no hard wraps: errors stay one per line
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -23,6 +24,12 @@ def _validate(args: argparse.Namespace) -> int:
     except ManifestError as e:
         for line in e.errors:
             console.print(f"[red]error[/red] {line}", highlight=False)
+        return 1
+    # The same rules as the API server's CEL; a disagreement with the models is still an error.
+    cel = cel_errors_for(args.file)
+    for line in cel:
+        console.print(f"[red]error[/red] {line} (CEL)", highlight=False)
+    if cel:
         return 1
     console.print(f"{args.file}: OptimizedModel '{manifest.metadata.name}' is valid", highlight=False)
     return 0
@@ -113,9 +120,27 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cel_errors_for(path: Path) -> list[str]:
+    from optiserve.api.cel import apply_defaults, cel_errors
+    from optiserve.api.crd import spec_schema
+
+    document = next(d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict) and d.get("kind") == "OptimizedModel")
+    schema = spec_schema()
+    return cel_errors(schema, apply_defaults(schema, document["spec"]))
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from optiserve.api.crd import render_crd
+
+    sys.stdout.write(render_crd())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="optiserve", description="Optimize, prove, serve and canary models on Triton.")
     commands = parser.add_subparsers(dest="command", required=True)
+    crd = commands.add_parser("crd", help="print the CRD generated from the API models (crds/ must equal it)")
+    crd.set_defaults(handler=_crd)
     validate = commands.add_parser("validate", help="validate a manifest offline; every error names its field")
     validate.add_argument("-f", "--file", type=Path, required=True)
     validate.set_defaults(handler=_validate)

@@ -7,11 +7,12 @@ Every field carries a description, because it becomes `kubectl explain` output.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from optiserve.api.base import ApiModel
+from optiserve.api.rollout import RolloutSpec
 
 API_GROUP = "optiserve.io"
 API_VERSION = "v1alpha1"
@@ -288,8 +289,8 @@ class OptimizedModelSpec(ApiModel):
     validation: ValidationSpec = Field(description="Offline proof against the unoptimized model.")
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec, description="Offline benchmark settings.")
     serving: ServingSpec = Field(default_factory=ServingSpec, description="How the model is served.")
-    rollout: dict[str, Any] | None = Field(
-        default=None, description="Canary rollout: traffic steps, analysis metrics and promotion policy."
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec, description="Canary rollout: traffic steps, analysis metrics and promotion policy."
     )
 
     @model_validator(mode="after")

@@ -1,0 +1,106 @@
+"""The canary part of the spec: traffic steps, analysis metrics and the promotion policy."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from itertools import pairwise
+
+from pydantic import Field, model_validator
+
+from optiserve.api.base import ApiModel
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+
+
+class TrafficProvider(StrEnum):
+    REPLICAS = "replicas"
+    GATEWAY_API = "gateway-api"
+    NGINX = "nginx"
+
+
+class TrafficSpec(ApiModel):
+    provider: TrafficProvider = Field(
+        default=TrafficProvider.REPLICAS,
+        description="How traffic is split: replica ratio, Gateway API HTTPRoute weights, or nginx (local mode).",
+    )
+    http_route: str | None = Field(default=None, description="HTTPRoute to manage (provider gateway-api).")
+
+
+class RolloutStep(ApiModel):
+    weight: int = Field(ge=0, le=100, description="Percent of traffic sent to the candidate at this step.")
+    pause: str | None = Field(
+        default=None, pattern=DURATION_PATTERN, description="How long to hold this step before judging it, e.g. 30s."
+    )
+
+
+class MetricName(StrEnum):
+    LATENCY = "latency"
+    ERROR_RATE = "errorRate"
+    AGREEMENT = "agreement"
+    ACCURACY = "accuracy"
+
+
+class AnalysisMetric(ApiModel):
+    name: str = Field(
+        min_length=1,
+        description="latency, errorRate, agreement, accuracy (built-in Triton and comparator queries) or any name with a query.",
+    )
+    query: str | None = Field(default=None, description="Custom PromQL; {{variant}} is replaced by baseline or candidate.")
+    max_relative_increase: float | None = Field(
+        default=None, ge=0, description="Largest allowed increase over the baseline running at the same time (0.1 = 10 %)."
+    )
+    max: float | None = Field(default=None, description="Absolute upper bound for the candidate's value.")
+    min: float | None = Field(default=None, description="Absolute lower bound for the candidate's value.")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> AnalysisMetric:
+        if self.max_relative_increase is None and self.max is None and self.min is None:
+            raise ValueError("max: a metric needs maxRelativeIncrease, max or min")
+        if self.name not in {m.value for m in MetricName} and not self.query:
+            raise ValueError(f"query: required for the custom metric '{self.name}'")
+        return self
+
+
+class PrometheusSpec(ApiModel):
+    address: str = Field(default="http://prometheus.monitoring:9090", pattern=r"^https?://", description="Prometheus base URL.")
+
+
+class AnalysisSpec(ApiModel):
+    interval: str = Field(default="15s", pattern=DURATION_PATTERN, description="How often each metric is judged.")
+    prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec, description="Where the metrics are.")
+    metrics: list[AnalysisMetric] = Field(
+        default_factory=list, description="What is judged; candidate against the baseline running at the same time."
+    )
+    failure_limit: int = Field(default=1, ge=0, description="Roll back when more intervals than this failed.")
+    inconclusive_limit: int = Field(default=3, ge=0, description="Pause when more intervals than this were inconclusive.")
+    consecutive_error_limit: int = Field(default=4, ge=0, description="Stop when more consecutive measurements errored.")
+
+
+class Promotion(StrEnum):
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+class RolloutSpec(ApiModel):
+    traffic: TrafficSpec = Field(default_factory=TrafficSpec, description="Traffic splitting.")
+    steps: list[RolloutStep] = Field(
+        default_factory=lambda: [RolloutStep(weight=10), RolloutStep(weight=50), RolloutStep(weight=100)],
+        min_length=1,
+        max_length=20,
+        description="Candidate weights, strictly increasing, ending at 100.",
+    )
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Canary analysis.")
+    promotion: Promotion = Field(default=Promotion.AUTO, description="auto: promote after the last step passes.")
+    promote_artifact: str | None = Field(
+        default=None,
+        pattern=r"^sha256:[0-9a-f]{64}$",
+        description="With promotion manual: promote only the candidate whose artifact digest is this (GitOps approval).",
+    )
+    progress_deadline_seconds: int = Field(default=1800, ge=60, description="Fail the rollout if it makes no progress.")
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> RolloutSpec:
+        weights = [s.weight for s in self.steps]
+        if any(b <= a for a, b in pairwise(weights)) or weights[-1] != 100:
+            raise ValueError("steps: weights must be strictly increasing and end at 100")
+        return self

@@ -1,0 +1,67 @@
+"""The `OptimizedModel` status: phase, conditions, the job's summary and the canary's progress.
+
+One module writes status (the operator's status writer); these models are its schema.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field
+
+from optiserve.api.base import ApiModel
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    OPTIMIZING = "Optimizing"
+    VALIDATING = "Validating"
+    DEPLOYING = "Deploying"
+    CANARY = "Canary"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+
+
+class Condition(ApiModel):
+    type: str = Field(description="Ready, Optimized, Validated, Progressing or Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="One CamelCase word for machines.")
+    message: str = Field(default="", description="A sentence for people.")
+    last_transition_time: str | None = Field(default=None, description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="The generation this condition describes.")
+
+
+class ArtifactStatus(ApiModel):
+    uri: str = Field(description="Where the published Triton model repository is.")
+    sha256: str = Field(description="sha256 of the repository manifest.")
+    size_bytes: int = Field(description="Size of the optimized model file.")
+
+
+class OptimizationSummary(ApiModel):
+    speedup: float | None = Field(default=None, description="Baseline p50 / candidate p50 at the first batch size.")
+    size_ratio: float | None = Field(default=None, description="Candidate bytes / baseline bytes.")
+    accuracy_delta: float | None = Field(default=None, description="Candidate minus baseline label accuracy.")
+    fidelity_mean: float | None = Field(default=None, description="Mean fidelity to the unoptimized model.")
+    fidelity_min: float | None = Field(default=None, description="Worst single-sample fidelity.")
+
+
+class CanaryStatus(ApiModel):
+    weight: int = Field(default=0, ge=0, le=100, description="Percent of traffic on the candidate now.")
+    step: int = Field(default=0, ge=0, description="Index of the current step (0 before the first).")
+    last_verdict: str | None = Field(default=None, description="The latest analysis verdict.")
+    reason: str | None = Field(default=None, description="Why the latest verdict was reached.")
+    measurements: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=50, description="The latest measurements (bounded history)."
+    )
+
+
+class OptimizedModelStatus(ApiModel):
+    phase: Phase = Field(default=Phase.PENDING, description="Where the model is in its pipeline.")
+    observed_generation: int | None = Field(default=None, description="The spec generation this status describes.")
+    message: str | None = Field(default=None, description="What is happening, or why it stopped.")
+    conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")
+    artifact: ArtifactStatus | None = Field(default=None, description="The optimized artifact in use.")
+    optimization: OptimizationSummary | None = Field(default=None, description="The optimization job's summary.")
+    canary: CanaryStatus | None = Field(default=None, description="Canary progress.")

@@ -1,0 +1,166 @@
+"""The phase state machine: `decide(spec, observed, now)` -> the next phase, children and status.
+
+Level-based: the decision depends only on the spec, on what is observed in the cluster now and on
+the time, never on which event woke the reconciler; running it twice on the same inputs gives the
+same answer, and the reconciler can crash anywhere between acting on it and writing status.
+
+Phases: Pending -> Optimizing -> Validating -> Deploying -> Canary -> Promoted | RolledBack | Failed.
+The first candidate of a resource has no baseline to compare with; as in Flagger's
+initialisation, it is promoted once ready, without a canary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from optiserve.api.job import JobResult
+from optiserve.api.status import Phase
+
+TERMINAL = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED})
+
+# Which phase may follow which: the table the tests walk. Reconcile is level-based, so a phase may
+# be skipped (a restart finds the job already done); a spec change restarts from Pending.
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.PENDING: frozenset({Phase.OPTIMIZING, Phase.VALIDATING, Phase.FAILED}),
+    Phase.OPTIMIZING: frozenset({Phase.OPTIMIZING, Phase.VALIDATING, Phase.FAILED}),
+    Phase.VALIDATING: frozenset({Phase.DEPLOYING, Phase.CANARY, Phase.PROMOTED, Phase.FAILED}),
+    Phase.DEPLOYING: frozenset({Phase.DEPLOYING, Phase.CANARY, Phase.PROMOTED, Phase.FAILED}),
+    Phase.CANARY: frozenset({Phase.CANARY, Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED}),
+    Phase.PROMOTED: frozenset({Phase.PROMOTED}),
+    Phase.ROLLED_BACK: frozenset({Phase.ROLLED_BACK}),
+    Phase.FAILED: frozenset({Phase.FAILED}),
+}
+
+
+class JobState(StrEnum):
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    generation: int
+    state: JobState
+    result: JobResult | None = None
+    failure: str = ""
+
+
+@dataclass(frozen=True)
+class CandidateObservation:
+    generation: int
+    artifact_sha256: str
+    ready: bool
+    """Triton reports the model ready and a real inference succeeded (warm)."""
+    failure: str = ""
+    """Why the candidate cannot become ready (e.g. the model failed to load), when known."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    generation: int
+    phase: Phase
+    observed_generation: int | None
+    phase_since: datetime | None
+    promoted_sha256: str | None
+    """The artifact the baseline serves; None before the first promotion."""
+    job: JobObservation | None = None
+    candidate: CandidateObservation | None = None
+    spec_errors: tuple[str, ...] = ()
+
+
+class Child(StrEnum):
+    JOB = "job"
+    CANDIDATE = "candidate"
+
+
+@dataclass(frozen=True)
+class Decision:
+    phase: Phase
+    reason: str
+    message: str
+    want: frozenset[Child] = frozenset()
+    """Children that must exist for this generation (created or adopted)."""
+    remove_stale: bool = False
+    """Remove children of other generations (never the baseline)."""
+    promote: JobResult | None = None
+    """Make this result's artifact the baseline's."""
+    requeue_after_s: float | None = None
+    events: tuple[str, ...] = field(default=())
+
+
+DEPLOY_DEADLINE_S = 600.0
+POLL_S = 10.0
+
+
+def _restarted(observed: Observed) -> bool:
+    return observed.observed_generation is not None and observed.generation != observed.observed_generation
+
+
+def decide(observed: Observed, now: datetime, deploy_deadline_s: float = DEPLOY_DEADLINE_S) -> Decision:
+    """The next step for one resource, from what is observed now."""
+    if observed.spec_errors:
+        return Decision(Phase.FAILED, "InvalidSpec", "; ".join(observed.spec_errors), remove_stale=True)
+    phase = Phase.PENDING if _restarted(observed) else observed.phase
+    if phase in TERMINAL:
+        return Decision(phase, "Done", f"{phase.value}", remove_stale=phase is not Phase.FAILED)
+    job = observed.job if observed.job and observed.job.generation == observed.generation else None
+    if phase in (Phase.PENDING, Phase.OPTIMIZING) or job is None or job.state is JobState.RUNNING:
+        return _optimizing(observed, job)
+    result = job.result
+    if job.state is JobState.FAILED or result is None or not result.passed:
+        reason = (result.reason if result and result.reason else job.failure) or "the optimization job failed"
+        gates = f" (failed gates: {', '.join(result.failed_gates)})" if result and result.failed_gates else ""
+        return Decision(Phase.FAILED, "OptimizationFailed", reason + gates, remove_stale=True)
+    return _deploying(observed, result, now, deploy_deadline_s)
+
+
+def _optimizing(observed: Observed, job: JobObservation | None) -> Decision:
+    if job is not None and job.state is not JobState.RUNNING:
+        return Decision(
+            Phase.VALIDATING,
+            "JobFinished",
+            "reading the optimization job's result",
+            want=frozenset({Child.JOB}),
+            remove_stale=True,
+            requeue_after_s=0,
+        )
+    message = f"optimization job for generation {observed.generation} is running"
+    return Decision(
+        Phase.OPTIMIZING, "JobRunning", message, want=frozenset({Child.JOB}), remove_stale=True, requeue_after_s=POLL_S
+    )
+
+
+def _deploying(observed: Observed, result: JobResult, now: datetime, deadline_s: float) -> Decision:
+    assert result.artifact is not None
+    want = frozenset({Child.JOB, Child.CANDIDATE})
+    candidate = observed.candidate
+    ours = candidate is not None and candidate.generation == observed.generation
+    if observed.phase is Phase.CANARY and ours:
+        return Decision(Phase.CANARY, "CanaryInProgress", "candidate deployed next to the baseline at weight 0", want=want)
+    if ours and candidate is not None and candidate.ready:
+        if observed.promoted_sha256 is None:
+            return Decision(
+                Phase.PROMOTED,
+                "Initialized",
+                "first candidate promoted without a canary (no baseline yet)",
+                want=want,
+                remove_stale=True,
+                promote=result,
+            )
+        return Decision(Phase.CANARY, "CanaryStarted", "candidate ready and warm; canary starts at weight 0", want=want)
+    waited = (now - observed.phase_since).total_seconds() if observed.phase is Phase.DEPLOYING and observed.phase_since else 0.0
+    failure = candidate.failure if ours and candidate is not None else ""
+    if waited > deadline_s:
+        detail = f": {failure}" if failure else ""
+        return Decision(
+            Phase.FAILED,
+            "ProgressDeadlineExceeded",
+            f"candidate not ready after {deadline_s:.0f}s{detail}; the baseline keeps serving",
+            want=frozenset({Child.JOB}),
+            remove_stale=True,
+        )
+    message = f"deploying the candidate (artifact {result.artifact.sha256[:12]})" + (f": {failure}" if failure else "")
+    return Decision(Phase.DEPLOYING, "Degraded" if failure else "Deploying", message, want=want, requeue_after_s=POLL_S)

@@ -14,21 +14,32 @@ from rich.table import Table
 
 from optiserve.api.job import job_request_from_manifest
 from optiserve.api.manifest import ManifestError, load_manifest
+from optiserve.api.spec import OptimizedModel
 
 console = Console(stderr=True, soft_wrap=True)  # no hard wraps: errors stay one per line
 
 
-def _validate(args: argparse.Namespace) -> int:
+def _print_errors(errors: list[str], suffix: str = "") -> None:
+    for line in errors:
+        console.print(f"[red]error[/red] {line}{suffix}", highlight=False)
+
+
+def _load(path: Path) -> OptimizedModel | None:
+    """The manifest, or None after printing every error, field by field."""
     try:
-        manifest = load_manifest(args.file)
+        return load_manifest(path)
     except ManifestError as e:
-        for line in e.errors:
-            console.print(f"[red]error[/red] {line}", highlight=False)
+        _print_errors(e.errors)
+        return None
+
+
+def _validate(args: argparse.Namespace) -> int:
+    manifest = _load(args.file)
+    if manifest is None:
         return 1
     # The same rules as the API server's CEL; a disagreement with the models is still an error.
     cel = cel_errors_for(args.file)
-    for line in cel:
-        console.print(f"[red]error[/red] {line} (CEL)", highlight=False)
+    _print_errors(cel, " (CEL)")
     if cel:
         return 1
     console.print(f"{args.file}: OptimizedModel '{manifest.metadata.name}' is valid", highlight=False)
@@ -96,11 +107,8 @@ def _print_summary(report: dict[str, Any]) -> None:
 def _optimize(args: argparse.Namespace) -> int:
     from optiserve_jobs.job import run_job  # the data plane: heavy imports only for this command
 
-    try:
-        manifest = load_manifest(args.file)
-    except ManifestError as e:
-        for line in e.errors:
-            console.print(f"[red]error[/red] {line}", highlight=False)
+    manifest = _load(args.file)
+    if manifest is None:
         return 1
     request = job_request_from_manifest(manifest, base_dir=str(args.file.resolve().parent))
     with console.status("optimizing") as status:

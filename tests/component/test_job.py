@@ -124,18 +124,8 @@ def test_gate_failure_report_names_value_and_threshold(tmp_path: Path, tiny_onnx
     assert gate["value"] is not None and gate["value"] < 1000.0
 
 
-def test_container_entry_point_writes_the_termination_message(tmp_path: Path, tiny_onnx_spec: dict[str, Any]) -> None:
-    request = JobRequest.model_validate(
-        {
-            "name": "tiny",
-            "model": tiny_onnx_spec["model"],
-            "passes": tiny_onnx_spec["optimization"]["passes"],
-            "validation": tiny_onnx_spec["validation"],
-            "benchmark": tiny_onnx_spec["benchmark"],
-            "baseDir": str(tmp_path),
-        }
-    )
-    (tmp_path / "request.json").write_text(request.model_dump_json(by_alias=True))
+def _run_container_entry_point(tmp_path: Path, request_json: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    (tmp_path / "request.json").write_text(request_json)
     termination = tmp_path / "termination-log"
     completed = subprocess.run(
         [
@@ -154,6 +144,21 @@ def test_container_entry_point_writes_the_termination_message(tmp_path: Path, ti
         timeout=300,
         check=False,
     )
+    return completed, termination
+
+
+def test_container_entry_point_writes_the_termination_message(tmp_path: Path, tiny_onnx_spec: dict[str, Any]) -> None:
+    request = JobRequest.model_validate(
+        {
+            "name": "tiny",
+            "model": tiny_onnx_spec["model"],
+            "passes": tiny_onnx_spec["optimization"]["passes"],
+            "validation": tiny_onnx_spec["validation"],
+            "benchmark": tiny_onnx_spec["benchmark"],
+            "baseDir": str(tmp_path),
+        }
+    )
+    completed, termination = _run_container_entry_point(tmp_path, request.model_dump_json(by_alias=True))
     assert completed.returncode == 0, completed.stderr[-2000:]
     result = JobResult.from_termination_message(termination.read_text())
     assert result.passed and result.artifact is not None and result.artifact.size_bytes > 0
@@ -162,25 +167,7 @@ def test_container_entry_point_writes_the_termination_message(tmp_path: Path, ti
 
 
 def test_container_entry_point_refuses_a_bad_request(tmp_path: Path) -> None:
-    (tmp_path / "request.json").write_text(json.dumps({"apiVersion": "optiserve.io/job/v9", "name": "x"}))
-    termination = tmp_path / "termination-log"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "optiserve_jobs",
-            "--request",
-            str(tmp_path / "request.json"),
-            "--out",
-            str(tmp_path / "out"),
-            "--termination-log",
-            str(termination),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    completed, termination = _run_container_entry_point(tmp_path, json.dumps({"apiVersion": "optiserve.io/job/v9", "name": "x"}))
     assert completed.returncode == 1
     result = JobResult.from_termination_message(termination.read_text())
     assert not result.passed and "invalid JobRequest" in result.reason

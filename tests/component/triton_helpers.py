@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import urllib.request
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -14,24 +15,22 @@ from optiserve.local.triton import TritonServer
 _TRITON_DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
 
 
-def infer_http(url: str, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
-    with httpclient.InferenceServerClient(url) as client:
+def _infer(client_module: Any, url: str, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
+    with client_module.InferenceServerClient(url) as client:
         tensors = []
         for name, array in inputs.items():
-            tensor = httpclient.InferInput(name, list(array.shape), _TRITON_DTYPES[array.dtype])
+            tensor = client_module.InferInput(name, list(array.shape), _TRITON_DTYPES[array.dtype])
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         return np.asarray(client.infer(model, tensors).as_numpy(output))
+
+
+def infer_http(url: str, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
+    return _infer(httpclient, url, model, inputs, output)
 
 
 def infer_grpc(url: str, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
-    with grpcclient.InferenceServerClient(url) as client:
-        tensors = []
-        for name, array in inputs.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), _TRITON_DTYPES[array.dtype])
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        return np.asarray(client.infer(model, tensors).as_numpy(output))
+    return _infer(grpcclient, url, model, inputs, output)
 
 
 def model_counters(server: TritonServer, model: str) -> tuple[float, float]:

@@ -77,3 +77,27 @@ def test_corrupt_torchscript_is_named(tmp_path: Path) -> None:
     (tmp_path / "model.pt").write_bytes(b"not a zip archive")
     report = _run(tmp_path, {"uri": "model.pt", "format": "torchscript"})
     assert report["exit_code"] == 1 and "not a readable TorchScript file" in report["reason"]
+
+
+def test_export_numerical_check_fails_beyond_tolerance(tmp_path: Path) -> None:
+    """The digits CNN exports with a max abs error around 1e-6: a zero tolerance must fail the pass."""
+    digits = Path(__file__).resolve().parents[2] / "examples/digits"
+    spec = {
+        "model": {
+            "uri": str(digits / "artifacts/digits_cnn.pt"),
+            "format": "pytorch",
+            "entrypoint": f"{digits / 'model.py'}:build",
+            "task": "classification",
+            "inputs": [{"name": "image", "shape": [1, 8, 8]}],
+            "outputs": ["logits"],
+        },
+        "optimization": {"passes": [{"type": "export", "atol": 0.0, "rtol": 0.0}]},
+        "validation": {"datasetUri": str(digits / "artifacts/validation.npz")},
+        "benchmark": FAST_BENCHMARK,
+    }
+    (tmp_path / "om.yaml").write_text(yaml.safe_dump(manifest(spec)))
+    assert main(["optimize", "-f", str(tmp_path / "om.yaml"), "--out", str(tmp_path / "out")]) == 1
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert report["passes"][0]["status"] == "failed"
+    assert "numerical check failed: max abs error" in report["reason"]
+    assert not (tmp_path / "out/model_repository").exists()

@@ -22,6 +22,8 @@ from optiserve.resources.triton_config import ModelIO, build_model_config, rende
 from optiserve_jobs.errors import JobError
 
 MANIFEST = "manifest.json"
+READY_REQUEST = "ready_request.json"
+_KSERVE_TYPES = {DType.FLOAT32: "FP32", DType.FLOAT16: "FP16", DType.INT64: "INT64", DType.INT32: "INT32"}
 REPOSITORIES = {TritonBackend.ONNXRUNTIME: "model_repository", TritonBackend.PYTHON: "model_repository_python"}
 _PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 _ONNX_TO_DTYPE = {1: DType.FLOAT32, 10: DType.FLOAT16, 7: DType.INT64, 6: DType.INT32}
@@ -81,6 +83,18 @@ def _write_model(repository: Path, backend: TritonBackend, model_path: Path, io:
     (repository / settings.name / "config.pbtxt").write_text(render_model_config(config))
 
 
+def ready_request(io: ModelIO, sequence_length: int) -> dict[str, object]:
+    """A real inference (KServe v2 JSON, batch 1, zeros) that a readiness probe sends to prove the model is warm."""
+    inputs = []
+    for spec in io.inputs:
+        shape = [1, *(sequence_length if d < 0 else d for d in spec.shape)]
+        count = 1
+        for dim in shape:
+            count *= dim
+        inputs.append({"name": spec.name, "shape": shape, "datatype": _KSERVE_TYPES[spec.dtype], "data": [0] * count})
+    return {"inputs": inputs}
+
+
 def _manifest(root: Path) -> dict[str, dict[str, str | int]]:
     return {
         str(path.relative_to(root)): {"sha256": sha256_file(path), "size": path.stat().st_size}
@@ -97,6 +111,7 @@ def publish(out_dir: Path, model_path: Path, settings: PublishSettings) -> Artif
     try:
         for backend, directory in REPOSITORIES.items():
             _write_model(staging / directory, backend, model_path, io, settings)
+        (staging / READY_REQUEST).write_text(json.dumps(ready_request(io, settings.sequence_length)))
         manifest_text = json.dumps({"model": settings.name, "files": _manifest(staging)}, indent=2, sort_keys=True)
         (staging / MANIFEST).write_text(manifest_text)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # the old manifest goes first: no reader trusts a mix
@@ -105,6 +120,7 @@ def publish(out_dir: Path, model_path: Path, settings: PublishSettings) -> Artif
             if target.exists():
                 shutil.rmtree(target)
             (staging / directory).rename(target)
+        (staging / READY_REQUEST).replace(out_dir / READY_REQUEST)
         (staging / MANIFEST).rename(out_dir / MANIFEST)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -137,5 +153,6 @@ def verify(out_dir: Path) -> dict[str, object]:
 def remove_published(out_dir: Path) -> None:
     """Remove a previous run's repositories, so a failed run leaves none behind."""
     (out_dir / MANIFEST).unlink(missing_ok=True)
+    (out_dir / READY_REQUEST).unlink(missing_ok=True)
     for directory in REPOSITORIES.values():
         shutil.rmtree(out_dir / directory, ignore_errors=True)

@@ -8,6 +8,7 @@ running ONNX Runtime, dynamic batching on) and must answer with the right number
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -127,6 +128,14 @@ def test_digits_static_int8_keeps_accuracy_and_serves(tmp_path: Path, triton_ins
     images, labels = validation["image"][:64], validation["labels"][:64]
     with TritonServer(tmp_path / "out/model_repository_python", install=triton_install) as server:
         server.wait_model_ready("digits")
+        probe = urllib.request.Request(
+            f"http://{server.http_url}/v2/models/digits/infer",
+            data=(tmp_path / "out/ready_request.json").read_bytes(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(probe, timeout=30) as response:  # what the readiness probe sends
+            answer = json.loads(response.read())
+        assert answer["outputs"][0]["name"] == "logits" and answer["outputs"][0]["shape"] == [1, 10]
         http_logits = infer_http(server.http_url, "digits", {"image": images[:32]}, "logits")
         grpc_logits = infer_grpc(server.grpc_url, "digits", {"image": images[32:]}, "logits")
     served = np.concatenate([http_logits, grpc_logits])

@@ -37,6 +37,9 @@ def test_both_repositories_are_complete_and_verified(tmp_path: Path) -> None:
     assert (onnx_backend.backend, python_backend.backend) == ("onnxruntime", "python")
     assert [i.name for i in python_backend.input] == ["x"] and list(python_backend.output[0].dims) == [4]
     assert not list(out.glob(".staging-*"))
+    ready = json.loads((out / "ready_request.json").read_text())
+    assert ready == {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0] * 8}]}
+    assert "ready_request.json" in files
 
 
 def test_truncated_model_is_refused(tmp_path: Path) -> None:

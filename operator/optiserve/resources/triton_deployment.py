@@ -1,0 +1,166 @@
+"""Triton Deployments and Services for the baseline and candidate variants.
+
+Model control is explicit (`--model-control-mode=explicit --load-model=NAME`): the server loads
+exactly the published model at start and never picks up a half-written directory by polling.
+Readiness means ready *and warm*: `config.pbtxt` carries `model_warmup` for each preferred batch
+size, the startup probe waits for the model (sized for model load), and the readiness probe sends
+a real inference (the `ready_request.json` the job publishes next to the repositories).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from optiserve.api.spec import TritonSpec
+from optiserve.resources.job import MODELS_MOUNT, Owner, output_dir, restricted_security_context
+from optiserve.resources.names import deployment_name, labels
+
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+TRITON_UID = 1000  # the triton-server user of NVIDIA's image
+READY_REQUEST = "ready_request.json"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # "baseline" or "candidate"
+    generation: int
+    replicas: int
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    models_pvc: str = "optiserve-models"
+    cpu_request: str = "2"
+    memory_request: str = "2Gi"
+    cpu_limit: str = "4"
+    memory_limit: str = "4Gi"
+    startup_seconds: int = 600
+
+
+def _owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": owner.api_version,
+        "kind": owner.kind,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _probes(model: str, repository_dir: str, startup_seconds: int) -> dict[str, Any]:
+    infer = (
+        f"curl -sf -X POST -H 'Content-Type: application/json' --data @{repository_dir}/{READY_REQUEST} "
+        f"http://127.0.0.1:{HTTP_PORT}/v2/models/{model}/infer -o /dev/null"
+    )
+    return {
+        "startupProbe": {
+            "httpGet": {"path": f"/v2/models/{model}/ready", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": max(1, startup_seconds // 5),
+        },
+        "readinessProbe": {
+            "exec": {"command": ["sh", "-c", infer]},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
+    }
+
+
+def build_triton_deployment(
+    owner: Owner, namespace: str, variant: Variant, triton: TritonSpec, settings: ServingSettings
+) -> dict[str, Any]:
+    model = owner.name
+    repository_dir = output_dir(model, variant.generation)
+    meta_labels = labels(model, variant.name, variant.generation)
+    selector = labels(model, variant.name)
+    container = {
+        "name": "triton",
+        "image": triton.image,
+        "command": ["tritonserver"],
+        "args": [
+            f"--model-repository={repository_dir}/model_repository",
+            "--model-control-mode=explicit",
+            f"--load-model={model}",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            "--metrics-config=summary_latencies=true",
+            f"--http-port={HTTP_PORT}",
+            f"--grpc-port={GRPC_PORT}",
+            f"--metrics-port={METRICS_PORT}",
+        ],
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT},
+            {"name": "grpc", "containerPort": GRPC_PORT},
+            {"name": "metrics", "containerPort": METRICS_PORT},
+        ],
+        "resources": {
+            "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},
+            "limits": {"cpu": settings.cpu_limit, "memory": settings.memory_limit},
+        },
+        "securityContext": restricted_security_context(),
+        "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
+        **_probes(model, repository_dir, settings.startup_seconds),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(model, variant.name),
+            "namespace": namespace,
+            "labels": meta_labels,
+            "ownerReferences": [_owner_reference(owner)],
+        },
+        "spec": {
+            "replicas": variant.replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": meta_labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": TRITON_UID,
+                        "fsGroup": TRITON_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "models", "persistentVolumeClaim": {"claimName": settings.models_pvc, "readOnly": True}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def build_triton_service(owner: Owner, namespace: str, variant: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": deployment_name(owner.name, variant),
+            "namespace": namespace,
+            "labels": labels(owner.name, variant),
+            "ownerReferences": [_owner_reference(owner)],
+        },
+        "spec": {
+            "selector": labels(owner.name, variant),
+            "ports": [
+                {"name": name, "port": port, "targetPort": name}
+                for name, port in (("http", HTTP_PORT), ("grpc", GRPC_PORT), ("metrics", METRICS_PORT))
+            ],
+        },
+    }

@@ -1,0 +1,67 @@
+"""Triton Deployments and Services: golden files, Kubernetes schema, probes, labels, security."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from optiserve.api.spec import TritonSpec
+from optiserve.resources.job import Owner
+from optiserve.resources.triton_deployment import ServingSettings, Variant, build_triton_deployment, build_triton_service
+
+GOLDEN = Path(__file__).parent / "golden"
+OWNER = Owner("optiserve.io/v1alpha1", "OptimizedModel", "minilm", "0b7c7d1e-1111-2222-3333-444455556666")
+
+
+def _deployment(variant: str = "candidate") -> dict[str, Any]:
+    return build_triton_deployment(OWNER, "ml", Variant(variant, 3, 1), TritonSpec(), ServingSettings())
+
+
+@pytest.mark.parametrize("kind", ["deployment", "service"])
+def test_golden(kind: str) -> None:
+    built = _deployment() if kind == "deployment" else build_triton_service(OWNER, "ml", "candidate")
+    golden = GOLDEN / f"minilm_candidate_{kind}.yaml"
+    rendered = yaml.safe_dump(built, sort_keys=True)
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(rendered)
+    assert rendered == golden.read_text()
+
+
+@pytest.mark.parametrize("variant", ["baseline", "candidate"])
+def test_valid_for_kubernetes(variant: str) -> None:
+    kubernetes_validate.validate(_deployment(variant), "1.33", strict=True)
+    kubernetes_validate.validate(build_triton_service(OWNER, "ml", variant), "1.33", strict=True)
+
+
+def test_ready_means_loaded_and_answering() -> None:
+    container = _deployment()["spec"]["template"]["spec"]["containers"][0]
+    assert "--model-control-mode=explicit" in container["args"] and "--load-model=minilm" in container["args"]
+    assert "--metrics-config=summary_latencies=true" in container["args"]
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/models/minilm/ready"
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 600
+    probe = " ".join(container["readinessProbe"]["exec"]["command"])
+    assert "/v2/models/minilm/infer" in probe and "ready_request.json" in probe
+
+
+def test_labels_selectors_and_scrape_annotations() -> None:
+    deployment = _deployment("baseline")
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["labels"]["optiserve.io/variant"] == "baseline"
+    assert template["metadata"]["labels"]["optiserve.io/model"] == "minilm"
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert "optiserve.io/generation" not in selector  # a new generation rolls the same Deployment
+    assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert build_triton_service(OWNER, "ml", "baseline")["spec"]["selector"] == selector
+
+
+def test_restricted_and_read_only_models() -> None:
+    pod = _deployment()["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]

@@ -144,6 +144,29 @@ def _crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _judge(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from optiserve.domain.analysis_spec import analysis_plan
+    from optiserve.domain.replay import replay
+
+    manifest = _load(args.file)
+    if manifest is None:
+        return 1
+    try:
+        plan = analysis_plan(manifest.spec.rollout.analysis)
+    except (ValidationError, ValueError) as e:
+        _print_errors([f"spec.rollout.analysis: {e}"])
+        return 1
+    if not plan.checks:
+        _print_errors(["spec.rollout.analysis.metrics: no metrics to judge"])
+        return 1
+    series = [json.loads(path.read_text()) for path in (args.baseline, args.candidate)]
+    verdict = replay(series[0], series[1], plan.checks, interval_s=plan.interval_s, policy=plan.policy)
+    sys.stdout.write(json.dumps(verdict, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="optiserve", description="Optimize, prove, serve and canary models on Triton.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="validate a manifest offline; every error names its field")
     validate.add_argument("-f", "--file", type=Path, required=True)
     validate.set_defaults(handler=_validate)
+    judge = commands.add_parser("judge", help="replay recorded metric series through the canary judge; JSON verdict")
+    judge.add_argument("-f", "--file", type=Path, required=True)
+    judge.add_argument("--baseline", type=Path, required=True, help="baseline series JSON (docs/judge.md)")
+    judge.add_argument("--candidate", type=Path, required=True, help="candidate series JSON (docs/judge.md)")
+    judge.set_defaults(handler=_judge)
     optimize = commands.add_parser("optimize", help="run the optimization job locally")
     optimize.add_argument("-f", "--file", type=Path, required=True)
     optimize.add_argument("--out", type=Path, required=True, help="report.json and model_repository*/ go here")

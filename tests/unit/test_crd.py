@@ -94,6 +94,12 @@ CASES: dict[str, dict[str, Any]] = {
     "steps repeated": {"rollout": {"steps": [{"weight": 10}, {"weight": 10}, {"weight": 100}]}},
     "metric without bounds": {"rollout": {"analysis": {"metrics": [{"name": "latency"}]}}},
     "custom metric without query": {"rollout": {"analysis": {"metrics": [{"name": "p42", "max": 1}]}}},
+    "errorRate with a relative increase": {
+        "rollout": {"analysis": {"metrics": [{"name": "errorRate", "maxRelativeIncrease": 0.1}]}}
+    },
+    "errorRate with an absolute increase": {
+        "rollout": {"analysis": {"metrics": [{"name": "errorRate", "maxAbsoluteIncrease": 0.01}]}}
+    },
     "custom metric with query": {"rollout": {"analysis": {"metrics": [{"name": "p42", "max": 1, "query": "up"}]}}},
 }
 

@@ -50,8 +50,12 @@ STEPS_RULES = [
 ]
 METRIC_RULES = [
     {
-        "rule": "has(self.maxRelativeIncrease) || has(self.max) || has(self.min)",
-        "message": "a metric needs maxRelativeIncrease, max or min",
+        "rule": "has(self.maxRelativeIncrease) || has(self.maxAbsoluteIncrease) || has(self.max) || has(self.min)",
+        "message": "a metric needs maxRelativeIncrease, maxAbsoluteIncrease, max or min",
+    },
+    {
+        "rule": "self.name != 'errorRate' || !has(self.maxRelativeIncrease)",
+        "message": "maxRelativeIncrease: not for errorRate; use maxAbsoluteIncrease",
     },
     {
         "rule": "self.name in ['latency', 'errorRate', 'agreement', 'accuracy'] || has(self.query)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from itertools import pairwise
 
@@ -49,13 +50,20 @@ class AnalysisMetric(ApiModel):
     max_relative_increase: float | None = Field(
         default=None, ge=0, description="Largest allowed increase over the baseline running at the same time (0.1 = 10 %)."
     )
+    max_absolute_increase: float | None = Field(
+        default=None, ge=0, description="errorRate: largest allowed rate above the baseline's (0.01 = one point)."
+    )
     max: float | None = Field(default=None, description="Absolute upper bound for the candidate's value.")
     min: float | None = Field(default=None, description="Absolute lower bound for the candidate's value.")
 
     @model_validator(mode="after")
     def _check_bounds(self) -> AnalysisMetric:
-        if self.max_relative_increase is None and self.max is None and self.min is None:
-            raise ValueError("max: a metric needs maxRelativeIncrease, max or min")
+        if self.max_relative_increase is None and self.max_absolute_increase is None and self.max is None and self.min is None:
+            raise ValueError("max: a metric needs maxRelativeIncrease, maxAbsoluteIncrease, max or min")
+        if self.name == MetricName.ERROR_RATE and self.max_relative_increase is not None:
+            raise ValueError(
+                "maxRelativeIncrease: not for errorRate (undefined when the baseline has no errors); use maxAbsoluteIncrease"
+            )
         if self.name not in {m.value for m in MetricName} and not self.query:
             raise ValueError(f"query: required for the custom metric '{self.name}'")
         return self
@@ -67,13 +75,20 @@ class PrometheusSpec(ApiModel):
 
 class AnalysisSpec(ApiModel):
     interval: str = Field(default="15s", pattern=DURATION_PATTERN, description="How often each metric is judged.")
+    warmup: str = Field(
+        default="15s", pattern=DURATION_PATTERN, description="Excluded from judging after the canary gets traffic."
+    )
     prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec, description="Where the metrics are.")
     metrics: list[AnalysisMetric] = Field(
         default_factory=list, description="What is judged; candidate against the baseline running at the same time."
     )
-    failure_limit: int = Field(default=1, ge=0, description="Roll back when more intervals than this failed.")
-    inconclusive_limit: int = Field(default=3, ge=0, description="Pause when more intervals than this were inconclusive.")
-    consecutive_error_limit: int = Field(default=4, ge=0, description="Stop when more consecutive measurements errored.")
+    failure_limit: int = Field(default=1, ge=0, description="Roll back when a metric failed in more intervals than this.")
+    inconclusive_limit: int = Field(
+        default=3, ge=0, description="Hold when a metric was inconclusive in more intervals than this."
+    )
+    consecutive_error_limit: int = Field(
+        default=4, ge=0, description="Roll back when a metric's measurement errored more times in a row than this."
+    )
 
 
 class Promotion(StrEnum):
@@ -104,3 +119,14 @@ class RolloutSpec(ApiModel):
         if any(b <= a for a, b in pairwise(weights)) or weights[-1] != 100:
             raise ValueError("steps: weights must be strictly increasing and end at 100")
         return self
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(text: str) -> float:
+    """'1m30s' -> 90.0 (the format of `interval`, `warmup` and step pauses)."""
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 15s, 1m30s)")
+    return sum(float(number) * _UNITS[unit] for number, unit in parts)

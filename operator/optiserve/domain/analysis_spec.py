@@ -1,0 +1,48 @@
+"""From the spec's `rollout.analysis` to the judge's checks and policy (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from optiserve.api.rollout import AnalysisMetric, AnalysisSpec, MetricName, duration_seconds
+from optiserve.domain.analysis import AnalysisPolicy, MetricCheck, MetricKind
+
+_KINDS = {
+    MetricName.LATENCY: MetricKind.LATENCY,
+    MetricName.ERROR_RATE: MetricKind.ERROR_RATE,
+    MetricName.AGREEMENT: MetricKind.AGREEMENT,
+    MetricName.ACCURACY: MetricKind.ACCURACY,
+}
+
+
+@dataclass(frozen=True)
+class AnalysisPlan:
+    checks: list[MetricCheck]
+    policy: AnalysisPolicy
+    interval_s: float
+
+
+def metric_check(metric: AnalysisMetric) -> MetricCheck:
+    """Built-in names judge against the baseline; anything with a query is a custom value with bounds.
+
+    Every bound the spec sets is passed on: a bound the metric's kind does not take is refused by
+    `MetricCheck` with the field named, never dropped silently.
+    """
+    kind = MetricKind.CUSTOM if metric.query else _KINDS.get(MetricName(metric.name), MetricKind.CUSTOM)
+    bounds = {
+        "max_relative_increase": metric.max_relative_increase,
+        "max_absolute_increase": metric.max_absolute_increase,
+        "max": metric.max,
+        "min": metric.min,
+    }
+    return MetricCheck(name=metric.name, kind=kind, **{k: v for k, v in bounds.items() if v is not None})
+
+
+def analysis_plan(spec: AnalysisSpec) -> AnalysisPlan:
+    policy = AnalysisPolicy(
+        failure_limit=spec.failure_limit,
+        inconclusive_limit=spec.inconclusive_limit,
+        consecutive_error_limit=spec.consecutive_error_limit,
+        warmup_s=duration_seconds(spec.warmup),
+    )
+    return AnalysisPlan([metric_check(m) for m in spec.metrics], policy, duration_seconds(spec.interval))

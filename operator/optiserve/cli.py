@@ -162,7 +162,7 @@ def _judge(args: argparse.Namespace) -> int:
         _print_errors(["spec.rollout.analysis.metrics: no metrics to judge"])
         return 1
     series = [json.loads(path.read_text()) for path in (args.baseline, args.candidate)]
-    verdict = replay(series[0], series[1], plan.checks, interval_s=plan.interval_s, policy=plan.policy)
+    verdict = replay(series[0], series[1], plan.checks, interval_s=plan.interval_s, policy=plan.policy, window_s=plan.window_s)
     sys.stdout.write(json.dumps(verdict, indent=2) + "\n")
     return 0
 

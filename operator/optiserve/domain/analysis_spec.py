@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from optiserve.api.rollout import AnalysisMetric, AnalysisSpec, MetricName, duration_seconds
@@ -20,6 +21,9 @@ class AnalysisPlan:
     checks: list[MetricCheck]
     policy: AnalysisPolicy
     interval_s: float
+    window_s: float = math.inf
+    """Each interval is judged on everything since warm-up: the evidence grows with the canary,
+    so a small regression that one 15 s window cannot show is caught a few intervals later."""
 
 
 def metric_check(metric: AnalysisMetric) -> MetricCheck:

@@ -9,8 +9,9 @@ running at the same time (Kayenta's approach), and returns a `Measurement`. Thei
   requests) are Error.
 - Fewer than ``check.min_samples`` samples or requests in either compared variant: Inconclusive.
 - Failed only when a one-sided test at ``check.alpha`` shows the candidate is worse than the
-  tolerance or bound allows; otherwise Successful. Noise is never a failure, and too little data
-  is never a pass.
+  tolerance or bound allows. Successful only when, besides, every point estimate is within its
+  bound; a candidate that looks worse than allowed but not significantly so is Inconclusive.
+  Noise is never a failure, and neither too little data nor an unproven regression is a pass.
 
 `step` folds one interval's measurements into the `Analysis` state and applies Argo Rollouts'
 failure, inconclusive and consecutive-error limits; see `optiserve.domain.analysis.Decision`.
@@ -55,6 +56,8 @@ class _Finding:
     p_value: float | None = None
     effect_size: float | None = None
     threshold: float | None = None
+    inside: bool = True
+    """The point estimate is within the bound. Not failed but not inside is no evidence either way."""
 
 
 class _Counts(NamedTuple):
@@ -76,11 +79,16 @@ def _measurement(check: MetricCheck, outcome: Outcome, sentence: str, **values: 
 
 
 def _conclude(check: MetricCheck, findings: Sequence[_Finding], **values: float | int | None) -> Measurement:
-    """Failed if any criterion failed (that one explains it); otherwise Successful, explained by all."""
+    """Failed if any criterion failed (that one explains it). Successful only when every point
+    estimate is within its bound too: a candidate that looks worse than allowed but not yet
+    significantly so is Inconclusive (more data needed), never a pass."""
     failed = [finding for finding in findings if finding.failed]
-    deciding = failed[0] if failed else findings[-1]
-    outcome = Outcome.FAILED if failed else Outcome.SUCCESSFUL
-    sentence = deciding.sentence if failed else "; ".join(finding.sentence for finding in findings)
+    outside = [finding for finding in findings if not finding.inside]
+    deciding = failed[0] if failed else outside[0] if outside else findings[-1]
+    outcome = Outcome.FAILED if failed else Outcome.INCONCLUSIVE if outside else Outcome.SUCCESSFUL
+    sentence = "; ".join(finding.sentence for finding in findings) if outcome is Outcome.SUCCESSFUL else deciding.sentence
+    if outcome is Outcome.INCONCLUSIVE:
+        sentence += "; beyond the bound but not significantly: more data needed"
     return _measurement(
         check,
         outcome,
@@ -164,6 +172,7 @@ def _latency_bound(limit: float, candidate_median: float) -> _Finding:
         test="median-bound",
         effect_size=candidate_median - limit,
         threshold=limit,
+        inside=not failed,
     )
 
 
@@ -195,6 +204,7 @@ def _latency_shift(check: MetricCheck, baseline: FloatArray, candidate: FloatArr
         p_value=p_value,
         effect_size=increase,
         threshold=tolerance,
+        inside=increase <= tolerance,
     )
 
 
@@ -262,6 +272,7 @@ def _rate_bound(check: MetricCheck, limit: float, candidate: _Counts) -> _Findin
         p_value=p_value,
         effect_size=candidate.rate - limit,
         threshold=limit,
+        inside=candidate.rate <= limit,
     )
 
 
@@ -294,6 +305,7 @@ def _rate_increase(check: MetricCheck, baseline: _Counts, candidate: _Counts) ->
         p_value=p_value,
         effect_size=candidate.rate - baseline.rate,
         threshold=tolerance,
+        inside=candidate.rate <= allowed,
     )
 
 
@@ -360,7 +372,13 @@ def judge_agreement(check: MetricCheck, agreeing: float | None, compared: float 
         f"is {relation} the minimum {bound:.3%} (binomial p={p_value:.3g})"
     )
     finding = _Finding(
-        failed=failed, sentence=sentence, test="binomial", p_value=p_value, effect_size=counts.rate - bound, threshold=bound
+        failed=failed,
+        sentence=sentence,
+        test="binomial",
+        p_value=p_value,
+        effect_size=counts.rate - bound,
+        threshold=bound,
+        inside=counts.rate >= bound,
     )
     return _conclude(check, [finding], candidate_value=counts.rate, candidate_samples=counts.total)
 
@@ -373,6 +391,7 @@ def _value_bound(latest: float, name: str, bound: float) -> _Finding:
         test="bound",
         effect_size=latest - bound,
         threshold=bound,
+        inside=not failed,
     )
 
 

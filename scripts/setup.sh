@@ -18,7 +18,8 @@ apt_install() {
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
 }
-apt_install ca-certificates curl git make
+# prometheus and nginx: the metrics backend and the traffic splitter of local mode and the tests.
+apt_install ca-certificates curl git make prometheus nginx-light
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     apt_install python3.11 python3.11-venv

@@ -205,6 +205,8 @@ class TritonPythonModel:
             sess_options=options,
             providers=["CPUExecutionProvider"],
         )
+        # Keep the family alive as long as its metric: Triton refuses to count into an orphan.
+        self.failure_family, self.failures = _failure_counter(args)
         session_inputs = {node.name for node in self.session.get_inputs()}
         if session_inputs != set(self.input_names):
             raise ValueError(
@@ -247,6 +249,9 @@ class TritonPythonModel:
                 [valid[p] for p in group],
                 responses,
             )
+        failed = sum(1 for response in responses if response.has_error())
+        if failed and self.failures is not None:
+            self.failures.increment(failed)
         return responses
 
     def _read_inputs(self, request: Any) -> dict[str, np.ndarray]:
@@ -295,8 +300,10 @@ class TritonPythonModel:
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
 
     def finalize(self) -> None:
-        """Release the onnxruntime session."""
+        """Release the onnxruntime session, and the failure metric before its family."""
         self.session = None
+        self.failures = None
+        self.failure_family = None
 
 
 _TRITON_TO_NUMPY: dict[str, Any] = {
@@ -326,3 +333,23 @@ def _triton_dtype_to_numpy(data_type: str) -> Any:
 
 def _error_response(message: str) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+
+FAILURE_METRIC = "optiserve_request_failure_total"
+
+
+def _failure_counter(args: Mapping[str, str]) -> tuple[Any, Any]:
+    """A counter of requests this model answered with an error, exported on Triton's /metrics.
+
+    Triton 2.51 counts a Python-backend request that got an error *response* as a success and
+    leaves `nv_inference_request_failure` at 0 (measured), so the canary's error rate needs this.
+    """
+    family_type = getattr(pb_utils, "MetricFamily", None)
+    if family_type is None:  # a Triton without custom metrics
+        return None, None
+    family = family_type(
+        name=FAILURE_METRIC,
+        description="Requests the OptiServe Python-backend model answered with an error",
+        kind=family_type.COUNTER,
+    )
+    return family, family.Metric(labels={"model": str(args["model_name"]), "version": str(args["model_version"])})

@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from optiserve.local.processes import stop_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -369,17 +370,7 @@ class TritonServer:
         """
         process, self._process = self._process, None
         if process is not None:
-            pgid = process.pid  # start_new_session makes the server its group leader
-            if process.poll() is None:
-                _signal_group(pgid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=grace_s)
-                except subprocess.TimeoutExpired:
-                    logger.warning("Triton did not stop within %.0fs; killing it", grace_s)
-                    _signal_group(pgid, signal.SIGKILL)
-                    process.wait()
-            # Stub processes can outlive the server by a moment; end the rest of the group.
-            _signal_group(pgid, signal.SIGKILL)
+            stop_process_group(process, grace_s, "Triton")
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
@@ -437,8 +428,3 @@ class TritonServer:
                 # "unloaded" only means not loaded yet (explicit model control).
                 return reason if reason and reason != "unloaded" else None
         return None
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)

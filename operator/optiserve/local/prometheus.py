@@ -1,0 +1,109 @@
+"""A Prometheus server on 127.0.0.1 for local mode and tests (Debian's `prometheus` binary)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import yaml
+
+from optiserve.local.processes import stop_process_group
+from optiserve.local.triton import free_port
+
+
+class PrometheusNotInstalledError(RuntimeError):
+    pass
+
+
+class PrometheusServer:
+    """Scrapes `targets` (label values -> 'host:port') every `scrape_interval_s`; each target gets
+    the label `variant` (or `label`) with its key, which is how variants are told apart."""
+
+    def __init__(self, targets: dict[str, str], *, scrape_interval_s: float = 1.0, label: str = "variant") -> None:
+        self.targets = targets
+        self.scrape_interval_s = scrape_interval_s
+        self.label = label
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _config(self) -> dict[str, object]:
+        interval = f"{self.scrape_interval_s:g}s"
+        return {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "scrape_configs": [
+                {"job_name": f"triton-{key}", "static_configs": [{"targets": [address], "labels": {self.label: key}}]}
+                for key, address in self.targets.items()
+            ],
+        }
+
+    def start(self, timeout_s: float = 60.0) -> Self:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise PrometheusNotInstalledError("prometheus is not installed (make setup installs Debian's package)")
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="optiserve-prometheus-")
+        workdir = Path(self._tmpdir.name)
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(self._config()))
+        self.port = free_port()
+        log = (workdir / "prometheus.log").open("wb")
+        self._process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {(workdir / 'prometheus.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:  # noqa: S310 - built from http://127.0.0.1
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"prometheus not ready within {timeout_s:.0f}s")
+
+    def wait_scraped(self, timeout_s: float = 30.0) -> None:
+        """Until every target has been scraped once: counter increases need a sample before them."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{self.url}/api/v1/query?query=up", timeout=5) as response:  # noqa: S310 - built from http://127.0.0.1
+                result = json.loads(response.read())["data"]["result"]
+            if len([r for r in result if r["value"][1] == "1"]) >= len(self.targets):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"prometheus did not scrape all {len(self.targets)} targets within {timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            stop_process_group(process, 10.0, "prometheus")
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def __enter__(self) -> Self:
+        return self.start() if self._process is None else self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.stop()

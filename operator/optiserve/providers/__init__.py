@@ -1,0 +1,1 @@
+"""Small Protocols to the outside world (metrics, traffic) and their implementations."""

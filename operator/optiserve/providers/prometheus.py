@@ -1,0 +1,105 @@
+"""`MetricsProvider` on Prometheus, with built-in queries for Triton and the comparator.
+
+Latency is the mean per scrape interval from counter deltas, Δ`nv_inference_request_duration_us`
+/ Δ`nv_inference_request_success`, so it works on every Triton (summaries and histograms are
+optional there). Variants are told apart by a label (`variant` by default) that the scrape
+configuration attaches to each Triton target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from requests.exceptions import RequestException
+
+from optiserve.providers.metrics import Counts
+
+FAILURE_METRIC = "optiserve_request_failure_total"  # exported by optiserve_jobs.triton_python_model
+_BACKEND_ERRORS = (PrometheusApiClientException, RequestException, ValueError, KeyError)
+
+
+@dataclass(frozen=True)
+class TritonSelector:
+    model: str
+    variant_label: str = "variant"
+    extra: str = ""
+    """More label matchers, e.g. 'namespace="ml"'."""
+
+    def matchers(self, variant: str) -> str:
+        parts = [f'model="{self.model}"', f'{self.variant_label}="{variant}"'] + ([self.extra] if self.extra else [])
+        return ",".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    return f"{max(1, math.ceil(seconds))}s"
+
+
+class PrometheusMetrics:
+    def __init__(
+        self, address: str, selector: TritonSelector, *, scrape_interval_s: float = 5.0, timeout_s: float = 10.0
+    ) -> None:
+        self.client = PrometheusConnect(url=address, disable_ssl=True)
+        self.selector = selector
+        self.scrape_interval_s = scrape_interval_s
+        self.timeout_s = timeout_s
+
+    def _instant(self, query: str) -> list[float] | None:
+        try:
+            result = self.client.custom_query(query, params={"timeout": _duration(self.timeout_s)})
+        except _BACKEND_ERRORS:
+            return None
+        return [float(item["value"][1]) for item in result]
+
+    def _range(self, query: str, window_s: float) -> list[float] | None:
+        from datetime import datetime, timedelta, timezone
+
+        end = datetime.now(timezone.utc)  # noqa: UP017 - the client compares naive and aware datetimes
+        try:
+            result = self.client.custom_query_range(
+                query, start_time=end - timedelta(seconds=window_s), end_time=end, step=_duration(self.scrape_interval_s)
+            )
+        except _BACKEND_ERRORS:
+            return None
+        return [float(value) for series in result for _, value in series["values"]]
+
+    def latency_samples(self, variant: str, window_s: float) -> list[float] | None:
+        labels = self.selector.matchers(variant)
+        step = _duration(self.scrape_interval_s * 2)
+        query = (
+            f"sum(increase(nv_inference_request_duration_us{{{labels}}}[{step}])) / 1000"
+            f" / sum(increase(nv_inference_request_success{{{labels}}}[{step}]))"
+        )
+        values = self._range(query, window_s)
+        return None if values is None else [v for v in values if math.isfinite(v)]  # 0/0: no requests in that step
+
+    def _counts(self, hits_metric: str, total_query: str, labels: str, window_s: float) -> Counts | None:
+        window = _duration(window_s)
+        hits = self._instant(f"sum(increase({hits_metric}{{{labels}}}[{window}]))")
+        total = self._instant(total_query.format(labels=labels, window=window))
+        if hits is None or total is None:
+            return None
+        return Counts(hits=hits[0] if hits else 0.0, total=total[0] if total else 0.0, series_found=bool(total))
+
+    def request_counts(self, variant: str, window_s: float) -> Counts | None:
+        """Failures are Triton's own plus those the Python-backend model reports itself
+        (Triton 2.51 counts a Python-backend error response as a success, so those are already
+        inside the success count: total = success + Triton's failures)."""
+        labels = self.selector.matchers(variant)
+        window = _duration(window_s)
+        triton_failures = f"sum(increase(nv_inference_request_failure{{{labels}}}[{window}]))"
+        hits = self._instant(f"{triton_failures} + (sum(increase({FAILURE_METRIC}{{{labels}}}[{window}])) or vector(0))")
+        total = self._instant(f"sum(increase(nv_inference_request_success{{{labels}}}[{window}])) + {triton_failures}")
+        if hits is None or total is None:
+            return None
+        return Counts(hits=hits[0] if hits else 0.0, total=total[0] if total else 0.0, series_found=bool(total))
+
+    def comparator_counts(self, metric: str, window_s: float) -> Counts | None:
+        labels = f'model="{self.selector.model}",metric="{metric}"'
+        total = "sum(increase(optiserve_comparator_compared_total{{{labels}}}[{window}]))"
+        return self._counts("optiserve_comparator_agreeing_total", total, labels, window_s)
+
+    def custom_values(self, query: str, variant: str, window_s: float) -> list[float] | None:
+        return self._range(query.replace("{{variant}}", variant), window_s)

@@ -1,0 +1,108 @@
+"""The Prometheus MetricsProvider against a real Prometheus scraping a real Triton server.
+
+Counts must equal the requests this test sent (they come from Triton's counters); latency samples
+must be positive; a stopped Prometheus must read as a backend failure (None), and a variant that
+has no series as "no data" (zero counts, not found), never as an exception or a pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optiserve.api.spec import TritonSpec
+from optiserve.local.prometheus import PrometheusServer
+from optiserve.local.triton import TritonInstall, TritonServer
+from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
+from optiserve_jobs import repository
+from tests.component.triton_helpers import infer_http
+
+SENT_OK = 24
+SENT_BAD = 3
+
+
+@pytest.fixture(scope="module")
+def serving(
+    tmp_path_factory: pytest.TempPathFactory, triton_install: TritonInstall
+) -> Iterator[tuple[TritonServer, PrometheusServer]]:
+    out = tmp_path_factory.mktemp("repo")
+    settings = repository.PublishSettings("tiny", TritonSpec(), [1, 8], 128, text_inputs=False)
+    repository.publish(out, _lookup_model(out / "m.onnx"), settings)
+    with TritonServer(out / "model_repository_python", install=triton_install) as triton:
+        triton.wait_model_ready("tiny")
+        with PrometheusServer({"candidate": f"127.0.0.1:{triton.metrics_port}"}, scrape_interval_s=1.0) as prometheus:
+            prometheus.wait_scraped()
+            rng = np.random.default_rng(0)
+            for _ in range(SENT_OK):
+                infer_http(triton.http_url, "tiny", {"idx": rng.integers(0, 10, size=(1, 1))}, "y")
+            for _ in range(SENT_BAD):  # an index out of range fails inside the model: a counted failure
+                with pytest.raises(Exception, match="(?i)indices|out of|range|bounds"):
+                    infer_http(triton.http_url, "tiny", {"idx": np.full((1, 1), 99, dtype=np.int64)}, "y")
+            yield triton, prometheus
+
+
+def _lookup_model(path: Path) -> Path:
+    """idx[N,1] int64 -> rows of a 10x4 table: an out-of-range index fails at run time, in the model."""
+    table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "idx"], ["rows"]), helper.make_node("Flatten", ["rows"], ["y"], axis=1)],
+        "lookup",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _until(read: object, accept: object, timeout_s: float = 30.0) -> object:
+    """Poll until Prometheus has scraped what was sent (bounded; not a timing assertion)."""
+    deadline = time.monotonic() + timeout_s
+    value = read()  # type: ignore[operator]
+    while not accept(value) and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.5)
+        value = read()  # type: ignore[operator]
+    return value
+
+
+def test_request_counts_match_what_was_sent(serving: tuple[TritonServer, PrometheusServer]) -> None:
+    _, prometheus = serving
+    metrics = PrometheusMetrics(prometheus.url, TritonSelector("tiny"), scrape_interval_s=1.0)
+    counts = _until(lambda: metrics.request_counts("candidate", 600), lambda c: c is not None and c.total >= SENT_OK + SENT_BAD)
+    assert counts is not None
+    # increase() extrapolates to the window's edges; counts are within rounding of the truth
+    assert round(counts.total) >= SENT_OK + SENT_BAD and round(counts.hits) >= SENT_BAD  # type: ignore[attr-defined]
+    assert counts.hits / counts.total == pytest.approx(SENT_BAD / (SENT_OK + SENT_BAD), abs=0.05)  # type: ignore[attr-defined]
+
+
+def test_latency_samples_are_positive_milliseconds(serving: tuple[TritonServer, PrometheusServer]) -> None:
+    _, prometheus = serving
+    metrics = PrometheusMetrics(prometheus.url, TritonSelector("tiny"), scrape_interval_s=1.0)
+    samples = _until(lambda: metrics.latency_samples("candidate", 120), lambda s: bool(s))
+    assert isinstance(samples, list) and samples
+    assert all(0 < s < 10_000 for s in samples)
+
+
+def test_a_variant_without_series_is_no_data_not_an_error(serving: tuple[TritonServer, PrometheusServer]) -> None:
+    _, prometheus = serving
+    metrics = PrometheusMetrics(prometheus.url, TritonSelector("tiny"), scrape_interval_s=1.0)
+    counts = metrics.request_counts("baseline", 120)
+    assert counts is not None and counts.total == 0 and not counts.series_found
+    assert metrics.latency_samples("baseline", 120) == []
+
+
+def test_stopped_prometheus_is_a_backend_failure(tmp_path: Path) -> None:
+    with PrometheusServer({}, scrape_interval_s=1.0) as prometheus:
+        url = prometheus.url
+    metrics = PrometheusMetrics(url, TritonSelector("tiny"), timeout_s=2.0)
+    assert metrics.request_counts("candidate", 60) is None
+    assert metrics.latency_samples("candidate", 60) is None
+    assert metrics.comparator_counts("agreement", 60) is None

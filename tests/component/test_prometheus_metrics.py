@@ -42,7 +42,7 @@ def serving(
             for _ in range(SENT_OK):
                 infer_http(triton.http_url, "tiny", {"idx": rng.integers(0, 10, size=(1, 1))}, "y")
             for _ in range(SENT_BAD):  # an index out of range fails inside the model: a counted failure
-                with pytest.raises(Exception, match="(?i)indices|out of|range|bounds"):
+                with pytest.raises(Exception, match=r"(?i)indices|out of|range|bounds"):
                     infer_http(triton.http_url, "tiny", {"idx": np.full((1, 1), 99, dtype=np.int64)}, "y")
             yield triton, prometheus
 

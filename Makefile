@@ -3,10 +3,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: setup demo test unit lint bench e2e clean
+.PHONY: setup controlplane demo test unit lint bench e2e clean
 
 setup:
 	@scripts/setup.sh
+
+# A real kube-apiserver, etcd and controller manager for the cluster-tier tests, built from source
+# (cached outside the repository; minutes the first time, instant afterwards).
+controlplane:
+	@tests/controlplane/build.sh
 
 # The main job on this machine, no cluster: optimize MiniLM and prove it against PyTorch.
 demo: setup
@@ -17,7 +22,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy operator optimizer_jobs bench tests
 
-test: setup lint
+test: setup controlplane lint
 	$(VENV)/bin/pytest -q
 
 unit: setup
@@ -25,6 +30,7 @@ unit: setup
 
 bench: setup
 	$(PY) bench/optimizer.py --out bench/results
+	$(PY) bench/canary.py
 
 e2e:
 	@e2e/run.sh

@@ -141,3 +141,15 @@ def test_validate_reports_cel_and_model_errors_for_the_examples(capsys: pytest.C
         document = yaml.safe_load(path.read_text())
         schema = spec_schema()
         assert cel_errors(schema, apply_defaults(schema, document["spec"])) == []
+
+
+def test_server_side_defaults_keep_the_manifest_parseable() -> None:
+    """The API server applies the schema's defaults before the operator reads an object back; the
+    models must still accept it (a merged pass schema once carried every variant's defaults)."""
+    schema = spec_schema()
+    for path in sorted((REPO_ROOT / "examples").glob("*/optimizedmodel*.yaml")):
+        document = yaml.safe_load(path.read_text())
+        defaulted = apply_defaults(schema, document["spec"])
+        assert parse_manifest(manifest(defaulted)).spec.model.uri == document["spec"]["model"]["uri"]
+    every_pass = [{"type": t} for t in ("export", "graph", "fp16", "tensorrt")] + [{"type": "quantize"}]
+    parse_manifest(manifest(apply_defaults(schema, {**BASE, "optimization": {"passes": every_pass}})))

@@ -22,7 +22,8 @@ Schema = dict[str, Any]
 
 PASS_RULES = [
     {
-        "rule": "self.type != 'quantize' || (self.mode != 'static' && !has(self.smoothing)) || has(self.calibration)",
+        "rule": "self.type != 'quantize' || ((!has(self.mode) || self.mode != 'static') && !has(self.smoothing)) "
+        "|| has(self.calibration)",
         "message": "calibration: required when mode is static or smoothing is set",
     },
 ]
@@ -86,7 +87,11 @@ def _resolve(node: Any, defs: Schema) -> Any:
 
 
 def _merge_variants(variants: list[Schema]) -> Schema:
-    """One object schema for a discriminated union: the union of properties, `type` as an enum."""
+    """One object schema for a discriminated union: the union of properties, `type` as an enum.
+
+    No defaults at this level: the API server would apply every variant's defaults to every item
+    (an `opset` on a graph pass), which the models then refuse. The models apply them instead.
+    """
     properties: dict[str, Schema] = {}
     tags = []
     for variant in variants:
@@ -94,10 +99,10 @@ def _merge_variants(variants: list[Schema]) -> Schema:
             if name == "type":
                 tags.extend(prop["enum"])
                 continue
+            prop = {key: value for key, value in prop.items() if key != "default"}
             if name in properties and "enum" in prop and "enum" in properties[name]:
                 merged_enum = properties[name]["enum"] + [v for v in prop["enum"] if v not in properties[name]["enum"]]
                 properties[name] = {**properties[name], "enum": merged_enum}
-                properties[name].pop("default", None)  # defaults differ by variant: the model applies them
             else:
                 properties.setdefault(name, prop)
     type_schema = {"type": "string", "enum": tags, "description": "The pass: " + ", ".join(tags) + "."}

@@ -167,6 +167,35 @@ def _judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace) -> int:
+    import kopf
+    from kubernetes.config import ConfigException
+
+    from optiserve.handlers import build_registry
+    from optiserve.kube import KubeClient
+    from optiserve.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+        kube = KubeClient.from_environment()
+    except (SettingsError, ConfigException) as e:
+        _print_errors([str(e)])
+        return 1
+    namespaces = tuple(args.namespace or ()) or settings.namespaces
+    clusterwide = bool(args.all_namespaces or not namespaces)
+    kopf.configure(verbose=args.verbose)
+    try:
+        kopf.run(
+            registry=build_registry(settings, kube),
+            clusterwide=clusterwide,
+            namespaces=() if clusterwide else namespaces,
+            standalone=True,  # one replica; no KopfPeering resources needed
+        )
+    finally:
+        kube.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="optiserve", description="Optimize, prove, serve and canary models on Triton.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("-f", "--file", type=Path, required=True)
     optimize.add_argument("--out", type=Path, required=True, help="report.json and model_repository*/ go here")
     optimize.set_defaults(handler=_optimize)
+    operator = commands.add_parser("operator", help="run the operator against the current kubeconfig / in-cluster config")
+    scope = operator.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", help="watch this namespace (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    operator.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    operator.set_defaults(handler=_operator)
     return parser
 
 

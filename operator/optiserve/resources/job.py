@@ -100,6 +100,11 @@ def build_optimization_job(
         },
         "spec": {
             "backoffLimit": settings.backoff_limit,
+            # Exit code 1 is the job's own verdict (a gate or a bad input): retrying cannot change it.
+            # Retries stay for crashes and evictions.
+            "podFailurePolicy": {
+                "rules": [{"action": "FailJob", "onExitCodes": {"containerName": "optimize", "operator": "In", "values": [1]}}]
+            },
             "activeDeadlineSeconds": settings.active_deadline_seconds,
             "ttlSecondsAfterFinished": 86400,
             "template": {

@@ -1,0 +1,5 @@
+"""The only code that talks to the Kubernetes API (see `client.py`)."""
+
+from optiserve.kube.client import AdoptionError, ApiError, BaselineState, CandidateState, KubeClient, KubeError, TransientError
+
+__all__ = ["AdoptionError", "ApiError", "BaselineState", "CandidateState", "KubeClient", "KubeError", "TransientError"]

@@ -1,0 +1,456 @@
+"""The only code that talks to the Kubernetes API.
+
+Library: the official `kubernetes` client. It is public and typed, and it loads in-cluster and
+kubeconfig credentials (with token refresh). kopf's own API helpers live in its private
+`kopf._cogs` package and are async-only, so they are not a dependency to build on. We use the
+client's generic `ApiClient` (`param_serialize` / `call_api` / `response_deserialize`) with plain
+dicts rather than its generated per-kind methods, because:
+
+- manifests come from typed builders as dicts (house style 7). The per-kind methods would turn
+  them into `V1Job`/`V1Deployment` models and back, and one table of resource paths replaces
+  five API classes;
+- the generated `patch_*` methods pick a JSON-patch content type for any body, a trap with dict
+  bodies; here every patch is an explicit JSON merge patch.
+
+Calls are synchronous. kopf runs sync handlers in its thread pool, so a slow API call holds a
+worker thread, never the event loop.
+
+Errors: 429, 5xx and connection failures raise `TransientError` (the handler retries after a
+delay). Any other refusal raises `ApiError` with the HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from optiserve.api.job import JobResult
+from optiserve.domain.lifecycle import CandidateObservation, JobObservation, JobState
+from optiserve.resources.names import deployment_name, job_name, labels
+
+logger = logging.getLogger(__name__)
+
+Object = dict[str, Any]
+
+# Label keys written by `resources.names.labels`, and the annotation the reconciler puts on
+# Triton Deployments to say which artifact they serve.
+MODEL_LABEL: Final = "optiserve.io/model"
+VARIANT_LABEL: Final = "optiserve.io/variant"
+GENERATION_LABEL: Final = "optiserve.io/generation"
+ARTIFACT_ANNOTATION: Final = "optiserve.io/artifact-sha256"
+JOB_NAME_LABEL: Final = "job-name"
+"""Set on every pod of a Job by the Job controller."""
+BASELINE: Final = "baseline"
+CANDIDATE: Final = "candidate"
+
+DEFAULT_RETRY_S: Final = 5.0
+MERGE_PATCH: Final = "application/merge-patch+json"
+
+# Pod states that will not fix themselves: worth reporting while a candidate is not ready.
+STUCK_WAITING_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Resource:
+    api_version: str
+    kind: str
+    plural: str
+    spec_mutable: bool = True
+    """False where the API refuses spec changes (a Job's pod template): adoption then patches
+    metadata only."""
+
+    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+        root = f"/apis/{self.api_version}" if "/" in self.api_version else f"/api/{self.api_version}"
+        parts = [root, "namespaces", namespace, self.plural, name, subresource]
+        return "/".join(part for part in parts if part)
+
+
+JOBS = Resource("batch/v1", "Job", "jobs", spec_mutable=False)
+DEPLOYMENTS = Resource("apps/v1", "Deployment", "deployments")
+SERVICES = Resource("v1", "Service", "services")
+PODS = Resource("v1", "Pod", "pods")
+RESOURCES = {(r.api_version, r.kind): r for r in (JOBS, DEPLOYMENTS, SERVICES, PODS)}
+
+
+class KubeError(Exception):
+    """Something the Kubernetes API refused or could not answer."""
+
+
+class TransientError(KubeError):
+    """Worth retrying as is after a delay: throttling, a server error, a lost connection."""
+
+    def __init__(self, message: str, delay_s: float = DEFAULT_RETRY_S) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
+class ApiError(KubeError):
+    """The API answered with an error that retrying the same request will not fix."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AdoptionError(KubeError):
+    """A child's deterministic name is taken by an object that another controller owns."""
+
+
+@dataclass(frozen=True)
+class CandidateState:
+    observation: CandidateObservation
+    created: datetime | None
+    """When the candidate Deployment was created: where the deploy deadline counts from."""
+
+
+@dataclass(frozen=True)
+class BaselineState:
+    generation: int
+    artifact_sha256: str
+
+
+def _selector(match: Mapping[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(match.items()))
+
+
+def _meta(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    found = _meta(obj).get("labels")
+    return found if isinstance(found, dict) else {}
+
+
+def _generation(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(_labels(obj).get(GENERATION_LABEL, "0"))
+    except ValueError:
+        return 0
+
+
+def _timestamp(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def contains(live: object, desired: object) -> bool:
+    """Whether `live` holds everything `desired` sets.
+
+    The API server adds defaults (keys in dicts, never items in lists), so what we own is the
+    keys we set: dicts compare as subsets, lists item by item with equal lengths.
+    """
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(key in live and contains(live[key], value) for key, value in desired.items())
+    if isinstance(desired, list):
+        return isinstance(live, list) and len(live) == len(desired) and all(map(contains, live, desired))
+    return bool(live == desired)
+
+
+def owned_fields(manifest: Mapping[str, Any], spec_mutable: bool) -> Object:
+    """The part of a child we own and correct on adoption: its labels, annotations, owner and spec."""
+    meta = _meta(manifest)
+    owned_meta = {key: meta[key] for key in ("labels", "annotations", "ownerReferences") if key in meta}
+    owned: Object = {"metadata": owned_meta}
+    if spec_mutable and "spec" in manifest:
+        owned["spec"] = manifest["spec"]
+    return owned
+
+
+def job_state(job: Mapping[str, Any]) -> tuple[JobState, str]:
+    """The Job's state from its final conditions (Complete / Failed), and why it failed."""
+    conditions = (job.get("status") or {}).get("conditions") or []
+    true = {c.get("type"): c for c in conditions if isinstance(c, dict) and c.get("status") == "True"}
+    if "Failed" in true:
+        failed = true["Failed"]
+        detail = ": ".join(part for part in (failed.get("reason"), failed.get("message")) if part)
+        return JobState.FAILED, detail or "the job failed"
+    if "Complete" in true:
+        return JobState.SUCCEEDED, ""
+    return JobState.RUNNING, ""
+
+
+def _first_container_status(pod: Mapping[str, Any]) -> dict[str, Any]:
+    containers = (pod.get("spec") or {}).get("containers") or []
+    first = containers[0].get("name") if containers else None
+    statuses = [s for s in (pod.get("status") or {}).get("containerStatuses") or [] if isinstance(s, dict)]
+    return next((s for s in statuses if s.get("name") == first), statuses[0] if statuses else {})
+
+
+def job_result_from_pods(pods: Iterable[Mapping[str, Any]]) -> tuple[JobResult | None, str]:
+    """The JobResult in the termination message of the newest finished pod, or why there is none."""
+    newest_first = sorted(pods, key=lambda p: str(_meta(p).get("creationTimestamp", "")), reverse=True)
+    for pod in newest_first:
+        terminated = (_first_container_status(pod).get("state") or {}).get("terminated")
+        if not isinstance(terminated, dict):
+            continue
+        message = str(terminated.get("message") or "")
+        try:
+            return JobResult.from_termination_message(message), ""
+        except ValueError:
+            exit_code, reason = terminated.get("exitCode"), terminated.get("reason") or "terminated"
+            tail = f": {message.strip()[-500:]}" if message.strip() else ""
+            return None, f"pod {_meta(pod).get('name')} ended {reason} (exit code {exit_code}) without a result{tail}"
+    return None, "no finished pod of the job was found, so its result is unavailable"
+
+
+def pod_failure(pods: Iterable[Mapping[str, Any]]) -> str:
+    """Why pods cannot become ready, when a pod says so (image pull, crash loop, scheduling)."""
+    for pod in pods:
+        name = _meta(pod).get("name")
+        status = pod.get("status") or {}
+        for container in status.get("containerStatuses") or []:
+            state = container.get("state") or {}
+            waiting = state.get("waiting") or {}
+            last = (container.get("lastState") or {}).get("terminated") or {}
+            if waiting.get("reason") in STUCK_WAITING_REASONS:
+                detail = waiting.get("message") or last.get("message") or last.get("reason") or ""
+                return f"pod {name}: container {container.get('name')}: {waiting['reason']}" + (f": {detail}" if detail else "")
+            terminated = state.get("terminated") or {}
+            if terminated and terminated.get("reason") not in (None, "Completed"):
+                detail = terminated.get("message") or ""
+                return f"pod {name}: container {container.get('name')}: {terminated['reason']}" + (
+                    f": {detail}" if detail else ""
+                )
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+                return f"pod {name}: unschedulable: {condition.get('message', '')}"
+    return ""
+
+
+def _classify(error: ApiException, what: str) -> KubeError:
+    status = int(error.status or 0)
+    message = str(error.reason or "")
+    try:
+        body = json.loads(error.body) if error.body else {}
+        message = str(body.get("message") or message) if isinstance(body, dict) else message
+    except ValueError:
+        pass
+    text = f"{what}: HTTP {status} {message}".strip()
+    if status == 0 or status == 429 or status >= 500:
+        retry_after = (error.headers or {}).get("Retry-After")
+        try:
+            delay = float(retry_after) if retry_after else DEFAULT_RETRY_S
+        except ValueError:
+            delay = DEFAULT_RETRY_S
+        return TransientError(text, delay_s=delay)
+    return ApiError(text, status)
+
+
+class KubeClient:
+    """Reads and writes OptiServe's children; owns no state besides the API connection."""
+
+    def __init__(self, api: k8s.ApiClient, timeout_s: float = 30.0) -> None:
+        self._api = api
+        self._timeout = (min(10.0, timeout_s), timeout_s)
+
+    @classmethod
+    def from_environment(cls) -> KubeClient:
+        """In-cluster service account credentials, else the current kubeconfig context."""
+        configuration = k8s.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        return cls(k8s.ApiClient(configuration))
+
+    @classmethod
+    def for_host(cls, host: str) -> KubeClient:
+        """An unauthenticated client for a plain API endpoint (an emulator, `kubectl proxy`)."""
+        return cls(k8s.ApiClient(k8s.Configuration(host=host)))
+
+    @property
+    def configuration(self) -> k8s.Configuration:
+        configuration: k8s.Configuration = self._api.configuration
+        return configuration
+
+    def close(self) -> None:
+        self._api.close()  # type: ignore[no-untyped-call]
+
+    # --- plain verbs ---------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Object | None = None,
+        content_type: str | None = None,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        what = f"{method} {path}"
+        try:
+            request = self._api.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=query,
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = self._api.call_api(*request, _request_timeout=self._timeout)
+            response.read()  # type: ignore[no-untyped-call]
+            return self._api.response_deserialize(response, {"2XX": "object"}).data
+        except ApiException as e:
+            raise _classify(e, what) from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise TransientError(f"{what}: {e}") from e
+
+    def get(self, resource: Resource, namespace: str, name: str) -> Object | None:
+        try:
+            found = self._call("GET", resource.path(namespace, name))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+        return dict(found)
+
+    def select(self, resource: Resource, namespace: str, selector: str) -> list[Object]:
+        """The objects whose labels match `selector`."""
+        found = self._call("GET", resource.path(namespace), query=[("labelSelector", selector)])
+        return [item for item in (found or {}).get("items") or [] if isinstance(item, dict)]
+
+    def create(self, resource: Resource, namespace: str, body: Object) -> Object:
+        return dict(self._call("POST", resource.path(namespace), body=body, content_type="application/json"))
+
+    def patch(self, resource: Resource, namespace: str, name: str, body: Object, subresource: str | None = None) -> Object:
+        return dict(self._call("PATCH", resource.path(namespace, name, subresource), body=body, content_type=MERGE_PATCH))
+
+    def delete(self, resource: Resource, namespace: str, name: str) -> bool:
+        """Delete in the background (a Job's pods with it); False when it was already gone."""
+        try:
+            self._call(
+                "DELETE",
+                resource.path(namespace, name),
+                body={"propagationPolicy": "Background"},
+                content_type="application/json",
+            )
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    # --- observations --------------------------------------------------------------------------
+
+    def observe_job(self, namespace: str, model: str, generation: int) -> JobObservation | None:
+        """The optimization Job of this generation, with its result once it finished."""
+        name = job_name(model, generation)
+        job = self.get(JOBS, namespace, name)
+        if job is None:
+            return None
+        state, failure = job_state(job)
+        if state is JobState.RUNNING:
+            return JobObservation(generation, state)
+        result, problem = job_result_from_pods(self.select(PODS, namespace, _selector({JOB_NAME_LABEL: name})))
+        return JobObservation(generation, state, result, "; ".join(part for part in (failure, problem) if part))
+
+    def observe_candidate(self, namespace: str, model: str) -> CandidateState | None:
+        """The candidate Deployment: its generation, artifact, readiness, and why it is stuck."""
+        deployment = self.get(DEPLOYMENTS, namespace, deployment_name(model, CANDIDATE))
+        if deployment is None:
+            return None
+        meta = _meta(deployment)
+        generation = _generation(deployment)
+        status = deployment.get("status") or {}
+        current = int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+        ready = current and int(status.get("readyReplicas") or 0) >= 1
+        failure = ""
+        if not ready:
+            match = dict(((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+            pods = self.select(PODS, namespace, _selector({**match, GENERATION_LABEL: str(generation)}))
+            failure = pod_failure(pods)
+        observation = CandidateObservation(
+            generation=generation,
+            artifact_sha256=str((meta.get("annotations") or {}).get(ARTIFACT_ANNOTATION, "")),
+            ready=ready,
+            failure=failure,
+        )
+        return CandidateState(observation, _timestamp(meta.get("creationTimestamp")))
+
+    def observe_baseline(self, namespace: str, model: str) -> BaselineState | None:
+        """The baseline Deployment (what serves now); None before the first promotion."""
+        baseline = self.get(DEPLOYMENTS, namespace, deployment_name(model, BASELINE))
+        if baseline is None:
+            return None
+        sha256 = str((_meta(baseline).get("annotations") or {}).get(ARTIFACT_ANNOTATION, ""))
+        return BaselineState(generation=_generation(baseline), artifact_sha256=sha256)
+
+    # --- actions -------------------------------------------------------------------------------
+
+    def ensure(self, manifest: Object) -> Object:
+        """Create the child, or adopt the one that already has its deterministic name.
+
+        Create first: "already exists" is the normal answer after a restart, and reading it
+        back then is the adoption. The adopted object is patched only where it differs in what
+        we own (see `owned_fields`); an object that another controller owns is not touched.
+        """
+        resource = RESOURCES[(manifest["apiVersion"], manifest["kind"])]
+        meta = _meta(manifest)
+        namespace, name = str(meta["namespace"]), str(meta["name"])
+        what = f"{resource.kind} {namespace}/{name}"
+        try:
+            created = self.create(resource, namespace, manifest)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+        else:
+            logger.info("created %s", what)
+            return created
+        live = self.get(resource, namespace, name)
+        if live is None or _meta(live).get("deletionTimestamp"):
+            raise TransientError(f"{what} exists but is being deleted; retrying")
+        ours = {ref.get("uid") for ref in meta.get("ownerReferences") or [] if ref.get("controller")}
+        theirs = {ref.get("uid") for ref in _meta(live).get("ownerReferences") or [] if ref.get("controller")}
+        if theirs and not theirs & ours:
+            raise AdoptionError(f"{what} already exists and is controlled by another owner; not adopting it")
+        desired = owned_fields(manifest, resource.spec_mutable)
+        if contains(live, desired):
+            return live
+        logger.info("adopting %s: patching the fields it differs in", what)
+        return self.patch(resource, namespace, name, desired)
+
+    def remove_stale(self, namespace: str, model: str, generation: int) -> list[str]:
+        """Delete this model's Jobs and Deployments of other generations, never the baseline."""
+        removed = []
+        for resource in (JOBS, DEPLOYMENTS):
+            for obj in self.select(resource, namespace, _selector(labels(model))):
+                obj_labels = _labels(obj)
+                stale = (
+                    obj_labels.get(MODEL_LABEL) == model  # the server filtered; check anyway before deleting
+                    and obj_labels.get(VARIANT_LABEL) != BASELINE
+                    and obj_labels.get(GENERATION_LABEL) not in (None, str(generation))
+                    and not _meta(obj).get("deletionTimestamp")
+                )
+                name = str(_meta(obj).get("name"))
+                if stale and self.delete(resource, namespace, name):
+                    logger.info("removed stale %s %s/%s", resource.kind, namespace, name)
+                    removed.append(f"{resource.kind}/{name}")
+        return removed

@@ -1,0 +1,223 @@
+"""Observe -> decide -> act, for one OptimizedModel.
+
+`reconcile` is the single path that create, update, resume and the timer all call: it reads the
+cluster, asks the pure `decide()` what should be true, makes it so and returns the status to
+write. It keeps nothing between calls; everything it needs is in the resource and its children
+(deterministic names, labels), so it can crash at any point and the next call carries on,
+adopting what the last one created.
+
+Where time is needed, it comes from the cluster too: the deploy deadline counts from the
+candidate Deployment's `creationTimestamp`. That survives restarts and needs no extra status
+field.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from optiserve.api.job import JobResult, job_request_from_manifest
+from optiserve.api.manifest import ManifestError, parse_manifest
+from optiserve.api.spec import API_GROUP, API_VERSION, KIND, OptimizedModel
+from optiserve.api.status import Phase
+from optiserve.domain.lifecycle import TERMINAL, Child, Decision, JobObservation, Observed, decide
+from optiserve.kube.client import ARTIFACT_ANNOTATION, BASELINE, CANDIDATE, KubeClient
+from optiserve.resources.job import MODELS_MOUNT, Owner, build_optimization_job
+from optiserve.resources.triton_deployment import Variant, build_triton_deployment, build_triton_service
+from optiserve.settings import Settings
+from optiserve.status_writer import WARNING_PHASES, build_status
+
+logger = logging.getLogger(__name__)
+
+MAX_PASSES = 3
+"""Decisions that ask to be re-run at once (a finished Job -> deploy) are followed within the
+same call, up to this many passes, instead of waiting for the next timer tick."""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StatusPatch:
+    status: dict[str, Any]
+    """A JSON merge patch for `.status` (None removes a field)."""
+    events: tuple[Event, ...] = ()
+    requeue_after_s: float | None = None
+
+
+def source_dir(model: str) -> str:
+    """Where relative URIs in a spec point: the model's folder on the models volume."""
+    return f"{MODELS_MOUNT}/{model}"
+
+
+def _phase(value: object) -> Phase:
+    try:
+        return Phase(str(value))
+    except ValueError:
+        return Phase.PENDING
+
+
+def _merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _parse(
+    name: str, namespace: str, body: Mapping[str, Any], settings: Settings
+) -> tuple[OptimizedModel | None, tuple[str, ...]]:
+    document = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": body.get("spec"),
+    }
+    try:
+        manifest = parse_manifest(document, source=f"{namespace}/{name}")
+    except ManifestError as e:
+        return None, tuple(e.errors)
+    image = manifest.spec.serving.triton.image
+    if not settings.image_allowed(image):
+        return None, (f"spec.serving.triton.image: {image} is not in the operator's allow-list",)
+    return manifest, ()
+
+
+def _triton_manifests(
+    owner: Owner, namespace: str, variant: Variant, manifest: OptimizedModel, result: JobResult, settings: Settings
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    assert result.artifact is not None
+    deployment = build_triton_deployment(owner, namespace, variant, manifest.spec.serving.triton, settings.serving_settings())
+    deployment["metadata"]["annotations"] = {ARTIFACT_ANNOTATION: result.artifact.sha256}
+    return deployment, build_triton_service(owner, namespace, variant.name)
+
+
+def _act(
+    decision: Decision,
+    *,
+    owner: Owner,
+    namespace: str,
+    generation: int,
+    manifest: OptimizedModel | None,
+    job: JobObservation | None,
+    settings: Settings,
+    kube: KubeClient,
+) -> None:
+    if manifest is not None and Child.JOB in decision.want and job is None:
+        request = job_request_from_manifest(manifest, base_dir=source_dir(owner.name))
+        kube.ensure(build_optimization_job(owner, namespace, generation, request, settings.job_settings()))
+    result = job.result if job is not None else None
+    if manifest is not None and Child.CANDIDATE in decision.want and result is not None:
+        for child in _triton_manifests(owner, namespace, Variant(CANDIDATE, generation, 1), manifest, result, settings):
+            kube.ensure(child)
+    if decision.remove_stale:
+        kube.remove_stale(namespace, owner.name, generation)
+    if manifest is not None and decision.promote is not None:
+        variant = Variant(BASELINE, generation, manifest.spec.serving.replicas)
+        for child in _triton_manifests(owner, namespace, variant, manifest, decision.promote, settings):
+            kube.ensure(child)
+
+
+def _events(before: Phase, restarted: bool, decision: Decision) -> list[Event]:
+    events = [Event("Normal", decision.reason, message) for message in decision.events]
+    if decision.phase is not before or restarted:
+        kind: Literal["Normal", "Warning"] = "Warning" if decision.phase in WARNING_PHASES else "Normal"
+        events.append(Event(kind, decision.reason, f"{before.value} -> {decision.phase.value}: {decision.message}"))
+    return events
+
+
+def _one_pass(
+    name: str,
+    namespace: str,
+    body: Mapping[str, Any],
+    status: Mapping[str, Any],
+    settings: Settings,
+    kube: KubeClient,
+    now: datetime,
+) -> tuple[Decision, dict[str, Any], list[Event]]:
+    meta = body.get("metadata") or {}
+    generation = int(meta.get("generation") or 1)
+    phase = _phase(status.get("phase"))
+    observed_generation = status.get("observedGeneration")
+    observed_generation = int(observed_generation) if isinstance(observed_generation, int) else None
+    manifest, spec_errors = _parse(name, namespace, body, settings)
+    owner = Owner(api_version=f"{API_GROUP}/{API_VERSION}", kind=KIND, name=name, uid=str(meta.get("uid", "")))
+
+    settled = phase in TERMINAL and observed_generation == generation
+    job = candidate = baseline = None
+    if manifest is not None and not settled:  # a settled resource needs no reads until its spec changes
+        job = kube.observe_job(namespace, name, generation)
+        candidate = kube.observe_candidate(namespace, name)
+        baseline = kube.observe_baseline(namespace, name)
+    # A baseline already serving this generation means the promotion happened and only the status
+    # write was lost (a crash in between): decide must see the baseline from before this rollout.
+    promoted = None
+    if baseline is not None and baseline.generation != generation:
+        promoted = baseline.artifact_sha256 or None
+    phase_since = candidate.created if candidate is not None and candidate.observation.generation == generation else None
+    observed = Observed(
+        generation=generation,
+        phase=phase,
+        observed_generation=observed_generation,
+        phase_since=phase_since,
+        promoted_sha256=promoted,
+        job=job,
+        candidate=candidate.observation if candidate is not None else None,
+        spec_errors=spec_errors,
+    )
+    decision = decide(observed, now, settings.deploy_deadline_seconds)
+    logger.debug("%s/%s generation %d: %s -> %s (%s)", namespace, name, generation, phase, decision.phase, decision.reason)
+    _act(
+        decision,
+        owner=owner,
+        namespace=namespace,
+        generation=generation,
+        manifest=manifest,
+        job=job,
+        settings=settings,
+        kube=kube,
+    )
+    new_status = build_status(decision, generation=generation, previous=status, job=job, now=now)
+    restarted = observed_generation is not None and observed_generation != generation
+    return decision, new_status, _events(phase, restarted, decision)
+
+
+def reconcile(
+    name: str,
+    namespace: str,
+    body: Mapping[str, Any],
+    settings: Settings,
+    *,
+    kube: KubeClient,
+    now: datetime | None = None,
+) -> StatusPatch:
+    """Bring one OptimizedModel's children in line with its spec; return the status to write.
+
+    An invalid spec is not an exception: it becomes phase Failed with every error named by field.
+    Transient API errors propagate as `kube.TransientError` for the caller to retry.
+    """
+    status: dict[str, Any] = dict(body.get("status") or {})
+    patch: dict[str, Any] = {}
+    events: list[Event] = []
+    decision = None
+    for _ in range(MAX_PASSES):
+        decision, step, step_events = _one_pass(name, namespace, body, status, settings, kube, now or datetime.now(UTC))
+        patch = {**patch, **step}  # each pass writes whole top-level fields; None (remove) is kept
+        status = _merge(status, step)
+        events.extend(step_events)
+        if decision.requeue_after_s != 0:
+            break
+    assert decision is not None
+    return StatusPatch(status=patch, events=tuple(events), requeue_after_s=decision.requeue_after_s)

@@ -1,0 +1,76 @@
+"""Operator settings: what the platform team sets for the whole operator (Helm values -> env)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from optiserve.resources.job import JobSettings
+from optiserve.resources.triton_deployment import ServingSettings
+
+DEFAULT_JOB_IMAGE = "ghcr.io/optiserve/optimizer:0.1.0"
+DEFAULT_MODELS_PVC = "optiserve-models"
+DEFAULT_PROMETHEUS = "http://prometheus.monitoring:9090"
+
+
+class SettingsError(ValueError):
+    """An operator setting that cannot be used; the message names the environment variable."""
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from e
+    if value <= 0:
+        raise SettingsError(f"{name}: must be positive, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty means all namespaces."""
+    job_image: str = DEFAULT_JOB_IMAGE
+    allowed_images: tuple[str, ...] = field(default=())
+    """Images the operator may run (the job image and Triton images); empty allows any."""
+    models_pvc: str = DEFAULT_MODELS_PVC
+    default_prometheus: str = DEFAULT_PROMETHEUS
+    resync_seconds: float = 10.0
+    """How often every resource is reconciled even when nothing changed (the level-based timer)."""
+    deploy_deadline_seconds: float = 600.0
+
+    def __post_init__(self) -> None:
+        # Checked here, not per Job: a misconfigured operator should fail at start, not on every reconcile.
+        if self.allowed_images and self.job_image not in self.allowed_images:
+            raise SettingsError(f"OPTISERVE_JOB_IMAGE: {self.job_image} is not in OPTISERVE_ALLOWED_IMAGES")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        source = os.environ if env is None else env
+        return cls(
+            namespaces=_split(source.get("OPTISERVE_NAMESPACES", "")),
+            job_image=source.get("OPTISERVE_JOB_IMAGE", "").strip() or DEFAULT_JOB_IMAGE,
+            allowed_images=_split(source.get("OPTISERVE_ALLOWED_IMAGES", "")),
+            models_pvc=source.get("OPTISERVE_MODELS_PVC", "").strip() or DEFAULT_MODELS_PVC,
+            default_prometheus=source.get("OPTISERVE_PROMETHEUS", "").strip() or DEFAULT_PROMETHEUS,
+            resync_seconds=_positive(source, "OPTISERVE_RESYNC_SECONDS", 10.0),
+            deploy_deadline_seconds=_positive(source, "OPTISERVE_DEPLOY_DEADLINE_SECONDS", 600.0),
+        )
+
+    def image_allowed(self, image: str) -> bool:
+        return not self.allowed_images or image in self.allowed_images
+
+    def job_settings(self) -> JobSettings:
+        return JobSettings(image=self.job_image, models_pvc=self.models_pvc, allowed_images=self.allowed_images)
+
+    def serving_settings(self) -> ServingSettings:
+        return ServingSettings(models_pvc=self.models_pvc)

@@ -1,0 +1,126 @@
+"""The one module that turns a `Decision` into the status the operator writes.
+
+Conditions follow the Kubernetes conventions: every type is always present (Unknown until
+known), `lastTransitionTime` changes only when the condition's status changes, and each carries
+the generation it describes. Optimized and Validated come from the Job's result, not from the
+phase, so a failure says which of the two failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from optiserve.api.job import JobResult
+from optiserve.api.status import ArtifactStatus, Condition, OptimizationSummary, Phase
+from optiserve.domain.lifecycle import TERMINAL, Decision, JobObservation, JobState
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+CONDITION_TYPES = ("Ready", "Optimized", "Validated", "Progressing", "Degraded")
+WARNING_PHASES = frozenset({Phase.FAILED, Phase.ROLLED_BACK})
+
+
+@dataclass(frozen=True)
+class Wanted:
+    status: ConditionStatus
+    reason: str
+    message: str = ""
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _optimized_and_validated(job: JobObservation | None) -> tuple[Wanted, Wanted]:
+    if job is None:
+        return Wanted("Unknown", "JobNotStarted"), Wanted("Unknown", "NotValidated")
+    if job.state is JobState.RUNNING:
+        return Wanted("Unknown", "JobRunning", "the optimization job is running"), Wanted("Unknown", "NotValidated")
+    result = job.result
+    if result is None or (not result.passed and not result.failed_gates):
+        reason = (result.reason if result is not None else "") or job.failure or "the optimization job failed"
+        return Wanted("False", "OptimizationFailed", reason), Wanted("Unknown", "NotValidated")
+    speedup = f"speedup {result.speedup_p50:.2f}x" if result.speedup_p50 else "optimized"
+    if result.passed:
+        return Wanted("True", "Optimized", speedup), Wanted("True", "GatesPassed", "every validation gate passed")
+    failed = f"failed gates: {', '.join(result.failed_gates)}" + (f" ({result.reason})" if result.reason else "")
+    return Wanted("True", "Optimized", speedup), Wanted("False", "GatesFailed", failed)
+
+
+def wanted_conditions(decision: Decision, job: JobObservation | None) -> dict[str, Wanted]:
+    optimized, validated = _optimized_and_validated(job)
+    phase = decision.phase
+    ready = (
+        Wanted("True", decision.reason, decision.message)
+        if phase is Phase.PROMOTED
+        else Wanted("False", decision.reason, decision.message)
+    )
+    terminal = phase in TERMINAL
+    progressing = Wanted("False" if terminal else "True", decision.reason, decision.message)
+    degraded_now = phase in WARNING_PHASES or decision.reason == "Degraded"
+    degraded = Wanted("True", decision.reason, decision.message) if degraded_now else Wanted("False", "AsExpected")
+    return {"Ready": ready, "Optimized": optimized, "Validated": validated, "Progressing": progressing, "Degraded": degraded}
+
+
+def _conditions(wanted: Mapping[str, Wanted], previous: object, generation: int, now: datetime) -> list[dict[str, Any]]:
+    before = {c.get("type"): c for c in previous if isinstance(c, dict)} if isinstance(previous, list) else {}
+    conditions = []
+    for kind in CONDITION_TYPES:
+        want = wanted[kind]
+        old = before.get(kind, {})
+        since = (
+            old.get("lastTransitionTime") if old.get("status") == want.status and old.get("lastTransitionTime") else rfc3339(now)
+        )
+        condition = Condition(
+            type=kind,
+            status=want.status,
+            reason=want.reason,
+            message=want.message,
+            last_transition_time=since,
+            observed_generation=generation,
+        )
+        conditions.append(condition.model_dump(mode="json", by_alias=True, exclude_none=True))
+    return conditions
+
+
+def summary(result: JobResult) -> dict[str, Any]:
+    return OptimizationSummary(
+        speedup=result.speedup_p50,
+        size_ratio=result.size_ratio,
+        accuracy_delta=result.accuracy_delta,
+        fidelity_mean=result.fidelity_mean,
+        fidelity_min=result.fidelity_min,
+    ).model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def build_status(
+    decision: Decision,
+    *,
+    generation: int,
+    previous: Mapping[str, Any],
+    job: JobObservation | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status patch (JSON merge patch: a None value removes the field) for this decision."""
+    same_generation = previous.get("observedGeneration") == generation
+    if same_generation and decision.phase in TERMINAL and previous.get("phase") == decision.phase.value:
+        # A terminal phase re-confirmed: the Job may be gone by now, so keep what was written.
+        return {"phase": decision.phase.value, "observedGeneration": generation}
+    status: dict[str, Any] = {
+        "phase": decision.phase.value,
+        "observedGeneration": generation,
+        "message": decision.message,
+        "conditions": _conditions(wanted_conditions(decision, job), previous.get("conditions"), generation, now),
+    }
+    ours = job if job is not None and job.generation == generation else None
+    if ours is not None and ours.result is not None:
+        status["optimization"] = summary(ours.result)
+    elif not same_generation:
+        status["optimization"] = None  # the previous generation's summary no longer describes the spec
+    promoted = decision.promote.artifact if decision.promote is not None else None
+    if promoted is not None:
+        artifact = ArtifactStatus(uri=promoted.uri, sha256=promoted.sha256, size_bytes=promoted.size_bytes)
+        status["artifact"] = artifact.model_dump(mode="json", by_alias=True)
+    return status

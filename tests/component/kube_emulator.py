@@ -1,0 +1,244 @@
+"""An emulated Kubernetes API for component tests: kmock's `KubernetesEmulator` plus the object
+bookkeeping that controllers rely on.
+
+kmock stores objects as plain dicts and merges patches into them. On top of that, this
+subclass does what a real API server does and a controller can observe:
+
+- `metadata.uid`, `metadata.creationTimestamp` and `metadata.namespace` on create, and a name
+  from `metadata.generateName` (kopf posts its Events that way);
+- `metadata.generation`: 1 on create, +1 when `spec` changes (never for status or metadata);
+- `metadata.resourceVersion`: a new, increasing value on every write;
+- JSON patches are checked first. A failed `test` op (kopf's optimistic concurrency on
+  finalizers) answers 422 like the API server, not 500;
+- lists report the current `resourceVersion`, and a watch from it skips kmock's replay of the
+  objects the list already returned;
+- `labelSelector` on lists and watches (`a=b`, `a==b`, `a!=b`, `a`, `!a`, `a in (x,y)`,
+  `a notin (x,y)`).
+
+It still does no schema validation, no admission and no garbage collection (tested elsewhere).
+`serve_emulator()` runs it on 127.0.0.1 in a thread of its own, so a synchronous test and
+kopf's own thread can both reach it over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import copy
+import re
+import secrets
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp.web
+import attrs
+import jsonpatch
+import jsonpointer
+import kmock
+
+ALL_VERBS = frozenset({"list", "watch", "get", "patch", "create", "update", "delete"})
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: dicts merge, None removes, anything else replaces."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+_REQUIREMENT = re.compile(
+    r"^\s*(?:(?P<absent>!)\s*(?P<key0>[^\s,=!()]+)"
+    r"|(?P<key1>[^\s,=!()]+)\s*(?P<setop>in|notin)\s*\((?P<values>[^)]*)\)"
+    r"|(?P<key2>[^\s,=!()]+)\s*(?P<op>==|=|!=)\s*(?P<value>[^\s,=!()]*)"
+    r"|(?P<key3>[^\s,=!()]+))\s*$"
+)
+
+
+def _requirements(selector: str) -> list[str]:
+    """Split at commas that are not inside a set: `a in (x,y),b=c` -> two requirements."""
+    parts, depth, current = [], 0, ""
+    for char in selector:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return [part for part in parts if part.strip()]
+
+
+def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
+    """Whether labels satisfy a Kubernetes label selector; a malformed one is a ValueError."""
+    for requirement in _requirements(selector):
+        match = _REQUIREMENT.match(requirement)
+        if match is None:
+            raise ValueError(f"unparsable label selector requirement: {requirement!r}")
+        if match["absent"]:
+            ok = match["key0"] not in labels
+        elif match["setop"]:
+            values = {v.strip() for v in match["values"].split(",") if v.strip()}
+            present = match["key1"] in labels and labels[match["key1"]] in values
+            ok = present if match["setop"] == "in" else not present
+        elif match["op"]:
+            equal = labels.get(match["key2"]) == match["value"]
+            ok = not equal if match["op"] == "!=" else equal
+        else:
+            ok = match["key3"] in labels
+        if not ok:
+            return False
+    return True
+
+
+def _labels_of(obj: object) -> Mapping[str, str]:
+    if not isinstance(obj, Mapping):
+        return {}
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels if isinstance(labels, Mapping) else {}
+
+
+def _revision_of(obj: object) -> int:
+    value = str((obj.get("metadata") or {}).get("resourceVersion", "")) if isinstance(obj, Mapping) else ""
+    return int(value) if value.isdigit() else 0
+
+
+@attrs.define(kw_only=True)
+class KubeEmulator(kmock.KubernetesEmulator):
+    _revision: int = attrs.field(default=0, init=False)
+    _writes: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE):
+            return await super()._handle(request)
+        # One write at a time: the stamps are computed from the stored object the write changes.
+        async with self._writes:
+            if request.action == kmock.action.CREATE:
+                self._stamp_create(request)
+            else:
+                self._stamp_update(request)
+            return await super()._handle(request)
+
+    def _next_revision(self) -> str:
+        self._revision += 1
+        return str(self._revision)
+
+    def _stamp_create(self, request: kmock.Request) -> None:
+        if not isinstance(request.data, dict):
+            return
+        meta = request.data.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = f"{meta['generateName']}{secrets.token_hex(3)}"
+        if request.namespace and not meta.get("namespace"):
+            meta["namespace"] = request.namespace
+        meta["uid"] = str(uuid.uuid4())
+        meta["generation"] = 1
+        meta["resourceVersion"] = self._next_revision()
+        meta["creationTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def _stamp_update(self, request: kmock.Request) -> None:
+        if request.resource is None or request.name is None:
+            return
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return  # the emulator answers 404
+        current = copy.deepcopy(self.objects[key].raw)
+        data = request.data
+        if isinstance(data, list):
+            try:
+                patched = jsonpatch.apply_patch(current, data)
+            except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as e:
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=f"the JSON patch cannot be applied: {e}") from e
+            stamps = self._stamps(current, patched)
+            data.extend({"op": "add", "path": f"/metadata/{field}", "value": value} for field, value in stamps.items())
+        elif isinstance(data, dict):
+            stamps = self._stamps(current, merge_patch(current, data))
+            if not isinstance(data.get("metadata"), dict):
+                data["metadata"] = {}
+            data["metadata"].update(stamps)
+
+    def _stamps(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+        stamps: dict[str, Any] = {"resourceVersion": self._next_revision()}
+        if before.get("spec") != after.get("spec"):
+            stamps["generation"] = int((before.get("metadata") or {}).get("generation") or 0) + 1
+        return stamps
+
+    async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
+        revision = str(self._revision)  # before listing: a write during the list is re-sent by the watch
+        payload = await super()._serve_list(request)
+        if isinstance(payload, dict):
+            payload["metadata"] = {"resourceVersion": revision}
+            selector = request.params.get("labelSelector")
+            if selector:
+                payload["items"] = [item for item in payload["items"] if selector_matches(selector, _labels_of(item))]
+        return payload
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
+        """kmock replays every stored object as ADDED when a watch starts. A watch from a list's
+        resourceVersion must not see those again, or a controller handles every object twice."""
+        selector = request.params.get("labelSelector")
+        since = request.params.get("resourceVersion", "")
+        since_revision = int(since) if since.isdigit() else None
+        async for event in super()._serve_watch(request):
+            if isinstance(event, dict):  # the stream also yields bytes (a first empty chunk)
+                obj = event.get("object")
+                if selector and not selector_matches(selector, _labels_of(obj)):
+                    continue
+                if since_revision is not None and event.get("type") == "ADDED" and _revision_of(obj) <= since_revision:
+                    continue
+            yield event
+
+
+def resource_info(kind: str, *, namespaced: bool = True, status: bool = False) -> kmock.ResourceInfo:
+    return kmock.ResourceInfo(
+        kind=kind, namespaced=namespaced, verbs=set(ALL_VERBS), subresources={"status"} if status else set()
+    )
+
+
+@dataclass(frozen=True)
+class RunningEmulator:
+    emulator: KubeEmulator
+    url: str
+
+
+@contextlib.contextmanager
+def serve_emulator(resources: Mapping[str, kmock.ResourceInfo], timeout_s: float = 30.0) -> Iterator[RunningEmulator]:
+    """Serve a `KubeEmulator` declaring `resources` on a free 127.0.0.1 port, in its own thread and loop."""
+    loop = asyncio.new_event_loop()
+    started: concurrent.futures.Future[tuple[KubeEmulator, str, asyncio.Event]] = concurrent.futures.Future()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        try:
+            async with KubeEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1") as server:
+                for key, info in resources.items():
+                    emulator.resources[key] = info
+                started.set_result((emulator, str(server.url).rstrip("/"), stop))
+                await stop.wait()
+        except BaseException as e:
+            if not started.done():
+                started.set_exception(e)
+            raise
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), name="kube-emulator", daemon=True)
+    thread.start()
+    try:
+        emulator, url, stop = started.result(timeout=timeout_s)
+        try:
+            yield RunningEmulator(emulator, url)
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+    finally:
+        thread.join(timeout=timeout_s)
+        if not thread.is_alive():
+            loop.close()

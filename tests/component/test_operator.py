@@ -1,0 +1,370 @@
+"""The operator in-process (kopf's KopfRunner) against an emulated Kubernetes API.
+
+The tests play the cluster's part: they finish Jobs (a Complete condition and a pod whose
+container terminated with a JobResult) and make Deployments ready, and they watch what the
+operator creates, adopts, removes and reports. Waits are bounded polls that fail with the last
+state seen; nothing asserts on how fast anything happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from kopf.testing import KopfRunner
+
+from optiserve.api.crd import PLURAL
+from optiserve.api.job import ArtifactRef, JobResult
+from optiserve.api.rollout import RolloutSpec
+from optiserve.api.spec import API_GROUP, API_VERSION
+from optiserve.handlers import build_registry
+from optiserve.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, KubeClient, Resource
+from optiserve.resources.job import restricted_security_context
+from optiserve.settings import Settings
+from tests.component.kube_emulator import RunningEmulator, resource_info, serve_emulator
+from tests.conftest import REPO_ROOT
+
+NAMESPACE = "ml"
+MODEL = "minilm"
+OPTIMIZED_MODELS = Resource(f"{API_GROUP}/{API_VERSION}", "OptimizedModel", PLURAL)
+EVENTS = Resource("v1", "Event", "events")
+WAIT_S = 30.0
+# kopf finds nothing to watch unless discovery also lists namespaces, CRDs and events.
+DISCOVERY = {
+    f"{API_GROUP}/{API_VERSION}/{PLURAL}": resource_info("OptimizedModel", status=True),
+    "batch/v1/jobs": resource_info("Job", status=True),
+    "apps/v1/deployments": resource_info("Deployment", status=True),
+    "v1/services": resource_info("Service"),
+    "v1/pods": resource_info("Pod", status=True),
+    "v1/events": resource_info("Event"),
+    "v1/namespaces": resource_info("Namespace", namespaced=False),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": resource_info("CustomResourceDefinition", namespaced=False),
+}
+SHA = "ab" * 32
+PASSED = JobResult(
+    passed=True,
+    artifact=ArtifactRef(uri="pvc://optiserve-models/minilm/g1/model_repository", sha256=SHA, size_bytes=23_000_000),
+    speedup_p50=2.5,
+    size_ratio=0.26,
+    fidelity_mean=0.997,
+    fidelity_min=0.985,
+)
+GATE_FAILED = JobResult(
+    passed=False, reason="gate failed: fidelity_mean = 0.97, needs >= 0.995", failed_gates=["fidelity_mean"], speedup_p50=2.4
+)
+
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], what: str, timeout_s: float = WAIT_S) -> T:
+    """Poll until `probe` returns something truthy; fail with the last value otherwise."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+def minilm_manifest() -> dict[str, Any]:
+    document = yaml.safe_load((REPO_ROOT / "examples/minilm/optimizedmodel.yaml").read_text())
+    document["metadata"]["namespace"] = NAMESPACE
+    document["spec"]["rollout"] = RolloutSpec().model_dump(mode="json", by_alias=True, exclude_none=True)
+    return dict(document)
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunningEmulator]:
+    with serve_emulator(DISCOVERY) as running:
+        yield running
+
+
+@pytest.fixture
+def kube(emulator: RunningEmulator) -> Iterator[KubeClient]:
+    """The test's own client: it plays the user and the cluster's controllers."""
+    client = KubeClient.for_host(emulator.url)
+    yield client
+    client.close()
+
+
+OperatorFactory = Callable[[], contextlib.AbstractContextManager[KopfRunner]]
+
+
+@pytest.fixture
+def start_operator(emulator: RunningEmulator) -> OperatorFactory:
+    """Start the operator in-process; it logs in with the client pointed at the emulator."""
+
+    @contextlib.contextmanager
+    def start() -> Iterator[KopfRunner]:
+        client = KubeClient.for_host(emulator.url)
+        registry = build_registry(Settings(resync_seconds=0.2), client)
+        # Cluster-wide: with --namespace, kopf lists /api/v1/namespaces, a path kmock 0.8 cannot parse.
+        args = ["run", "--standalone", "--all-namespaces", "--verbose"]
+        try:
+            with KopfRunner(args, registry=registry, timeout=WAIT_S) as runner:
+                yield runner
+        finally:
+            client.close()
+        assert runner.exit_code == 0, runner.output
+
+    return start
+
+
+@pytest.fixture
+def operator(start_operator: OperatorFactory) -> Iterator[KopfRunner]:
+    with start_operator() as runner:
+        yield runner
+
+
+def status_of(kube: KubeClient, name: str = MODEL) -> dict[str, Any]:
+    found = kube.get(OPTIMIZED_MODELS, NAMESPACE, name)
+    return dict((found or {}).get("status") or {})
+
+
+def wait_phase(kube: KubeClient, phase: str, name: str = MODEL) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        status = status_of(kube, name)
+        return status if status.get("phase") == phase else None
+
+    return eventually(reached, f"phase {phase}")
+
+
+def conditions_of(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status.get("conditions", [])}
+
+
+def finish_job(kube: KubeClient, job: str, result: JobResult) -> None:
+    """What the Job controller and kubelet would report: the pod's termination message, then the condition."""
+    exit_code = 0 if result.passed else 1
+    pod = f"{job}-x7k2p"
+    kube.create(
+        PODS,
+        NAMESPACE,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": pod, "namespace": NAMESPACE, "labels": {"job-name": job, "batch.kubernetes.io/job-name": job}},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "optimize", "image": "optimizer"}]},
+        },
+    )
+    terminated = {
+        "exitCode": exit_code,
+        "reason": "Completed" if exit_code == 0 else "Error",
+        "message": result.to_termination_message(),
+    }
+    pod_status = {
+        "phase": "Succeeded" if exit_code == 0 else "Failed",
+        "containerStatuses": [{"name": "optimize", "state": {"terminated": terminated}}],
+    }
+    kube.patch(PODS, NAMESPACE, pod, {"status": pod_status}, subresource="status")
+    condition = (
+        {"type": "Complete", "status": "True"}
+        if result.passed
+        else {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
+    )
+    kube.patch(JOBS, NAMESPACE, job, {"status": {"conditions": [condition]}}, subresource="status")
+
+
+def make_ready(kube: KubeClient, deployment: dict[str, Any]) -> None:
+    generation = deployment["metadata"]["generation"]
+    status = {"observedGeneration": generation, "replicas": 1, "readyReplicas": 1, "availableReplicas": 1}
+    kube.patch(DEPLOYMENTS, NAMESPACE, deployment["metadata"]["name"], {"status": status}, subresource="status")
+
+
+def model_objects(kube: KubeClient, resource: Resource) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in kube.select(resource, NAMESPACE, f"optiserve.io/model={MODEL}"))
+
+
+def promote_first_candidate(kube: KubeClient) -> dict[str, Any]:
+    """Apply the example, finish its Job with a passing result, make the candidate ready."""
+    kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
+    eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
+    finish_job(kube, "minilm-optimize-g1", PASSED)
+    candidate = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the candidate Deployment")
+    make_ready(kube, candidate)
+    return wait_phase(kube, "Promoted")
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_new_model_is_optimized_deployed_and_promoted(kube: KubeClient) -> None:
+    kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
+
+    job = eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
+    assert model_objects(kube, JOBS) == ["minilm-optimize-g1"]
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["containers"][0]["securityContext"] == restricted_security_context()
+    assert pod_spec["securityContext"]["runAsNonRoot"] is True
+    optimizing = wait_phase(kube, "Optimizing")
+    assert conditions_of(optimizing)["Ready"]["status"] == "False"
+
+    finish_job(kube, "minilm-optimize-g1", PASSED)
+    candidate = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the candidate Deployment")
+    assert eventually(lambda: kube.get(SERVICES, NAMESPACE, "minilm-candidate"), "the candidate Service")
+    assert candidate["metadata"]["labels"]["optiserve.io/generation"] == "1"
+    assert kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline") is None, "the first candidate has no baseline to compare with"
+    assert wait_phase(kube, "Deploying")["conditions"]
+
+    make_ready(kube, candidate)
+    status = wait_phase(kube, "Promoted")
+    conditions = conditions_of(status)
+    assert conditions["Ready"]["status"] == "True" and conditions["Ready"]["observedGeneration"] == 1
+    assert conditions["Optimized"]["status"] == "True" and conditions["Validated"]["status"] == "True"
+    assert conditions["Progressing"]["status"] == "False" and conditions["Degraded"]["status"] == "False"
+    assert status["observedGeneration"] == 1
+    assert status["optimization"] == {"speedup": 2.5, "sizeRatio": 0.26, "fidelityMean": 0.997, "fidelityMin": 0.985}
+    assert status["artifact"]["sha256"] == SHA
+    baseline = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline Deployment")
+    assert baseline["metadata"]["labels"]["optiserve.io/generation"] == "1"
+    assert baseline["metadata"]["annotations"]["optiserve.io/artifact-sha256"] == SHA
+    assert baseline["spec"]["replicas"] == 2
+
+    def phase_events() -> list[str]:
+        return [
+            e.get("message", "") for e in kube.select(EVENTS, NAMESPACE, "") if e.get("involvedObject", {}).get("name") == MODEL
+        ]
+
+    def with_promotion() -> list[str] | None:
+        messages = phase_events()
+        return messages if any("-> Promoted" in m for m in messages) else None
+
+    messages = eventually(with_promotion, "the Promoted event")
+    assert any(m.startswith("Pending -> Optimizing") for m in messages), messages
+
+
+@pytest.mark.usefixtures("operator")
+def test_an_invalid_spec_fails_with_the_field_named(kube: KubeClient) -> None:
+    document = minilm_manifest()
+    document["spec"]["optimization"]["passes"] = [{"type": "quantize", "mode": "static"}]  # no calibration
+    kube.create(OPTIMIZED_MODELS, NAMESPACE, document)  # the emulator, like a cluster without the CRD's CEL, accepts it
+
+    status = wait_phase(kube, "Failed")
+    assert "spec.optimization.passes[0].calibration" in status["message"]
+    ready = conditions_of(status)["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert conditions_of(status)["Degraded"]["status"] == "True"
+    assert model_objects(kube, JOBS) == []
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_failed_gate_fails_and_deploys_nothing(kube: KubeClient) -> None:
+    kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
+    eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
+    finish_job(kube, "minilm-optimize-g1", GATE_FAILED)
+
+    status = wait_phase(kube, "Failed")
+    assert "fidelity_mean" in status["message"]
+    conditions = conditions_of(status)
+    assert (conditions["Validated"]["status"], conditions["Validated"]["reason"]) == ("False", "GatesFailed")
+    assert conditions["Ready"]["status"] == "False"
+    assert model_objects(kube, DEPLOYMENTS) == []
+    assert kube.get(SERVICES, NAMESPACE, "minilm-candidate") is None
+
+
+def test_a_lost_create_response_is_retried_and_the_job_adopted(
+    kube: KubeClient, emulator: RunningEmulator, start_operator: OperatorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # kmock stores a created object even when a reaction answers instead: the API committed the
+    # Job but the operator saw a 503, as after a timeout. A retry must find it, not make another.
+    job_posts = emulator.emulator[f"post /apis/batch/v1/namespaces/{NAMESPACE}/jobs"]
+    job_posts[:1] << 503
+    with start_operator():
+        kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
+        wait_phase(kube, "Optimizing")
+        assert model_objects(kube, JOBS) == ["minilm-optimize-g1"]
+    retried = [r.getMessage() for r in caplog.records if "failed temporarily" in r.getMessage()]
+    assert any("HTTP 503" in message for message in retried), "a 503 is a TransientError: kopf retries after a delay"
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_drifted_candidate_is_patched_back(kube: KubeClient) -> None:
+    kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
+    eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
+    finish_job(kube, "minilm-optimize-g1", PASSED)
+    wanted = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the candidate Deployment")
+
+    drift = {"spec": {"replicas": 5, "template": {"spec": {"containers": [{"name": "triton", "image": "elsewhere/triton"}]}}}}
+    kube.patch(DEPLOYMENTS, NAMESPACE, "minilm-candidate", drift)
+
+    def restored() -> dict[str, Any] | None:
+        live = kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate")
+        return live if live is not None and live["spec"] == wanted["spec"] else None
+
+    live = eventually(restored, "the candidate's spec patched back")
+    assert live["metadata"]["uid"] == wanted["metadata"]["uid"], "patched in place, not re-created"
+
+
+def test_a_restarted_operator_adopts_the_job_it_created(kube: KubeClient, start_operator: OperatorFactory) -> None:
+    with start_operator():
+        kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
+        job = eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
+        wait_phase(kube, "Optimizing")
+
+    with start_operator():
+        finish_job(kube, "minilm-optimize-g1", PASSED)
+        candidate = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the candidate Deployment")
+        make_ready(kube, candidate)
+        wait_phase(kube, "Promoted")
+
+    jobs = kube.select(JOBS, NAMESPACE, f"optiserve.io/model={MODEL}")
+    assert [j["metadata"]["uid"] for j in jobs] == [job["metadata"]["uid"]], "the Job was created once and kept"
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_spec_change_starts_a_new_generation_and_removes_the_old_children(kube: KubeClient) -> None:
+    promote_first_candidate(kube)
+
+    kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"spec": {"validation": {"maxDegradation": 0.01}}})
+
+    eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g2"), "the g2 Job")
+    eventually(lambda: model_objects(kube, JOBS) == ["minilm-optimize-g2"], "only the g2 Job left")
+    eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the g1 candidate removed, the baseline kept")
+    status = wait_phase(kube, "Optimizing")
+    assert status["observedGeneration"] == 2
+    assert "optimization" not in status, "the g1 summary no longer describes the spec"
+    assert status["artifact"]["sha256"] == SHA, "the baseline still serves the g1 artifact"
+    baseline = kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline")
+    assert baseline is not None and baseline["metadata"]["labels"]["optiserve.io/generation"] == "1"
+
+
+def test_the_cli_runs_the_operator_from_a_kubeconfig(kube: KubeClient, emulator: RunningEmulator, tmp_path: Path) -> None:
+    """`optiserve operator` as users start it: its own process, credentials from $KUBECONFIG."""
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": emulator.url}}],
+        "users": [{"name": "tester", "user": {}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
+        "current-context": "emulator",
+    }
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}  # not "in-cluster"
+    env |= {"KUBECONFIG": str(tmp_path / "kubeconfig"), "OPTISERVE_RESYNC_SECONDS": "0.2"}
+    log = tmp_path / "operator.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "optiserve.cli", "operator", "--all-namespaces"],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
+            eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
+            wait_phase(kube, "Optimizing")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=WAIT_S) == 0, log.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

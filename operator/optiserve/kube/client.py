@@ -35,7 +35,7 @@ from kubernetes.client.exceptions import ApiException
 
 from optiserve.api.job import JobResult
 from optiserve.domain.lifecycle import CandidateObservation, JobObservation, JobState
-from optiserve.resources.names import deployment_name, job_name, labels
+from optiserve.resources.names import GENERATION_LABEL, MODEL_LABEL, VARIANT_LABEL, deployment_name, job_name, labels
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,6 @@ Object = dict[str, Any]
 
 # Label keys written by `resources.names.labels`, and the annotation the reconciler puts on
 # Triton Deployments to say which artifact they serve.
-MODEL_LABEL: Final = "optiserve.io/model"
-VARIANT_LABEL: Final = "optiserve.io/variant"
-GENERATION_LABEL: Final = "optiserve.io/generation"
 ARTIFACT_ANNOTATION: Final = "optiserve.io/artifact-sha256"
 JOB_NAME_LABEL: Final = "job-name"
 """Set on every pod of a Job by the Job controller."""

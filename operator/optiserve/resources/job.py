@@ -7,8 +7,12 @@ from typing import Any
 
 from optiserve.api.job import JobRequest
 from optiserve.resources.names import job_name, labels
+from optiserve.resources.pod import ContainerResources, Owner, restricted_pod_security, restricted_security_context
+
+__all__ = ["JobSettings", "Owner", "build_optimization_job", "output_dir", "restricted_security_context"]
 
 TERMINATION_LOG = "/dev/termination-log"
+JOB_UID = 10001  # the optiserve user of the job images
 MODELS_MOUNT = "/models"
 
 
@@ -19,10 +23,7 @@ class JobSettings:
     image: str
     service_account: str = "optiserve-optimizer"
     models_pvc: str = "optiserve-models"
-    cpu_request: str = "2"
-    memory_request: str = "4Gi"
-    cpu_limit: str = "4"
-    memory_limit: str = "8Gi"
+    resources: ContainerResources = ContainerResources("2", "4Gi", "4", "8Gi")
     backoff_limit: int = 1
     active_deadline_seconds: int = 3600
     allowed_images: tuple[str, ...] = field(default=())
@@ -30,25 +31,6 @@ class JobSettings:
 
 class ImageNotAllowedError(ValueError):
     pass
-
-
-@dataclass(frozen=True)
-class Owner:
-    api_version: str
-    kind: str
-    name: str
-    uid: str
-
-
-def restricted_security_context() -> dict[str, Any]:
-    """The container side of the 'restricted' Pod Security Standard."""
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": True,
-        "readOnlyRootFilesystem": True,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
 
 
 def output_dir(model: str, generation: int) -> str:
@@ -71,10 +53,7 @@ def build_optimization_job(
             {"name": "HF_HUB_OFFLINE", "value": "1"},
             {"name": "HOME", "value": "/tmp"},
         ],
-        "resources": {
-            "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},
-            "limits": {"cpu": settings.cpu_limit, "memory": settings.memory_limit},
-        },
+        "resources": settings.resources.manifest(),
         "securityContext": restricted_security_context(),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -87,16 +66,7 @@ def build_optimization_job(
             "name": name,
             "namespace": namespace,
             "labels": meta_labels,
-            "ownerReferences": [
-                {
-                    "apiVersion": owner.api_version,
-                    "kind": owner.kind,
-                    "name": owner.name,
-                    "uid": owner.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [owner.reference()],
         },
         "spec": {
             "backoffLimit": settings.backoff_limit,
@@ -113,12 +83,7 @@ def build_optimization_job(
                     "restartPolicy": "Never",
                     "serviceAccountName": settings.service_account,
                     "automountServiceAccountToken": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": 10001,
-                        "fsGroup": 10001,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": restricted_pod_security(JOB_UID),
                     "containers": [container],
                     "volumes": [
                         {"name": "models", "persistentVolumeClaim": {"claimName": settings.models_pvc}},

@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 
 MAX_NAME = 63
+MODEL_LABEL = "optiserve.io/model"
+VARIANT_LABEL = "optiserve.io/variant"
+GENERATION_LABEL = "optiserve.io/generation"
 
 
 def _fit(name: str) -> str:
@@ -24,9 +27,9 @@ def deployment_name(model: str, variant: str) -> str:
 
 
 def labels(model: str, variant: str | None = None, generation: int | None = None) -> dict[str, str]:
-    result = {"app.kubernetes.io/managed-by": "optiserve", "optiserve.io/model": model}
+    result = {"app.kubernetes.io/managed-by": "optiserve", MODEL_LABEL: model}
     if variant is not None:
-        result["optiserve.io/variant"] = variant
+        result[VARIANT_LABEL] = variant
     if generation is not None:
-        result["optiserve.io/generation"] = str(generation)
+        result[GENERATION_LABEL] = str(generation)
     return result

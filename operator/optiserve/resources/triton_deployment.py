@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from optiserve.api.spec import TritonSpec
-from optiserve.resources.job import MODELS_MOUNT, Owner, output_dir, restricted_security_context
+from optiserve.resources.job import MODELS_MOUNT, output_dir
 from optiserve.resources.names import deployment_name, labels
+from optiserve.resources.pod import ContainerResources, Owner, restricted_pod_security, restricted_security_context
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 TRITON_UID = 1000  # the triton-server user of NVIDIA's image
@@ -31,22 +32,8 @@ class Variant:
 @dataclass(frozen=True)
 class ServingSettings:
     models_pvc: str = "optiserve-models"
-    cpu_request: str = "2"
-    memory_request: str = "2Gi"
-    cpu_limit: str = "4"
-    memory_limit: str = "4Gi"
+    resources: ContainerResources = ContainerResources("2", "2Gi", "4", "4Gi")
     startup_seconds: int = 600
-
-
-def _owner_reference(owner: Owner) -> dict[str, Any]:
-    return {
-        "apiVersion": owner.api_version,
-        "kind": owner.kind,
-        "name": owner.name,
-        "uid": owner.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def _probes(model: str, repository_dir: str, startup_seconds: int) -> dict[str, Any]:
@@ -97,10 +84,7 @@ def build_triton_deployment(
             {"name": "grpc", "containerPort": GRPC_PORT},
             {"name": "metrics", "containerPort": METRICS_PORT},
         ],
-        "resources": {
-            "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},
-            "limits": {"cpu": settings.cpu_limit, "memory": settings.memory_limit},
-        },
+        "resources": settings.resources.manifest(),
         "securityContext": restricted_security_context(),
         "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
         **_probes(model, repository_dir, settings.startup_seconds),
@@ -112,7 +96,7 @@ def build_triton_deployment(
             "name": deployment_name(model, variant.name),
             "namespace": namespace,
             "labels": meta_labels,
-            "ownerReferences": [_owner_reference(owner)],
+            "ownerReferences": [owner.reference()],
         },
         "spec": {
             "replicas": variant.replicas,
@@ -129,12 +113,7 @@ def build_triton_deployment(
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": TRITON_UID,
-                        "fsGroup": TRITON_UID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": restricted_pod_security(TRITON_UID),
                     "containers": [container],
                     "volumes": [
                         {"name": "models", "persistentVolumeClaim": {"claimName": settings.models_pvc, "readOnly": True}},
@@ -154,7 +133,7 @@ def build_triton_service(owner: Owner, namespace: str, variant: str) -> dict[str
             "name": deployment_name(owner.name, variant),
             "namespace": namespace,
             "labels": labels(owner.name, variant),
-            "ownerReferences": [_owner_reference(owner)],
+            "ownerReferences": [owner.reference()],
         },
         "spec": {
             "selector": labels(owner.name, variant),

@@ -23,7 +23,7 @@ class JobSettings:
     image: str
     service_account: str = "optiserve-optimizer"
     models_pvc: str = "optiserve-models"
-    resources: ContainerResources = ContainerResources("2", "4Gi", "4", "8Gi")
+    resources: ContainerResources = field(default_factory=lambda: ContainerResources("2", "4Gi", "4", "8Gi"))
     backoff_limit: int = 1
     active_deadline_seconds: int = 3600
     allowed_images: tuple[str, ...] = field(default=())

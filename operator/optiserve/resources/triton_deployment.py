@@ -9,7 +9,7 @@ a real inference (the `ready_request.json` the job publishes next to the reposit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from optiserve.api.spec import TritonSpec
@@ -32,7 +32,7 @@ class Variant:
 @dataclass(frozen=True)
 class ServingSettings:
     models_pvc: str = "optiserve-models"
-    resources: ContainerResources = ContainerResources("2", "2Gi", "4", "4Gi")
+    resources: ContainerResources = field(default_factory=lambda: ContainerResources("2", "2Gi", "4", "4Gi"))
     startup_seconds: int = 600
 
 

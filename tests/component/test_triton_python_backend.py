@@ -33,7 +33,7 @@ from optiserve.local.triton import (
     TritonStartError,
     find_triton_install,
 )
-from tests.component.triton_helpers import model_counters
+from tests.component.triton_helpers import model_counters, settled_counters
 
 MODEL_PY = Path(triton_python_model.__file__)
 
@@ -252,7 +252,7 @@ def test_concurrent_http_requests_are_merged(server: TritonServer) -> None:
     for x, y in zip(inputs, results, strict=True):
         assert y is not None and y.shape == (x.shape[0], 3)
         np.testing.assert_allclose(y, expected_linear(x), rtol=1e-5, atol=1e-6)
-    execs_after, success_after = model_counters(server, LINEAR)
+    execs_after, success_after = settled_counters(server, LINEAR, success_before + REQUESTS)
     assert success_after - success_before == REQUESTS
     assert execs_after - execs_before < success_after - success_before, "no batch was merged"
 
@@ -269,7 +269,7 @@ def test_concurrent_grpc_variable_length_requests_are_merged(server: TritonServe
         client.close()
     for ids, s in zip(inputs, results, strict=True):
         np.testing.assert_allclose(s, expected_token_sum(ids), rtol=1e-6)
-    execs_after, success_after = model_counters(server, TOKENS)
+    execs_after, success_after = settled_counters(server, TOKENS, success_before + REQUESTS)
     assert success_after - success_before == REQUESTS
     # Requests of different lengths only share a run because IDS is padded.
     assert execs_after - execs_before < success_after - success_before, "no batch was merged"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from typing import Any
 
@@ -43,3 +44,17 @@ def model_counters(server: TritonServer, model: str) -> tuple[float, float]:
         assert match, f"{metric} for {model} missing from /metrics"
         values[metric] = float(match.group(1))
     return values["nv_inference_exec_count"], values["nv_inference_request_success"]
+
+
+def settled_counters(server: TritonServer, model: str, min_success: float, timeout_s: float = 15.0) -> tuple[float, float]:
+    """model_counters once the success count has reached `min_success`.
+
+    Triton answers a request before it records the request's statistics, so counters read right
+    after the last answer can lag behind by a few requests (seen: 21 of 24).
+    """
+    deadline = time.monotonic() + timeout_s
+    counters = model_counters(server, model)
+    while counters[1] < min_success and time.monotonic() < deadline:
+        time.sleep(0.1)
+        counters = model_counters(server, model)
+    return counters

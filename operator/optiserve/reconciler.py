@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from optiserve.api.job import JobResult, job_request_from_manifest
+from optiserve.api.job import ArtifactRef, JobResult, job_request_from_manifest
 from optiserve.api.manifest import ManifestError, parse_manifest
 from optiserve.api.spec import API_GROUP, API_VERSION, KIND, OptimizedModel
 from optiserve.api.status import Phase
@@ -114,6 +114,7 @@ def _act(
     job: JobObservation | None,
     settings: Settings,
     kube: KubeClient,
+    promoted: JobResult | None,
 ) -> None:
     if manifest is not None and Child.JOB in decision.want and job is None:
         request = job_request_from_manifest(manifest, base_dir=source_dir(owner.name))
@@ -124,10 +125,21 @@ def _act(
             kube.ensure(child)
     if decision.remove_stale:
         kube.remove_stale(namespace, owner.name, generation)
-    if manifest is not None and decision.promote is not None:
+    serve = decision.promote or (promoted if Child.BASELINE in decision.want else None)
+    if manifest is not None and serve is not None:
         variant = Variant(BASELINE, generation, manifest.spec.serving.replicas)
-        for child in _triton_manifests(owner, namespace, variant, manifest, decision.promote, settings):
+        for child in _triton_manifests(owner, namespace, variant, manifest, serve, settings):
             kube.ensure(child)
+    if decision.retire_candidate:
+        kube.retire_candidate(namespace, owner.name)
+
+
+def _promoted_result(status: Mapping[str, Any]) -> JobResult | None:
+    """The promoted artifact, from status: the Job that made it may be long gone (TTL)."""
+    artifact = status.get("artifact")
+    if not isinstance(artifact, Mapping):
+        return None
+    return JobResult(passed=True, artifact=ArtifactRef.model_validate(artifact))
 
 
 def _events(before: Phase, restarted: bool, decision: Decision) -> list[Event]:
@@ -157,8 +169,9 @@ def _one_pass(
 
     settled = phase in TERMINAL and observed_generation == generation
     job = candidate = baseline = None
-    if manifest is not None and not settled:  # a settled resource needs no reads until its spec changes
+    if manifest is not None and not settled:  # a settled resource needs no job reads until its spec changes
         job = kube.observe_job(namespace, name, generation)
+    if manifest is not None and (not settled or phase is Phase.PROMOTED):  # promoted: keep the baseline serving
         candidate = kube.observe_candidate(namespace, name)
         baseline = kube.observe_baseline(namespace, name)
     # A baseline already serving this generation means the promotion happened and only the status
@@ -176,6 +189,7 @@ def _one_pass(
         job=job,
         candidate=candidate.observation if candidate is not None else None,
         spec_errors=spec_errors,
+        baseline_ready=baseline is not None and baseline.ready and baseline.generation == generation,
     )
     decision = decide(observed, now, settings.deploy_deadline_seconds)
     logger.debug("%s/%s generation %d: %s -> %s (%s)", namespace, name, generation, phase, decision.phase, decision.reason)
@@ -188,6 +202,7 @@ def _one_pass(
         job=job,
         settings=settings,
         kube=kube,
+        promoted=_promoted_result(status),
     )
     new_status = build_status(decision, generation=generation, previous=status, job=job, now=now)
     restarted = observed_generation is not None and observed_generation != generation

@@ -243,6 +243,24 @@ def test_a_new_model_is_optimized_deployed_and_promoted(kube: KubeClient) -> Non
 
 
 @pytest.mark.usefixtures("operator")
+def test_after_promotion_the_baseline_is_kept_and_the_candidate_retired(kube: KubeClient) -> None:
+    promote_first_candidate(kube)
+    baseline = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline Deployment")
+    assert model_objects(kube, DEPLOYMENTS) == ["minilm-baseline", "minilm-candidate"]  # not retired before the baseline serves
+    make_ready(kube, baseline)
+
+    def candidate_gone() -> bool | None:
+        return True if model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"] else None
+
+    eventually(candidate_gone, "the candidate retired once the baseline is ready")
+    assert model_objects(kube, SERVICES) == ["minilm-baseline"]
+    kube.delete(DEPLOYMENTS, NAMESPACE, "minilm-baseline")  # someone deletes what serves
+    recreated = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline recreated")
+    assert recreated["metadata"]["annotations"]["optiserve.io/artifact-sha256"] == SHA
+    assert status_of(kube)["phase"] == "Promoted"
+
+
+@pytest.mark.usefixtures("operator")
 def test_an_invalid_spec_fails_with_the_field_named(kube: KubeClient) -> None:
     document = minilm_manifest()
     document["spec"]["optimization"]["passes"] = [{"type": "quantize", "mode": "static"}]  # no calibration

@@ -166,3 +166,11 @@ def test_deadline_failure_leaves_the_candidate_out() -> None:
     decision = decide(state, NOW)
     assert "corrupt model" in decision.message and "baseline keeps serving" in decision.message
     assert Child.CANDIDATE not in decision.want and decision.remove_stale
+
+
+def test_promoted_keeps_the_baseline_and_retires_the_candidate_only_once_it_serves() -> None:
+    waiting = decide(observed(Phase.PROMOTED, baseline_ready=False), NOW)
+    assert Child.BASELINE in waiting.want and not waiting.retire_candidate
+    serving = decide(observed(Phase.PROMOTED, baseline_ready=True), NOW)
+    assert Child.BASELINE in serving.want and serving.retire_candidate
+    assert not decide(observed(Phase.FAILED), NOW).retire_candidate

@@ -69,11 +69,14 @@ class Observed:
     job: JobObservation | None = None
     candidate: CandidateObservation | None = None
     spec_errors: tuple[str, ...] = ()
+    baseline_ready: bool = False
+    """The baseline Deployment serves the promoted artifact and is ready."""
 
 
 class Child(StrEnum):
     JOB = "job"
     CANDIDATE = "candidate"
+    BASELINE = "baseline"
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class Decision:
     """Remove children of other generations (never the baseline)."""
     promote: JobResult | None = None
     """Make this result's artifact the baseline's."""
+    retire_candidate: bool = False
+    """Remove the candidate Deployment and Service: the baseline now serves what it served."""
     requeue_after_s: float | None = None
     events: tuple[str, ...] = field(default=())
 
@@ -104,6 +109,17 @@ def decide(observed: Observed, now: datetime, deploy_deadline_s: float = DEPLOY_
     if observed.spec_errors:
         return Decision(Phase.FAILED, "InvalidSpec", "; ".join(observed.spec_errors), remove_stale=True)
     phase = Phase.PENDING if _restarted(observed) else observed.phase
+    if phase is Phase.PROMOTED:
+        # Level-based after promotion too: the baseline is kept (recreated if deleted), and the
+        # candidate goes once the baseline serves, never before (nothing would serve in between).
+        return Decision(
+            phase,
+            "Done",
+            "promoted; the baseline serves the optimized model",
+            want=frozenset({Child.BASELINE}),
+            remove_stale=True,
+            retire_candidate=observed.baseline_ready,
+        )
     if phase in TERMINAL:
         return Decision(phase, "Done", f"{phase.value}", remove_stale=phase is not Phase.FAILED)
     job = observed.job if observed.job and observed.job.generation == observed.generation else None

@@ -123,6 +123,14 @@ class CandidateState:
 class BaselineState:
     generation: int
     artifact_sha256: str
+    ready: bool = False
+
+
+def _deployment_ready(deployment: Object) -> bool:
+    """At least one ready replica of the Deployment's current spec."""
+    status = deployment.get("status") or {}
+    current = int(status.get("observedGeneration") or 0) >= int(_meta(deployment).get("generation") or 0)
+    return current and int(status.get("readyReplicas") or 0) >= 1
 
 
 def _selector(match: Mapping[str, str]) -> str:
@@ -376,9 +384,7 @@ class KubeClient:
             return None
         meta = _meta(deployment)
         generation = _generation(deployment)
-        status = deployment.get("status") or {}
-        current = int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
-        ready = current and int(status.get("readyReplicas") or 0) >= 1
+        ready = _deployment_ready(deployment)
         failure = ""
         if not ready:
             match = dict(((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
@@ -398,7 +404,12 @@ class KubeClient:
         if baseline is None:
             return None
         sha256 = str((_meta(baseline).get("annotations") or {}).get(ARTIFACT_ANNOTATION, ""))
-        return BaselineState(generation=_generation(baseline), artifact_sha256=sha256)
+        return BaselineState(generation=_generation(baseline), artifact_sha256=sha256, ready=_deployment_ready(baseline))
+
+    def retire_candidate(self, namespace: str, model: str) -> None:
+        """Remove the candidate Deployment and Service (after a promotion made them redundant)."""
+        self.delete(DEPLOYMENTS, namespace, deployment_name(model, CANDIDATE))
+        self.delete(SERVICES, namespace, deployment_name(model, CANDIDATE))
 
     # --- actions -------------------------------------------------------------------------------
 

@@ -446,28 +446,44 @@ Interval = tuple[Measurement, ...]
 Rule = Callable[[AnalysisPolicy, Mapping[str, MetricTally], Interval], Verdict | None]
 
 
-def _failure_rule(policy: AnalysisPolicy, tallies: Mapping[str, MetricTally], interval: Interval) -> Verdict | None:
-    for measurement in interval:
-        failed = tallies[measurement.metric].failed
-        if failed > policy.failure_limit:
-            reason = (
-                f"metric '{measurement.metric}' Failed in {failed} intervals, "
-                f"more than failureLimit {policy.failure_limit}: {measurement.reason}"
-            )
-            return Verdict(decision=Decision.ROLLBACK, reason=reason, metric=measurement.metric)
-    return None
+@dataclass(frozen=True)
+class _LimitRule:
+    """Argo's limits: a metric whose count exceeds the policy's limit decides the analysis."""
+
+    count: Callable[[MetricTally], int]
+    limit: Callable[[AnalysisPolicy], int]
+    limit_name: str
+    what: str
+    """How the count reads, with {n}: "Failed in {n} intervals"."""
+    decision: Decision
+
+    def __call__(self, policy: AnalysisPolicy, tallies: Mapping[str, MetricTally], interval: Interval) -> Verdict | None:
+        for measurement in interval:
+            count, limit = self.count(tallies[measurement.metric]), self.limit(policy)
+            if count > limit:
+                what = self.what.format(n=count)
+                reason = f"metric '{measurement.metric}' {what}, more than {self.limit_name} {limit}: {measurement.reason}"
+                return Verdict(decision=self.decision, reason=reason, metric=measurement.metric)
+        return None
 
 
-def _error_rule(policy: AnalysisPolicy, tallies: Mapping[str, MetricTally], interval: Interval) -> Verdict | None:
-    for measurement in interval:
-        errors = tallies[measurement.metric].consecutive_errors
-        if errors > policy.consecutive_error_limit:
-            reason = (
-                f"metric '{measurement.metric}' could not be measured in {errors} consecutive intervals, "
-                f"more than consecutiveErrorLimit {policy.consecutive_error_limit}: {measurement.reason}"
-            )
-            return Verdict(decision=Decision.ROLLBACK, reason=reason, metric=measurement.metric)
-    return None
+_failure_rule = _LimitRule(
+    lambda t: t.failed, lambda p: p.failure_limit, "failureLimit", "Failed in {n} intervals", Decision.ROLLBACK
+)
+_error_rule = _LimitRule(
+    lambda t: t.consecutive_errors,
+    lambda p: p.consecutive_error_limit,
+    "consecutiveErrorLimit",
+    "could not be measured in {n} consecutive intervals",
+    Decision.ROLLBACK,
+)
+_inconclusive_rule = _LimitRule(
+    lambda t: t.inconclusive,
+    lambda p: p.inconclusive_limit,
+    "inconclusiveLimit",
+    "was Inconclusive in {n} intervals",
+    Decision.HOLD,
+)
 
 
 def _missing_rule(policy: AnalysisPolicy, tallies: Mapping[str, MetricTally], interval: Interval) -> Verdict | None:
@@ -476,18 +492,6 @@ def _missing_rule(policy: AnalysisPolicy, tallies: Mapping[str, MetricTally], in
             reason = (
                 f"metric '{measurement.metric}' has no series for the baseline or the candidate after warm-up; "
                 "check its name and query"
-            )
-            return Verdict(decision=Decision.HOLD, reason=reason, metric=measurement.metric)
-    return None
-
-
-def _inconclusive_rule(policy: AnalysisPolicy, tallies: Mapping[str, MetricTally], interval: Interval) -> Verdict | None:
-    for measurement in interval:
-        inconclusive = tallies[measurement.metric].inconclusive
-        if inconclusive > policy.inconclusive_limit:
-            reason = (
-                f"metric '{measurement.metric}' was Inconclusive in {inconclusive} intervals, "
-                f"more than inconclusiveLimit {policy.inconclusive_limit}: {measurement.reason}"
             )
             return Verdict(decision=Decision.HOLD, reason=reason, metric=measurement.metric)
     return None

@@ -39,3 +39,4 @@ fi
 "$VENV/bin/python" examples/minilm/prepare.py
 "$VENV/bin/python" examples/digits/prepare.py
 scripts/setup_triton.sh
+scripts/setup_helm.sh

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from optiserve.api.rollout import AnalysisMetric, AnalysisSpec, MetricName, duration_seconds
+from optiserve.api.rollout import AnalysisMetric, AnalysisSpec, MetricName, Promotion, RolloutSpec, duration_seconds
 from optiserve.domain.analysis import AnalysisPolicy, MetricCheck, MetricKind
+from optiserve.domain.canary import CanaryPlan, Step
 
 _KINDS = {
     MetricName.LATENCY: MetricKind.LATENCY,
@@ -50,3 +51,18 @@ def analysis_plan(spec: AnalysisSpec) -> AnalysisPlan:
         warmup_s=duration_seconds(spec.warmup),
     )
     return AnalysisPlan([metric_check(m) for m in spec.metrics], policy, duration_seconds(spec.interval))
+
+
+def canary_plan(rollout: RolloutSpec) -> CanaryPlan:
+    """The rollout's steps, checks and limits from the spec (the spec's models already checked them)."""
+    analysis = analysis_plan(rollout.analysis)
+    steps = tuple(Step(weight=s.weight, pause_s=duration_seconds(s.pause) if s.pause else 0.0) for s in rollout.steps)
+    return CanaryPlan(
+        steps=steps,
+        checks=tuple(analysis.checks),
+        policy=analysis.policy,
+        interval_s=analysis.interval_s,
+        manual=rollout.promotion is Promotion.MANUAL,
+        progress_deadline_s=float(rollout.progress_deadline_seconds),
+        window_s=analysis.window_s,
+    )

@@ -17,6 +17,7 @@ from optiserve_jobs import repository
 from optiserve_jobs.benchmark import VariantBenchmark, run_benchmark
 from optiserve_jobs.datasets import Dataset, load_dataset
 from optiserve_jobs.errors import JobError, SourceError
+from optiserve_jobs.golden_set import golden_samples
 from optiserve_jobs.passes import PassContext, PassOutcome, PassStatus, build_pass
 from optiserve_jobs.report import (
     AccuracyReport,
@@ -52,7 +53,8 @@ class _Job:
         path = resolve_uri(uri, base_dir=self.base_dir, download_dir=self.work_dir / "downloads")
         return load_dataset(path, source, limit=limit)
 
-    def run(self) -> Path:
+    def run(self) -> tuple[Path, Dataset]:
+        """The candidate ONNX model that passed every gate, and the validation set it passed on."""
         self.progress("loading the source model")
         source = load_source_model(self.request.model, base_dir=self.base_dir, download_dir=self.work_dir / "downloads")
         if source.format is ModelFormat.ONNX:
@@ -64,7 +66,7 @@ class _Job:
         self.report.validation_samples = len(validation)
         candidate = self._run_passes(source, validation)
         self._validate_and_benchmark(source, validation, candidate)
-        return candidate
+        return candidate, validation
 
     def _run_passes(self, source: SourceModel, validation: Dataset) -> Path:
         configs = list(self.request.passes)
@@ -169,8 +171,10 @@ def run_job(request: JobRequest, out_dir: Path, progress: Progress = lambda _: N
     job = _Job(request, out_dir, work_dir, progress)
     report = job.report
     try:
-        candidate = job.run()
+        candidate, validation = job.run()
         progress("publishing the Triton model repository")
+        text_inputs = job_source_is_text(request)
+        served_inputs = repository.read_model_io(candidate, text_inputs).inputs
         report.artifact = repository.publish(
             out_dir,
             candidate,
@@ -179,8 +183,9 @@ def run_job(request: JobRequest, out_dir: Path, progress: Progress = lambda _: N
                 triton=request.triton,
                 benchmark_batch_sizes=request.benchmark.batch_sizes,
                 sequence_length=request.model.sequence_length,
-                text_inputs=job_source_is_text(request),
+                text_inputs=text_inputs,
             ),
+            golden_samples(validation, served_inputs, text_inputs=text_inputs),
         )
         report.passed = True
     except JobError as e:

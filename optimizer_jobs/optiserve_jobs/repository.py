@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import onnx
 
 from optiserve.api.job import ArtifactRef
 from optiserve.api.spec import DType, TensorSpec, TritonBackend, TritonSpec
+from optiserve.golden import GOLDEN_FILE, GoldenSample, write_golden
 from optiserve.resources.triton_config import ModelIO, build_model_config, render_model_config
 from optiserve_jobs.errors import JobError
 
@@ -103,8 +105,11 @@ def _manifest(root: Path) -> dict[str, dict[str, str | int]]:
     }
 
 
-def publish(out_dir: Path, model_path: Path, settings: PublishSettings) -> ArtifactRef:
-    """Write both repositories under `out_dir` and return the artifact reference."""
+def publish(out_dir: Path, model_path: Path, settings: PublishSettings, golden: Sequence[GoldenSample] = ()) -> ArtifactRef:
+    """Write both repositories under `out_dir` and return the artifact reference.
+
+    `golden` (validation samples as requests) becomes `golden.jsonl`, covered by the manifest.
+    """
     io = read_model_io(model_path, settings.text_inputs)
     staging = out_dir / f".staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
@@ -112,6 +117,8 @@ def publish(out_dir: Path, model_path: Path, settings: PublishSettings) -> Artif
         for backend, directory in REPOSITORIES.items():
             _write_model(staging / directory, backend, model_path, io, settings)
         (staging / READY_REQUEST).write_text(json.dumps(ready_request(io, settings.sequence_length)))
+        if golden:
+            write_golden(staging / GOLDEN_FILE, golden)
         manifest_text = json.dumps({"model": settings.name, "files": _manifest(staging)}, indent=2, sort_keys=True)
         (staging / MANIFEST).write_text(manifest_text)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # the old manifest goes first: no reader trusts a mix
@@ -121,6 +128,9 @@ def publish(out_dir: Path, model_path: Path, settings: PublishSettings) -> Artif
                 shutil.rmtree(target)
             (staging / directory).rename(target)
         (staging / READY_REQUEST).replace(out_dir / READY_REQUEST)
+        (out_dir / GOLDEN_FILE).unlink(missing_ok=True)
+        if golden:
+            (staging / GOLDEN_FILE).replace(out_dir / GOLDEN_FILE)
         (staging / MANIFEST).rename(out_dir / MANIFEST)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -154,5 +164,6 @@ def remove_published(out_dir: Path) -> None:
     """Remove a previous run's repositories, so a failed run leaves none behind."""
     (out_dir / MANIFEST).unlink(missing_ok=True)
     (out_dir / READY_REQUEST).unlink(missing_ok=True)
+    (out_dir / GOLDEN_FILE).unlink(missing_ok=True)
     for directory in REPOSITORIES.values():
         shutil.rmtree(out_dir / directory, ignore_errors=True)

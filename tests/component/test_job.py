@@ -14,7 +14,9 @@ import yaml
 
 from optiserve.api.job import JobRequest, JobResult
 from optiserve.cli import main
+from optiserve.golden import GOLDEN_FILE, load_golden
 from optiserve_jobs import repository
+from optiserve_jobs.runners import OrtRunner
 from tests.conftest import manifest, tiny_dataset
 
 REPORT_KEYS = {"passed", "speedup_p50", "size_ratio", "fidelity", "accuracy", "gates", "passes", "benchmark"}
@@ -90,8 +92,26 @@ def test_bad_input_fails_with_a_reason_and_leaves_no_repository(
     assert expected in report["reason"] and expected in captured.err
     assert not report["passed"]
     assert not (out / "model_repository").exists() and not (out / "model_repository_python").exists()
-    assert not (out / repository.MANIFEST).exists()
+    assert not (out / repository.MANIFEST).exists() and not (out / GOLDEN_FILE).exists()
     assert not list(out.glob(".work-*")) and not list(out.glob(".staging-*"))
+
+
+def test_golden_set_is_published_under_the_manifest(tmp_path: Path, tiny_onnx_spec: dict[str, Any]) -> None:
+    tiny_dataset(tmp_path / "validation.npz", labels=True)  # the same rows, now with labels
+    code, report, out = _optimize(tmp_path, tiny_onnx_spec)
+    assert code == 0, report.get("reason")
+    assert GOLDEN_FILE in repository.verify(out)["files"]  # type: ignore[operator]
+    samples = load_golden(out / GOLDEN_FILE)
+    validation = np.load(tmp_path / "validation.npz")
+    assert len(samples) == len(validation["x"]) == report["validation_samples"]
+    for index, sample in enumerate(samples):
+        assert set(sample.inputs) == {"x"} and sample.inputs["x"].dtype == np.float32
+        np.testing.assert_array_equal(sample.inputs["x"], validation["x"][index : index + 1])
+        assert sample.label == int(validation["labels"][index])
+    served = OrtRunner(out / "model_repository/tiny/1/model.onnx", threads=1).run(dict(samples[0].inputs))
+    source = OrtRunner(tmp_path / "model.onnx", threads=1).run({"x": validation["x"][:1]})
+    assert served.shape == (1, 4) and np.isfinite(served).all()
+    assert float(served[0] @ source[0] / np.linalg.norm(served) / np.linalg.norm(source)) > 0.9  # INT8 of the same model
 
 
 def _huge_inputs(tmp_path: Path) -> Path:

@@ -95,6 +95,14 @@ def summary(result: JobResult) -> dict[str, Any]:
     ).model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def phase_since(phase: Phase, previous: Mapping[str, Any], generation: int, now: datetime) -> str:
+    """When the resource entered `phase`: kept while phase and generation stay, `now` otherwise
+    (a spec change restarts the pipeline, even when it lands in the phase it was in)."""
+    kept = previous.get("phaseSince")
+    unchanged = previous.get("phase") == phase.value and previous.get("observedGeneration") == generation
+    return kept if unchanged and isinstance(kept, str) and kept else rfc3339(now)
+
+
 def build_status(
     decision: Decision,
     *,
@@ -105,11 +113,13 @@ def build_status(
 ) -> dict[str, Any]:
     """The status patch (JSON merge patch: a None value removes the field) for this decision."""
     same_generation = previous.get("observedGeneration") == generation
+    since = phase_since(decision.phase, previous, generation, now)
     if same_generation and decision.phase in TERMINAL and previous.get("phase") == decision.phase.value:
         # A terminal phase re-confirmed: the Job may be gone by now, so keep what was written.
-        return {"phase": decision.phase.value, "observedGeneration": generation}
+        return {"phase": decision.phase.value, "observedGeneration": generation, "phaseSince": since}
     status: dict[str, Any] = {
         "phase": decision.phase.value,
+        "phaseSince": since,
         "observedGeneration": generation,
         "message": decision.message,
         "conditions": _conditions(wanted_conditions(decision, job), previous.get("conditions"), generation, now),

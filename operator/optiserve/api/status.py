@@ -59,6 +59,7 @@ class CanaryStatus(ApiModel):
 
 class OptimizedModelStatus(ApiModel):
     phase: Phase = Field(default=Phase.PENDING, description="Where the model is in its pipeline.")
+    phase_since: str | None = Field(default=None, description="When the model entered its current phase (RFC 3339).")
     observed_generation: int | None = Field(default=None, description="The spec generation this status describes.")
     message: str | None = Field(default=None, description="What is happening, or why it stopped.")
     conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")

@@ -15,6 +15,7 @@ from rich.table import Table
 from optiserve.api.job import job_request_from_manifest
 from optiserve.api.manifest import ManifestError, load_manifest
 from optiserve.api.spec import OptimizedModel
+from optiserve.comparator.command import add_comparator_arguments
 
 console = Console(stderr=True, soft_wrap=True)  # no hard wraps: errors stay one per line
 
@@ -196,6 +197,12 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comparator(args: argparse.Namespace) -> int:
+    from optiserve.comparator.command import run_comparator_command
+
+    return run_comparator_command(args, _print_errors)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="optiserve", description="Optimize, prove, serve and canary models on Triton.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -219,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     operator.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     operator.set_defaults(handler=_operator)
+    comparator = commands.add_parser(
+        "comparator", help="probe baseline and candidate Triton with the golden set; /metrics for the canary judge"
+    )
+    add_comparator_arguments(comparator)
+    comparator.set_defaults(handler=_comparator)
     return parser
 
 

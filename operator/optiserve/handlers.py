@@ -11,27 +11,46 @@ Create, update, resume and the timer all call the same level-based reconcile. Th
 notices the children change (a Job finishing, a Deployment becoming ready). It waits one
 interval before its first run, so it seldom overlaps the create handler on a new resource. When
 the two do overlap, both reconciles are idempotent: the second create finds the child and adopts
-it.
+it. They still take one lock per object (`ObjectLocks`): kopf runs sync handlers in threads, and
+without it a timer's reconcile already under way when the resource is deleted could create a
+child after the cleanup removed them all.
+
+Deletion: kopf's finalizer (needed for the timer anyway) holds the resource until the `cleanup`
+handler has deleted every child it owns. The garbage collector would remove them too, through
+their owner references, but only where one runs and only after the resource is gone; the
+explicit delete makes `kubectl delete om x` return with the servers gone. A deletion with
+`--cascade=orphan` keeps the children: the collector then removes the owner references, and the
+handler deletes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
 from kubernetes import client as k8s
+from prometheus_client import start_http_server
 
 from optiserve.api.crd import PLURAL
 from optiserve.api.spec import API_GROUP, API_VERSION
 from optiserve.kube.client import AdoptionError, KubeClient, KubeError, TransientError
+from optiserve.observability import TRIGGER_CHANGE, TRIGGER_TIMER, OperatorMetrics
 from optiserve.reconciler import reconcile
 from optiserve.settings import Settings
 
 PREFIX = "optiserve.io"
 ADOPTION_RETRY_S = 60.0
 API_ERROR_RETRY_S = 30.0
+ORPHAN_FINALIZER = "orphan"
+"""Set by the API server on a deletion with propagationPolicy Orphan (`kubectl delete --cascade=orphan`)."""
+REMEMBERED_DELETIONS = 10_000
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -70,44 +89,152 @@ def connection_info(configuration: k8s.Configuration) -> kopf.ConnectionInfo:
     )
 
 
-def _reconcile(
-    config: Settings, kube: KubeClient, name: str | None, namespace: str | None, body: kopf.Body, patch: kopf.Patch
-) -> None:
+class ObjectLocks:
+    """One lock per object (by uid), and the uids whose children were already cleaned up.
+
+    A reconcile that waited for the cleanup finds its object gone and does nothing. Deleted uids
+    are remembered in a bounded FIFO (a uid is never reused, and kopf stops the timer soon
+    after deletion begins, so only the latest deletions matter)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._deleted: OrderedDict[str, None] = OrderedDict()
+
+    @contextlib.contextmanager
+    def hold(self, uid: str) -> Iterator[bool]:
+        """Hold `uid`'s lock; yields False when the object was already cleaned up."""
+        with self._guard:
+            lock = self._locks.setdefault(uid, threading.Lock())
+        with lock:
+            yield uid not in self._deleted
+
+    def deleted(self, uid: str) -> None:
+        """Mark `uid` cleaned up; call while holding its lock."""
+        with self._guard:
+            self._deleted[uid] = None
+            while len(self._deleted) > REMEMBERED_DELETIONS:
+                self._deleted.popitem(last=False)
+            self._locks.pop(uid, None)
+
+
+def _retryable(error: KubeError) -> kopf.TemporaryError:
+    if isinstance(error, TransientError):
+        return kopf.TemporaryError(str(error), delay=error.delay_s)
+    if isinstance(error, AdoptionError):
+        return kopf.TemporaryError(str(error), delay=ADOPTION_RETRY_S)
+    return kopf.TemporaryError(str(error), delay=API_ERROR_RETRY_S)
+
+
+@dataclass(frozen=True)
+class Operator:
+    """What every handler needs: the settings, the API client, the metrics and the per-object locks."""
+
+    config: Settings
+    kube: KubeClient
+    metrics: OperatorMetrics
+    locks: ObjectLocks
+
+
+def _reconcile(op: Operator, trigger: str, namespace: str | None, body: kopf.Body, patch: kopf.Patch) -> None:
+    name, uid = body.metadata.name, str(body.metadata.uid or "")
     assert name is not None and namespace is not None, "OptimizedModel is namespaced"
-    try:
-        outcome = reconcile(name, namespace, copy.deepcopy(dict(body)), config, kube=kube)
-    except TransientError as e:
-        raise kopf.TemporaryError(str(e), delay=e.delay_s) from e
-    except AdoptionError as e:
-        raise kopf.TemporaryError(str(e), delay=ADOPTION_RETRY_S) from e
-    except KubeError as e:
-        raise kopf.TemporaryError(str(e), delay=API_ERROR_RETRY_S) from e
+    if body.metadata.deletion_timestamp:
+        return  # the cleanup handler owns it now
+    status = dict(body.get("status") or {})
+    with op.locks.hold(uid) as live:
+        if not live:
+            return
+        try:
+            with op.metrics.reconciling(trigger):
+                outcome = reconcile(name, namespace, copy.deepcopy(dict(body)), op.config, kube=op.kube)
+        except KubeError as e:
+            op.metrics.track(namespace, name, status)
+            raise _retryable(e) from e
+    op.metrics.observe_status(namespace, name, status, outcome.status)
     patch.status.update(outcome.status)
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
-def build_registry(config: Settings, kube: KubeClient) -> kopf.OperatorRegistry:
+def _cleanup(op: Operator, namespace: str | None, body: kopf.Body, logger: kopf.Logger) -> None:
+    name, uid = body.metadata.name, str(body.metadata.uid or "")
+    assert name is not None and namespace is not None, "OptimizedModel is namespaced"
+    with op.locks.hold(uid):
+        if ORPHAN_FINALIZER in (body.get("metadata", {}).get("finalizers") or []):
+            logger.info("deleted with propagation Orphan: its children are kept")
+        else:
+            try:
+                removed = op.kube.remove_children(namespace, name, uid)
+            except KubeError as e:
+                raise _retryable(e) from e
+            logger.info("removed %d children: %s", len(removed), ", ".join(removed) or "none left")
+        op.locks.deleted(uid)
+    op.metrics.forget(namespace, name)
+
+
+def _serve_metrics(config: Settings, metrics: OperatorMetrics) -> contextlib.AbstractContextManager[None]:
+    """prometheus-client's HTTP server (its own thread) for `/metrics`, while the context is open."""
+
+    @contextlib.contextmanager
+    def serving() -> Iterator[None]:
+        if config.metrics_port is None:
+            yield
+            return
+        try:
+            server, thread = start_http_server(config.metrics_port, addr=config.bind_address, registry=metrics.registry)
+        except OSError as e:
+            raise kopf.PermanentError(
+                f"OPTISERVE_METRICS_PORT: cannot listen on {config.bind_address}:{config.metrics_port}: {e}"
+            ) from e
+        try:
+            yield
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+    return serving()
+
+
+def build_registry(config: Settings, kube: KubeClient, metrics: OperatorMetrics | None = None) -> kopf.OperatorRegistry:
+    """The operator's handlers on a registry of their own (see the module docstring)."""
+    op = Operator(config, kube, metrics if metrics is not None else OperatorMetrics(), ObjectLocks())
     registry = kopf.OperatorRegistry()
+    servers = contextlib.ExitStack()
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings)
+        servers.enter_context(_serve_metrics(config, op.metrics))
+
+    @kopf.on.cleanup(registry=registry)
+    def cleanup(**_: Any) -> None:
+        servers.close()
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(kube.configuration)
 
+    @kopf.on.probe(id="reconciles", registry=registry)
+    def reconciles(**_: Any) -> int:
+        """Shown in the liveness answer: a count that grows while the operator works."""
+        return op.metrics.total_reconciles()
+
     @kopf.on.create(API_GROUP, API_VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.update(API_GROUP, API_VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.resume(API_GROUP, API_VERSION, PLURAL, id="reconcile", registry=registry)
-    def on_change(name: str | None, namespace: str | None, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        _reconcile(config, kube, name, namespace, body, patch)
+    def on_change(namespace: str | None, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        _reconcile(op, TRIGGER_CHANGE, namespace, body, patch)
 
     interval = config.resync_seconds
 
     @kopf.timer(API_GROUP, API_VERSION, PLURAL, id="resync", interval=interval, initial_delay=interval, registry=registry)
-    def on_timer(name: str | None, namespace: str | None, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        _reconcile(config, kube, name, namespace, body, patch)
+    def on_timer(namespace: str | None, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        _reconcile(op, TRIGGER_TIMER, namespace, body, patch)
+
+    @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, id="cleanup", registry=registry)
+    def on_delete(namespace: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+        _cleanup(op, namespace, body, logger)
 
     return registry

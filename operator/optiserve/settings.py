@@ -12,6 +12,8 @@ from optiserve.resources.triton_deployment import ServingSettings
 DEFAULT_JOB_IMAGE = "ghcr.io/optiserve/optimizer:0.1.0"
 DEFAULT_MODELS_PVC = "optiserve-models"
 DEFAULT_PROMETHEUS = "http://prometheus.monitoring:9090"
+DEFAULT_BIND_ADDRESS = "0.0.0.0"  # noqa: S104 - in a pod, the kubelet and Prometheus reach it from outside
+MAX_PORT = 65535
 
 
 class SettingsError(ValueError):
@@ -35,6 +37,20 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    """A TCP port to listen on; empty or 0 means the server is off."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise SettingsError(f"{name}: expected a port number, got {raw!r}") from e
+    if not 0 <= value <= MAX_PORT:
+        raise SettingsError(f"{name}: a port is 1-{MAX_PORT} (0 turns it off), got {raw!r}")
+    return value or None
+
+
 @dataclass(frozen=True)
 class Settings:
     namespaces: tuple[str, ...] = ()
@@ -47,11 +63,22 @@ class Settings:
     resync_seconds: float = 10.0
     """How often every resource is reconciled even when nothing changed (the level-based timer)."""
     deploy_deadline_seconds: float = 600.0
+    metrics_port: int | None = None
+    """Where the operator's Prometheus metrics are served (`/metrics`); None: not served."""
+    health_port: int | None = None
+    """Where kopf's liveness endpoint answers (`/healthz`); None: not served."""
+    bind_address: str = DEFAULT_BIND_ADDRESS
+    """The address the metrics and health servers listen on."""
 
     def __post_init__(self) -> None:
         # Checked here, not per Job: a misconfigured operator should fail at start, not on every reconcile.
         if self.allowed_images and self.job_image not in self.allowed_images:
             raise SettingsError(f"OPTISERVE_JOB_IMAGE: {self.job_image} is not in OPTISERVE_ALLOWED_IMAGES")
+        for name, port in (("OPTISERVE_METRICS_PORT", self.metrics_port), ("OPTISERVE_HEALTH_PORT", self.health_port)):
+            if port is not None and not 1 <= port <= MAX_PORT:
+                raise SettingsError(f"{name}: a port is 1-{MAX_PORT}, got {port}")
+        if self.metrics_port is not None and self.metrics_port == self.health_port:
+            raise SettingsError(f"OPTISERVE_HEALTH_PORT: {self.health_port} is already the metrics port")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -64,7 +91,17 @@ class Settings:
             default_prometheus=source.get("OPTISERVE_PROMETHEUS", "").strip() or DEFAULT_PROMETHEUS,
             resync_seconds=_positive(source, "OPTISERVE_RESYNC_SECONDS", 10.0),
             deploy_deadline_seconds=_positive(source, "OPTISERVE_DEPLOY_DEADLINE_SECONDS", 600.0),
+            metrics_port=_port(source, "OPTISERVE_METRICS_PORT"),
+            health_port=_port(source, "OPTISERVE_HEALTH_PORT"),
+            bind_address=source.get("OPTISERVE_BIND_ADDRESS", "").strip() or DEFAULT_BIND_ADDRESS,
         )
+
+    def liveness_endpoint(self) -> str | None:
+        """kopf's liveness URL (it serves it from its own event loop), or None when off."""
+        if self.health_port is None:
+            return None
+        host = f"[{self.bind_address}]" if ":" in self.bind_address else self.bind_address
+        return f"http://{host}:{self.health_port}/healthz"
 
     def image_allowed(self, image: str) -> bool:
         return not self.allowed_images or image in self.allowed_images

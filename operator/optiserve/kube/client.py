@@ -445,6 +445,24 @@ class KubeClient:
         logger.info("adopting %s: patching the fields it differs in", what)
         return self.patch(resource, namespace, name, desired)
 
+    def remove_children(self, namespace: str, model: str, owner_uid: str) -> list[str]:
+        """Delete every Job, Deployment and Service this model owns (its OptimizedModel is going away).
+
+        Owned means: the model's label and a controller reference to `owner_uid`. The label finds
+        them; the uid makes sure a same-named model's objects, or objects someone else made
+        with our label, are left alone. Pods and ReplicaSets go with their Job or Deployment
+        (background propagation)."""
+        removed = []
+        for resource in (JOBS, DEPLOYMENTS, SERVICES):
+            for obj in self.select(resource, namespace, _selector({MODEL_LABEL: model})):
+                meta = _meta(obj)
+                owners = {ref.get("uid") for ref in meta.get("ownerReferences") or [] if ref.get("controller")}
+                name = str(meta.get("name"))
+                if owner_uid in owners and _labels(obj).get(MODEL_LABEL) == model and self.delete(resource, namespace, name):
+                    logger.info("removed %s %s/%s with its OptimizedModel", resource.kind, namespace, name)
+                    removed.append(f"{resource.kind}/{name}")
+        return removed
+
     def remove_stale(self, namespace: str, model: str, generation: int) -> list[str]:
         """Delete this model's Jobs and Deployments of other generations, never the baseline."""
         removed = []

@@ -168,6 +168,31 @@ def _judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_flag(value: str) -> int:
+    """A port for --metrics-port / --health-port; 0 turns the server off."""
+    try:
+        port = int(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from e
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535 (0 turns it off), got {value!r}")
+    return port
+
+
+def _with_flags(settings: Any, args: argparse.Namespace) -> Any:
+    """The operator's settings from the environment, overridden by the flags given."""
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    for flag in ("metrics_port", "health_port"):
+        value = getattr(args, flag)
+        if value is not None:
+            changes[flag] = value or None
+    if args.bind_address:
+        changes["bind_address"] = args.bind_address
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
 def _operator(args: argparse.Namespace) -> int:
     import kopf
     from kubernetes.config import ConfigException
@@ -177,7 +202,7 @@ def _operator(args: argparse.Namespace) -> int:
     from optiserve.settings import Settings, SettingsError
 
     try:
-        settings = Settings.from_env()
+        settings = _with_flags(Settings.from_env(), args)
         kube = KubeClient.from_environment()
     except (SettingsError, ConfigException) as e:
         _print_errors([str(e)])
@@ -191,6 +216,7 @@ def _operator(args: argparse.Namespace) -> int:
             clusterwide=clusterwide,
             namespaces=() if clusterwide else namespaces,
             standalone=True,  # one replica; no KopfPeering resources needed
+            liveness_endpoint=settings.liveness_endpoint(),
         )
     finally:
         kube.close()
@@ -225,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("-n", "--namespace", action="append", help="watch this namespace (repeatable)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     operator.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    operator.add_argument("--metrics-port", type=_port_flag, help="serve Prometheus /metrics here (OPTISERVE_METRICS_PORT)")
+    operator.add_argument("--health-port", type=_port_flag, help="serve the liveness /healthz here (OPTISERVE_HEALTH_PORT)")
+    operator.add_argument("--bind-address", help="address of those two servers (OPTISERVE_BIND_ADDRESS, default 0.0.0.0)")
     operator.set_defaults(handler=_operator)
     comparator = commands.add_parser(
         "comparator", help="probe baseline and candidate Triton with the golden set; /metrics for the canary judge"

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rich.console import Console
@@ -16,6 +16,9 @@ from optiserve.api.job import job_request_from_manifest
 from optiserve.api.manifest import ManifestError, load_manifest
 from optiserve.api.spec import OptimizedModel
 from optiserve.comparator.command import add_comparator_arguments
+
+if TYPE_CHECKING:
+    from optiserve.settings import Settings
 
 console = Console(stderr=True, soft_wrap=True)  # no hard wraps: errors stay one per line
 
@@ -179,7 +182,7 @@ def _port_flag(value: str) -> int:
     return port
 
 
-def _with_flags(settings: Any, args: argparse.Namespace) -> Any:
+def _with_flags(settings: Settings, args: argparse.Namespace) -> Settings:
     """The operator's settings from the environment, overridden by the flags given."""
     import dataclasses
 

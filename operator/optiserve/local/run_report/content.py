@@ -205,7 +205,7 @@ def _cost(cost: CostReport | None, charts: Collection[str]) -> Section:
     )
     headers = ("variant", "runtime", "replicas", "requests/s per replica", "cost per hour", "cost per million requests")
     blocks: list[Block] = [
-        f"At {cost.price_per_replica_hour:g} {cost.currency} per replica-hour; throughput from the {cost.source}.",
+        f"At {cost.price_per_replica_hour:g} {cost.currency} per replica-hour. Throughput: {cost.source}.",
         Table(headers, rows),
         f"The candidate costs {cost.ratio:.3g}x the baseline per request.",
     ]

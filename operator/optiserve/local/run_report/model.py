@@ -141,9 +141,6 @@ class TrafficReport(ReportModel):
         ge=0, description="Failures the load generator saw during weight changes, promotion and rollback (must be 0)."
     )
     load_failed_unattributed: int = Field(
-        default=0, ge=0, description="Failures the load generator could not attribute to a variant (no upstream answered)."
-    )
-    load_failed_unattributed: int = Field(
         default=0, ge=0, description="Failed requests no variant answered (e.g. the proxy found no upstream)."
     )
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from optiserve.cli import build_parser
 from optiserve.cli import _with_flags as with_flags
+from optiserve.cli import build_parser
 from optiserve.settings import Settings, SettingsError
 
 

@@ -19,12 +19,47 @@ class TrafficProvider(StrEnum):
     NGINX = "nginx"
 
 
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"  # a DNS subdomain, as Kubernetes names most objects
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # a DNS label
+
+
+class GatewayRef(ApiModel):
+    name: str = Field(min_length=1, max_length=253, pattern=OBJECT_NAME_PATTERN, description="The Gateway's name.")
+    namespace: str | None = Field(
+        default=None, max_length=63, pattern=NAMESPACE_PATTERN, description="The Gateway's namespace (default: the model's)."
+    )
+    section_name: str | None = Field(
+        default=None, max_length=253, description="The Gateway listener to attach to (default: every listener)."
+    )
+
+
 class TrafficSpec(ApiModel):
     provider: TrafficProvider = Field(
         default=TrafficProvider.REPLICAS,
         description="How traffic is split: replica ratio, Gateway API HTTPRoute weights, or nginx (local mode).",
     )
-    http_route: str | None = Field(default=None, description="HTTPRoute to manage (provider gateway-api).")
+    http_route: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=OBJECT_NAME_PATTERN,
+        description="HTTPRoute whose weights are managed (provider gateway-api, required). Without gateway it must exist "
+        "and belongs to the user: only the weights of its backendRefs to the model's baseline and candidate Services change.",
+    )
+    gateway: GatewayRef | None = Field(
+        default=None,
+        description="provider gateway-api: the operator creates and owns the HTTPRoute httpRoute, attached to this Gateway.",
+    )
+    backend_port: int = Field(
+        default=8000, ge=1, le=65535, description="Service port the HTTPRoute's backendRefs use (Triton's HTTP port)."
+    )
+
+    @model_validator(mode="after")
+    def _check_provider_fields(self) -> TrafficSpec:
+        if self.provider is TrafficProvider.GATEWAY_API and not self.http_route:
+            raise ValueError("httpRoute: required with provider gateway-api")
+        if self.provider is not TrafficProvider.GATEWAY_API and self.gateway is not None:
+            raise ValueError(f"gateway: only with provider gateway-api, not {self.provider.value}")
+        return self
 
 
 class RolloutStep(ApiModel):

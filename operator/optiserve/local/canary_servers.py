@@ -1,0 +1,135 @@
+"""The processes of a local canary: two tritonservers, nginx between them, the comparator, Prometheus.
+
+`start_canary_servers` starts them in dependency order inside an `ExitStack`, so whatever fails
+half-way (a model that does not load, a port taken) stops everything that had started, and the
+caller's `with` stops them all at the end, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from optiserve.golden import GOLDEN_FILE
+from optiserve.local.comparator import ComparatorArgs, ComparatorProcess
+from optiserve.local.load_clients import LoadTarget
+from optiserve.local.nginx import NginxServer
+from optiserve.local.prometheus import PrometheusServer
+from optiserve.local.triton import TritonServer
+from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
+
+REPOSITORY = "model_repository_python"
+"""The CPU tritonserver here has the Python backend only (see docs/local-mode.md)."""
+READY_REQUEST = "ready_request.json"
+SCRAPE_INTERVAL_S = 1.0
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CanaryServers:
+    model: str
+    baseline: TritonServer
+    candidate: TritonServer
+    nginx: NginxServer
+    prometheus: PrometheusServer
+    candidate_dir: Path
+
+    @property
+    def load_target(self) -> LoadTarget:
+        """The load goes through nginx, over HTTP, as clients of a real deployment would."""
+        return LoadTarget(url=self.nginx.url.removeprefix("http://"), model=self.model, protocol="http")
+
+    def metrics(self) -> PrometheusMetrics:
+        return PrometheusMetrics(self.prometheus.url, TritonSelector(model=self.model), scrape_interval_s=SCRAPE_INTERVAL_S)
+
+    def set_weight(self, candidate_weight: int) -> None:
+        """Set the split and read it back from nginx (raises if nginx serves anything else)."""
+        served = self.nginx.set_candidate_weight(candidate_weight)
+        if served.candidate != candidate_weight:
+            raise RuntimeError(f"nginx serves candidate weight {served.candidate}, expected {candidate_weight}")
+
+
+def warm(server: TritonServer, model: str, artifact_dir: Path) -> None:
+    """A real inference must succeed: a server can say ready while the model is still cold."""
+    body = (artifact_dir / READY_REQUEST).read_bytes()
+    url = f"http://{server.http_url}/v2/models/{model}/infer"
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback
+        answer = json.loads(response.read())
+    if not answer.get("outputs"):
+        raise RuntimeError(f"{model}: the warm-up inference returned no outputs")
+
+
+def _triton(stack: contextlib.ExitStack, artifact_dir: Path, model: str, log_dir: Path, name: str) -> TritonServer:
+    server = stack.enter_context(TritonServer(artifact_dir / REPOSITORY, log_path=log_dir / f"triton-{name}.log"))
+    server.wait_model_ready(model)
+    warm(server, model, artifact_dir)
+    return server
+
+
+def prepare_candidate(candidate_dir: Path, work_dir: Path, inject: Callable[[Path], None] | None) -> Path:
+    """The candidate's artifact as it will be served: a copy, changed by ``inject`` when asked to regress."""
+    if inject is None:
+        return candidate_dir
+    served = work_dir / "candidate-injected"
+    shutil.rmtree(served, ignore_errors=True)
+    shutil.copytree(candidate_dir, served)
+    inject(served / REPOSITORY)
+    return served
+
+
+@dataclass(frozen=True)
+class ComparatorSettings:
+    task: str | None = None
+    threshold: float | None = None
+    interval: str = "1s"
+    sample_size: int = 8
+
+
+@contextlib.contextmanager
+def start_canary_servers(
+    model: str,
+    baseline_dir: Path,
+    candidate_dir: Path,
+    log_dir: Path,
+    progress: Progress,
+    comparator: ComparatorSettings | None = None,
+) -> Iterator[CanaryServers]:
+    """Start everything; yields once both models are ready and warm and Prometheus has scraped them.
+
+    With ``comparator`` settings, the comparator probes both servers with the golden set and
+    Prometheus scrapes it too.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        progress("starting the baseline tritonserver")
+        baseline = _triton(stack, baseline_dir, model, log_dir, "baseline")
+        progress("starting the candidate tritonserver")
+        candidate = _triton(stack, candidate_dir, model, log_dir, "candidate")
+        nginx = stack.enter_context(NginxServer(baseline.http_url, candidate.http_url, candidate_weight=0))
+        targets = {
+            "baseline": f"127.0.0.1:{baseline.metrics_port}",
+            "candidate": f"127.0.0.1:{candidate.metrics_port}",
+        }
+        if comparator is not None:
+            progress("starting the comparator")
+            args = ComparatorArgs(
+                baseline_url=f"http://{baseline.http_url}",
+                candidate_url=f"http://{candidate.http_url}",
+                model=model,
+                golden=candidate_dir / GOLDEN_FILE,
+                task=comparator.task,
+                threshold=comparator.threshold,
+                interval=comparator.interval,
+                sample_size=comparator.sample_size,
+            )
+            targets["comparator"] = stack.enter_context(ComparatorProcess(args)).address
+        progress("starting Prometheus")
+        prometheus = stack.enter_context(PrometheusServer(targets, scrape_interval_s=SCRAPE_INTERVAL_S))
+        prometheus.wait_scraped()
+        yield CanaryServers(model, baseline, candidate, nginx, prometheus, candidate_dir)

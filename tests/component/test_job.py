@@ -191,3 +191,30 @@ def test_container_entry_point_refuses_a_bad_request(tmp_path: Path) -> None:
     assert completed.returncode == 1
     result = JobResult.from_termination_message(termination.read_text())
     assert not result.passed and "invalid JobRequest" in result.reason
+
+
+def test_text_golden_samples_are_unpadded_and_embed_like_the_padded_validation(tmp_path: Path) -> None:
+    """MiniLM's real tokenizer and model: cutting the padding changes no embedding."""
+    import torch
+
+    from optiserve.api.spec import ModelSpec
+    from optiserve_jobs.datasets import load_dataset
+    from optiserve_jobs.golden_set import golden_samples
+    from optiserve_jobs.source_model import load_source_model
+    from optiserve_jobs.torch_models import load_torch_module
+    from tests.conftest import REPO_ROOT
+
+    minilm = REPO_ROOT / "examples/minilm"
+    spec = ModelSpec.model_validate({"uri": str(minilm / "model"), "format": "huggingface", "task": "embedding"})
+    source = load_source_model(spec, base_dir=None, download_dir=tmp_path)
+    validation = load_dataset(minilm / "data/validation.txt", source, limit=6)
+    samples = golden_samples(validation, source.inputs, text_inputs=True)
+    names = [i.name for i in source.inputs]
+    module = load_torch_module(source, None)
+    with torch.inference_mode():
+        padded = module(*(torch.from_numpy(validation.inputs[n]) for n in names))
+        for index, sample in enumerate(samples):
+            length = int(validation.inputs["attention_mask"][index].sum())
+            assert sample.inputs["input_ids"].shape == (1, length) < (1, spec.sequence_length)
+            unpadded = module(*(torch.from_numpy(sample.inputs[n]) for n in names))
+            assert float(torch.nn.functional.cosine_similarity(unpadded[0], padded[index], dim=0)) > 0.9999

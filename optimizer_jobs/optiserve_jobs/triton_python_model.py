@@ -18,6 +18,21 @@ Model config ``parameters`` understood by :class:`TritonPythonModel`:
     batcher only hands requests of different shapes to one ``execute`` when
     those inputs set ``allow_ragged_batch: true`` in the model config.
 
+Regressions on purpose, so a canary can be shown to roll back (``optiserve run --inject``; never
+set by the optimization job):
+
+``inject_latency_factor``
+    e.g. ``2.0``: every batch takes that many times as long; the model sleeps
+    (factor - 1) x the measured ONNX Runtime time after running it.
+``inject_error_fraction``
+    e.g. ``0.05``: that fraction of requests get an error response, deterministically
+    (request ``n`` of this instance fails when ``floor((n + 1) f) > floor(n f)``: every
+    20th for 0.05), counted like any other failure.
+``inject_output_noise``
+    e.g. ``1.0``: every output row gets noise of that norm relative to the row's own
+    norm (fixed seed), so an embedding's cosine to the true one falls to about
+    ``1 / sqrt(1 + noise^2)`` (0.71 for 1.0).
+
 With dynamic batching Triton hands :meth:`TritonPythonModel.execute` several
 requests at once. They are grouped by compatible shapes, each group is merged
 along axis 0 into a single ``session.run`` and the outputs are split back per
@@ -29,7 +44,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +175,68 @@ def split_outputs(outputs: Sequence[np.ndarray], batch_sizes: Sequence[int]) -> 
     return per_request
 
 
+INJECTION_PARAMETERS = ("inject_latency_factor", "inject_error_fraction", "inject_output_noise")
+NOISE_SEED = 20261123
+
+
+@dataclass(frozen=True)
+class Injection:
+    """Regressions this model makes on purpose (all off by default)."""
+
+    latency_factor: float = 1.0
+    error_fraction: float = 0.0
+    output_noise: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.latency_factor != 1.0 or self.error_fraction > 0 or self.output_noise > 0
+
+
+def _number(config: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
+    text = _parameter(config, key, "")
+    if text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"parameters.{key}: expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"parameters.{key}: {text} is outside [{low:g}, {high:g}]")
+    return value
+
+
+def parse_injection(config: Mapping[str, Any]) -> Injection:
+    """Read the ``inject_*`` parameters of a model config (JSON form); bad values name the parameter."""
+    return Injection(
+        latency_factor=_number(config, "inject_latency_factor", 1.0, 1.0, 1000.0),
+        error_fraction=_number(config, "inject_error_fraction", 0.0, 0.0, 1.0),
+        output_noise=_number(config, "inject_output_noise", 0.0, 0.0, 1000.0),
+    )
+
+
+class ErrorSchedule:
+    """Which requests fail, deterministically: exactly ``fraction`` of any run of requests, evenly spread."""
+
+    def __init__(self, fraction: float) -> None:
+        self.fraction = fraction
+        self._count = 0
+
+    def next_fails(self) -> bool:
+        n, self._count = self._count, self._count + 1
+        return math.floor((n + 1) * self.fraction) > math.floor(n * self.fraction)
+
+
+def add_relative_noise(output: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """``output`` plus, per row (axis 0), random noise whose norm is ``scale`` x the row's norm."""
+    if scale <= 0 or output.ndim == 0 or output.size == 0 or not np.issubdtype(output.dtype, np.floating):
+        return output
+    rows = output.reshape(output.shape[0], -1).astype(np.float64)
+    noise = rng.standard_normal(rows.shape)
+    noise_norms = np.maximum(np.linalg.norm(noise, axis=1, keepdims=True), 1e-12)
+    noise *= scale * np.linalg.norm(rows, axis=1, keepdims=True) / noise_norms
+    return (rows + noise).astype(output.dtype).reshape(output.shape)
+
+
 def _parameter(config: Mapping[str, Any], key: str, default: str) -> str:
     """Read a string ``parameters`` entry of a Triton model config (JSON form)."""
     entry = config.get("parameters", {}).get(key)
@@ -205,6 +285,12 @@ class TritonPythonModel:
             sess_options=options,
             providers=["CPUExecutionProvider"],
         )
+        self.run_seconds = 0.0  # ONNX Runtime time of the current execute(), for the latency injection
+        self.injection = parse_injection(config)
+        self.error_schedule = ErrorSchedule(self.injection.error_fraction)
+        self.noise_rng = np.random.default_rng(NOISE_SEED)
+        if self.injection.active:
+            logger.warning("injecting regressions on purpose: %s", self.injection)
         # Keep the family alive as long as its metric: Triton refuses to count into an orphan.
         self.failure_family, self.failures = _failure_counter(args)
         session_inputs = {node.name for node in self.session.get_inputs()}
@@ -226,7 +312,11 @@ class TritonPythonModel:
         inputs_by_request: list[dict[str, np.ndarray]] = []
         sizes: list[int] = []
         valid: list[int] = []
+        self.run_seconds = 0.0
         for index, request in enumerate(requests):
+            if self.injection.error_fraction > 0 and self.error_schedule.next_fails():
+                responses[index] = _error_response(f"injected error (inject_error_fraction={self.injection.error_fraction:g})")
+                continue
             try:
                 inputs = self._read_inputs(request)
                 size = request_batch_size(inputs, self.pad_inputs) if self.max_batch_size > 0 else 0
@@ -249,6 +339,8 @@ class TritonPythonModel:
                 [valid[p] for p in group],
                 responses,
             )
+        if self.injection.latency_factor > 1.0:
+            time.sleep((self.injection.latency_factor - 1.0) * self.run_seconds)
         failed = sum(1 for response in responses if response.has_error())
         if failed and self.failures is not None:
             self.failures.increment(failed)
@@ -278,7 +370,11 @@ class TritonPythonModel:
         """
         try:
             merged = merge_inputs(group_inputs, self.pad_inputs if self.max_batch_size > 0 else ())
+            started = time.perf_counter()
             outputs = self.session.run(self.output_names, merged)
+            self.run_seconds += time.perf_counter() - started
+            if self.injection.output_noise > 0:
+                outputs = [add_relative_noise(output, self.injection.output_noise, self.noise_rng) for output in outputs]
             per_request = split_outputs(outputs, batch_sizes) if len(indices) > 1 else [list(outputs)]
         except Exception as exc:  # onnxruntime raises plain RuntimeErrors and more
             if len(indices) > 1:

@@ -100,18 +100,16 @@ class TrafficApi:
         )
         return None if found is None else dict(found)
 
-    def create_route(self, manifest: Object) -> Object:
+    def create_route(self, manifest: Object) -> None:
         meta = manifest["metadata"]
-        return dict(
-            self._call(
-                f"create HTTPRoute {meta['namespace']}/{meta['name']}",
-                self._custom.create_namespaced_custom_object,
-                GATEWAY_GROUP,
-                HTTPROUTE_VERSION,
-                meta["namespace"],
-                HTTPROUTES,
-                manifest,
-            )
+        self._call(
+            f"create HTTPRoute {meta['namespace']}/{meta['name']}",
+            self._custom.create_namespaced_custom_object,
+            GATEWAY_GROUP,
+            HTTPROUTE_VERSION,
+            meta["namespace"],
+            HTTPROUTES,
+            manifest,
         )
 
     def patch_route(self, namespace: str, name: str, resource_version: str, patch: Object) -> Object:
@@ -159,11 +157,11 @@ class TrafficApi:
         found = self._get(f"get Service {namespace}/{name}", self._core.read_namespaced_service, name, namespace)
         return None if found is None else dict(self._core.api_client.sanitize_for_serialization(found))
 
-    def create_service(self, manifest: Object) -> Object | None:
-        """Create the Service; None when one of that name already exists (the caller reads and judges it)."""
+    def create_service(self, manifest: Object) -> bool:
+        """Create the Service; False when one of that name already exists (the caller reads and judges it)."""
         meta = manifest["metadata"]
         try:
-            created = self._call(
+            self._call(
                 f"create Service {meta['namespace']}/{meta['name']}",
                 self._core.create_namespaced_service,
                 meta["namespace"],
@@ -171,6 +169,6 @@ class TrafficApi:
             )
         except ApiError as e:
             if e.status == 409:
-                return None
+                return False
             raise
-        return dict(self._core.api_client.sanitize_for_serialization(created))
+        return True

@@ -103,9 +103,9 @@ class ReplicaRouter:
         name = model_service_name(self.owner.name)
         live = self.api.get_service(self.namespace, name)
         if live is None:
-            live = self.api.create_service(build_model_service(self.owner, self.namespace))
-            if live is None:  # created meanwhile
-                live = self.api.get_service(self.namespace, name)
+            if self.api.create_service(build_model_service(self.owner, self.namespace)):
+                return
+            live = self.api.get_service(self.namespace, name)  # created meanwhile: judge that one
         selector = ((live or {}).get("spec") or {}).get("selector")
         if live is not None and selector != model_selector(self.owner.name):
             raise PermanentTrafficError(

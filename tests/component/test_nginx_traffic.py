@@ -91,7 +91,6 @@ def upstreams() -> Iterator[Upstreams]:
 def nginx(upstreams: Upstreams) -> Iterator[NginxServer]:
     with NginxServer(upstreams.baseline.address, upstreams.candidate.address) as server:
         yield server
-    assert server.port  # stopped: see test_stop_leaves_no_process for the process check
 
 
 @dataclass

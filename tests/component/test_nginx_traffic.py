@@ -38,6 +38,8 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.received.release()
+        self.server.slow.wait(timeout=30)  # set unless a test holds requests in flight
         body = self.server.name.encode()
         self.send_response(self.server.status)
         self.send_header("Content-Length", str(len(body)))
@@ -56,6 +58,9 @@ class _NamedServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Upstream)
         self.name = name
         self.status = 200
+        self.slow = threading.Event()
+        self.slow.set()
+        self.received = threading.Semaphore(0)
 
     @property
     def address(self) -> str:
@@ -181,6 +186,27 @@ def test_reload_under_continuous_load_loses_no_request(nginx: NginxServer) -> No
     assert router.current_weight() == 0
     after = _send_many(nginx, 50)
     assert after.by_variant == {"baseline": 50}, "after set_weight(0) returns no request may reach the candidate"
+
+
+def test_requests_in_flight_during_a_reload_finish(nginx: NginxServer, upstreams: Upstreams) -> None:
+    router = NginxRouter(nginx)
+    verify(router, 100)
+    upstreams.candidate.slow.clear()  # the candidate holds its answers until released
+    tallies = [Tally() for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda t=t: _send(http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=30), t))
+        for t in tallies
+    ]
+    for thread in threads:
+        thread.start()
+    for _ in threads:  # all three have reached the candidate
+        assert upstreams.candidate.received.acquire(timeout=30)
+    verify(router, 0)  # the old worker still holds the three requests
+    upstreams.candidate.slow.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert [t.answers for t in tallies] == [{("candidate", 200): 1}] * 3
+    assert _send_many(nginx, 20).by_variant == {"baseline": 20}
 
 
 def test_model_errors_pass_through_and_unreachable_variant_is_retried(nginx: NginxServer, upstreams: Upstreams) -> None:

@@ -1,0 +1,496 @@
+"""The operator against a REAL kube-apiserver, etcd and kube-controller-manager.
+
+What the emulated API cannot show, shown here: `uid`, `generation` and `resourceVersion` assigned
+by the server; the CRD's schema and status subresource; server-side apply field ownership; the
+Job controller completing a Job from its pod's status; the ReplicaSet and Deployment controllers
+counting ready pods; the garbage collector following owner references; `kubectl wait` and
+`kubectl get` on the resource. The tests play the kubelet (tests/cluster/kubelet_role.py).
+
+The operator runs in-process (kopf's KopfRunner) with the admin credentials of the fixture's
+kubeconfig, except in the namespace test, which starts `optiserve operator` as users do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kopf.testing import KopfRunner
+
+from optiserve.api.crd import PLURAL
+from optiserve.api.job import ArtifactRef, JobResult
+from optiserve.api.rollout import RolloutSpec
+from optiserve.api.spec import API_GROUP, API_VERSION
+from optiserve.handlers import build_registry
+from optiserve.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, KubeClient, Resource
+from optiserve.settings import Settings
+from tests.cluster.conftest import Cluster, free_ports, kubernetes_client
+from tests.cluster.kubelet_role import finish_job_pod, kubectl_binary, make_pods_ready, pods, until
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.cluster
+
+CRD_FILE = REPO_ROOT / "crds/optimizedmodels.optiserve.io.yaml"
+CRD_PATH = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{PLURAL}.{API_GROUP}"
+OPTIMIZED_MODELS = Resource(f"{API_GROUP}/{API_VERSION}", "OptimizedModel", PLURAL)
+REPLICA_SETS = Resource("apps/v1", "ReplicaSet", "replicasets")
+MODEL = "minilm"
+GITOPS_MANAGER = "argocd-controller"
+APPLY_PATCH = "application/apply-patch+yaml"
+RUNNER_TIMEOUT_S = 60.0
+SHA = "ab" * 32
+PASSED = JobResult(
+    passed=True,
+    artifact=ArtifactRef(uri="pvc://optiserve-models/minilm/g1/model_repository", sha256=SHA, size_bytes=23_000_000),
+    speedup_p50=2.5,
+    size_ratio=0.26,
+    fidelity_mean=0.997,
+    fidelity_min=0.985,
+)
+
+
+# --- fixtures ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crd(control_plane: Cluster) -> Iterator[None]:
+    """The generated CRD, Established and served; deleted (and gone) at the end of the module."""
+    until("no CRD left from an earlier module", lambda: control_plane.request("GET", CRD_PATH).status == 404)
+    answer = control_plane.request(
+        "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", yaml.safe_load(CRD_FILE.read_text())
+    )
+    assert answer.status == 201, answer.body.decode()
+    until(f"{PLURAL} served", lambda: control_plane.request("GET", f"/apis/{API_GROUP}/{API_VERSION}/{PLURAL}").status == 200)
+    yield
+    control_plane.request("DELETE", CRD_PATH)
+    until("the CRD deleted", lambda: control_plane.request("GET", CRD_PATH).status == 404)
+
+
+@pytest.fixture(scope="module")
+def admin(control_plane: Cluster) -> Iterator[KubeClient]:
+    """The test's own client (the project's KubeClient, as the admin): the user and the kubelet."""
+    client = KubeClient(kubernetes_client(control_plane))
+    yield client
+    client.close()
+
+
+def _namespace_for(node: str) -> str:
+    return f"om-{hashlib.sha256(node.encode()).hexdigest()[:10]}"
+
+
+def make_namespace(cluster: Cluster, admin: KubeClient, name: str) -> None:
+    """A namespace with the service account the optimization Job runs as (ServiceAccount admission
+    refuses pods whose account is missing) and the `default` one the controller manager creates."""
+    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    assert cluster.request("POST", "/api/v1/namespaces", body).status == 201
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "optiserve-optimizer"}}
+    assert cluster.request("POST", f"/api/v1/namespaces/{name}/serviceaccounts", account).status == 201
+    until(
+        f"{name}/default service account",
+        lambda: cluster.request("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default").status == 200,
+    )
+
+
+def drop_namespace(cluster: Cluster, admin: KubeClient, name: str) -> None:
+    """Release what a test left behind (no operator runs by now), then delete the namespace."""
+    for left in admin.select(OPTIMIZED_MODELS, name, ""):
+        admin.patch(OPTIMIZED_MODELS, name, left["metadata"]["name"], {"metadata": {"finalizers": None}})
+    cluster.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture
+def namespace(
+    control_plane: Cluster, crd: None, controller_manager: Any, admin: KubeClient, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    name = _namespace_for(request.node.nodeid)
+    make_namespace(control_plane, admin, name)
+    yield name
+    drop_namespace(control_plane, admin, name)
+
+
+OperatorFactory = Callable[..., contextlib.AbstractContextManager[KopfRunner]]
+
+
+@pytest.fixture
+def start_operator(control_plane: Cluster, namespace: str) -> OperatorFactory:
+    """Start the operator in-process, watching the test's namespace, as the kubeconfig's admin."""
+
+    @contextlib.contextmanager
+    def start() -> Iterator[KopfRunner]:
+        client = KubeClient(kubernetes_client(control_plane))
+        registry = build_registry(Settings(resync_seconds=0.5), client)
+        args = ["run", "--standalone", f"--namespace={namespace}"]
+        try:
+            with KopfRunner(args, registry=registry, timeout=RUNNER_TIMEOUT_S) as runner:
+                yield runner
+        finally:
+            client.close()
+        assert runner.exit_code == 0, runner.output
+
+    return start
+
+
+@pytest.fixture
+def operator(start_operator: OperatorFactory) -> Iterator[KopfRunner]:
+    with start_operator() as runner:
+        yield runner
+
+
+@pytest.fixture(scope="module")
+def kubectl(control_plane: Cluster) -> Callable[..., subprocess.CompletedProcess[str]]:
+    binary = kubectl_binary()
+
+    def run(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+        command = [str(binary), f"--kubeconfig={control_plane.kubeconfig}", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+    return run
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+
+def manifest(namespace: str, name: str = MODEL, **spec_changes: Any) -> dict[str, Any]:
+    """The MiniLM example as a GitOps tool would keep it in Git."""
+    document = yaml.safe_load((REPO_ROOT / "examples/minilm/optimizedmodel.yaml").read_text())
+    document["metadata"] = {"name": name, "namespace": namespace}
+    document["spec"]["rollout"] = RolloutSpec().model_dump(mode="json", by_alias=True, exclude_none=True)
+    document["spec"].update(spec_changes)
+    return dict(document)
+
+
+def server_side_apply(cluster: Cluster, document: dict[str, Any], manager: str = GITOPS_MANAGER) -> dict[str, Any]:
+    """Apply as a GitOps controller does: server-side, its own field manager, never forced."""
+    meta = document["metadata"]
+    path = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{meta['namespace']}/{PLURAL}/{meta['name']}?fieldManager={manager}"
+    answer = cluster.request("PATCH", path, document, headers={"Content-Type": APPLY_PATCH})
+    assert answer.status in (200, 201), f"server-side apply as {manager} refused: HTTP {answer.status} {answer.body.decode()}"
+    applied: dict[str, Any] = answer.json()
+    return applied
+
+
+def model(admin: KubeClient, namespace: str, name: str = MODEL) -> dict[str, Any]:
+    return dict(admin.get(OPTIMIZED_MODELS, namespace, name) or {})
+
+
+def wait_phase(admin: KubeClient, namespace: str, phase: str, name: str = MODEL) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        found = model(admin, namespace, name)
+        return found if (found.get("status") or {}).get("phase") == phase else None
+
+    return until(f"{namespace}/{name} in phase {phase}", reached)
+
+
+def names(admin: KubeClient, resource: Resource, namespace: str, selector: str = f"optiserve.io/model={MODEL}") -> list[str]:
+    return sorted(str(o["metadata"]["name"]) for o in admin.select(resource, namespace, selector))
+
+
+def uids(admin: KubeClient, resource: Resource, namespace: str) -> dict[str, str]:
+    return {o["metadata"]["name"]: o["metadata"]["uid"] for o in admin.select(resource, namespace, f"optiserve.io/model={MODEL}")}
+
+
+def conditions(found: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in found["status"]["conditions"]}
+
+
+def finish_job(admin: KubeClient, namespace: str, job: str, result: JobResult = PASSED) -> None:
+    """Play the pod; wait for the real Job controller to mark the Job Complete."""
+    finish_job_pod(admin, namespace, job, result)
+
+    def complete() -> bool:
+        found = admin.get(JOBS, namespace, job) or {}
+        return any(c["type"] == "Complete" and c["status"] == "True" for c in (found.get("status") or {}).get("conditions") or [])
+
+    until(f"the Job controller to complete {job}", complete)
+
+
+def promote(admin: KubeClient, namespace: str) -> dict[str, Any]:
+    """From applied to Promoted: finish the g1 Job, make the candidate's pods ready."""
+    until("the g1 Job", lambda: admin.get(JOBS, namespace, "minilm-optimize-g1"))
+    finish_job(admin, namespace, "minilm-optimize-g1")
+    make_pods_ready(admin, namespace, "minilm-candidate")
+    return wait_phase(admin, namespace, "Promoted")
+
+
+def managers_of(found: dict[str, Any]) -> dict[tuple[str, str | None], dict[str, Any]]:
+    return {(m["manager"], m.get("subresource")): m["fieldsV1"] for m in found["metadata"]["managedFields"]}
+
+
+# --- the flow ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("operator")
+def test_apply_to_promotion_with_real_controllers_and_kubectl(
+    control_plane: Cluster, admin: KubeClient, namespace: str, kubectl: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    created = server_side_apply(control_plane, manifest(namespace))
+    assert created["metadata"]["generation"] == 1 and created["metadata"]["uid"]
+
+    job = until("the g1 Job", lambda: admin.get(JOBS, namespace, "minilm-optimize-g1"))
+    assert names(admin, JOBS, namespace) == ["minilm-optimize-g1"]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+    optimizing = wait_phase(admin, namespace, "Optimizing")
+    assert optimizing["status"]["observedGeneration"] == 1
+    server_side_apply(control_plane, manifest(namespace))  # a GitOps resync mid-flight: no conflict
+
+    # `kubectl wait` started now must return once the model is Ready.
+    waiter = subprocess.Popen(
+        [str(kubectl_binary()), f"--kubeconfig={control_plane.kubeconfig}", "-n", namespace, "wait",
+         "--for=condition=Ready", f"optimizedmodel/{MODEL}", "--timeout=90s"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        finish_job(admin, namespace, "minilm-optimize-g1")
+        until("the candidate Service", lambda: admin.get(SERVICES, namespace, "minilm-candidate"))
+        deploying = wait_phase(admin, namespace, "Deploying")
+        assert conditions(deploying)["Optimized"]["status"] == "True"
+        assert waiter.poll() is None, "kubectl wait returned before the model was Ready"
+        server_side_apply(control_plane, manifest(namespace))
+
+        make_pods_ready(admin, namespace, "minilm-candidate")
+        promoted = wait_phase(admin, namespace, "Promoted")
+        output, _ = waiter.communicate(timeout=90)
+        assert waiter.returncode == 0, output
+        assert f"optimizedmodel.optiserve.io/{MODEL} condition met" in output
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+
+    status = promoted["status"]
+    assert status["observedGeneration"] == promoted["metadata"]["generation"] == 1
+    ready = conditions(promoted)["Ready"]
+    assert (ready["status"], ready["observedGeneration"]) == ("True", 1)
+    assert status["optimization"]["speedup"] == 2.5 and status["artifact"]["sha256"] == SHA
+    assert status["phaseSince"]
+    baseline = until("the baseline Deployment", lambda: admin.get(DEPLOYMENTS, namespace, "minilm-baseline"))
+    assert baseline["metadata"]["annotations"]["optiserve.io/artifact-sha256"] == SHA
+
+    listed = kubectl("-n", namespace, "get", "om")
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["NAME", "PHASE", "SPEEDUP", "WEIGHT", "READY", "AGE"]
+    assert row.split()[:3] == [MODEL, "Promoted", "2.5"] and row.split()[3] == "True", row
+
+    # The GitOps tool's apply never conflicted, and the operator owns no field of the spec.
+    final = server_side_apply(control_plane, manifest(namespace))
+    for (manager, subresource), fields in managers_of(final).items():
+        if manager == GITOPS_MANAGER:
+            continue
+        assert "f:spec" not in fields, f"{manager} owns spec fields: {fields}"
+        if subresource != "status":
+            assert set(fields) <= {"f:metadata"} and set(fields["f:metadata"]) <= {"f:annotations", "f:finalizers"}, fields
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_spec_change_bumps_the_generation_and_is_followed(control_plane: Cluster, admin: KubeClient, namespace: str) -> None:
+    server_side_apply(control_plane, manifest(namespace))
+    promote(admin, namespace)
+    make_pods_ready(admin, namespace, "minilm-baseline")
+    until("the candidate retired", lambda: names(admin, DEPLOYMENTS, namespace) == ["minilm-baseline"])
+
+    changed = manifest(namespace, validation={**manifest(namespace)["spec"]["validation"], "maxDegradation": 0.02})
+    applied = server_side_apply(control_plane, changed)
+    assert applied["metadata"]["generation"] == 2, "the server bumps the generation on a spec change"
+
+    until("the g2 Job", lambda: admin.get(JOBS, namespace, "minilm-optimize-g2"))
+    until("only the g2 Job left", lambda: names(admin, JOBS, namespace) == ["minilm-optimize-g2"])
+    optimizing = wait_phase(admin, namespace, "Optimizing")
+    assert optimizing["status"]["observedGeneration"] == 2
+    assert {c["observedGeneration"] for c in optimizing["status"]["conditions"]} == {2}
+    baseline = admin.get(DEPLOYMENTS, namespace, "minilm-baseline")
+    assert baseline is not None and baseline["metadata"]["labels"]["optiserve.io/generation"] == "1", "g1 keeps serving"
+
+
+def test_a_restarted_operator_creates_nothing_twice(
+    control_plane: Cluster, admin: KubeClient, namespace: str, start_operator: OperatorFactory
+) -> None:
+    with start_operator():
+        server_side_apply(control_plane, manifest(namespace))
+        until("the g1 Job", lambda: admin.get(JOBS, namespace, "minilm-optimize-g1"))
+        wait_phase(admin, namespace, "Optimizing")
+    jobs = uids(admin, JOBS, namespace)
+
+    with start_operator():
+        finish_job(admin, namespace, "minilm-optimize-g1")
+        until("the candidate Deployment", lambda: admin.get(DEPLOYMENTS, namespace, "minilm-candidate"))
+        wait_phase(admin, namespace, "Deploying")
+    candidates = uids(admin, DEPLOYMENTS, namespace)
+    services = uids(admin, SERVICES, namespace)
+
+    with start_operator():
+        make_pods_ready(admin, namespace, "minilm-candidate")
+        wait_phase(admin, namespace, "Promoted")
+        until("the baseline Deployment", lambda: admin.get(DEPLOYMENTS, namespace, "minilm-baseline"))
+
+    assert uids(admin, JOBS, namespace) == jobs, "one Job, created once"
+    after = uids(admin, DEPLOYMENTS, namespace)
+    assert after["minilm-candidate"] == candidates["minilm-candidate"], "the candidate was adopted, not re-created"
+    assert sorted(after) == ["minilm-baseline", "minilm-candidate"]
+    assert {k: v for k, v in uids(admin, SERVICES, namespace).items() if k in services} == services
+
+
+# --- deletion ----------------------------------------------------------------------------------------------------
+
+
+def everything_of_the_model(admin: KubeClient, namespace: str) -> dict[str, list[str]]:
+    """Children and grandchildren (a Job's pods, a Deployment's ReplicaSets and pods)."""
+    return {r.kind: names(admin, r, namespace, "optiserve.io/model") for r in (JOBS, DEPLOYMENTS, REPLICA_SETS, SERVICES, PODS)}
+
+
+NOTHING: dict[str, list[str]] = {"Job": [], "Deployment": [], "ReplicaSet": [], "Service": [], "Pod": []}
+
+
+def gone(admin: KubeClient, namespace: str) -> bool:
+    return admin.get(OPTIMIZED_MODELS, namespace, MODEL) is None and everything_of_the_model(admin, namespace) == NOTHING
+
+
+@pytest.mark.usefixtures("operator")
+def test_deleting_mid_flight_stops_the_job_and_its_pod(
+    control_plane: Cluster, admin: KubeClient, namespace: str, kubectl: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    server_side_apply(control_plane, manifest(namespace))
+    until("the Job's pod", lambda: pods(admin, namespace, "job-name=minilm-optimize-g1"))
+    wait_phase(admin, namespace, "Optimizing")
+
+    deleted = kubectl("-n", namespace, "delete", "om", MODEL, "--timeout=60s")  # waits for the finalizer
+
+    assert deleted.returncode == 0, deleted.stderr
+    assert admin.get(OPTIMIZED_MODELS, namespace, MODEL) is None
+    until("the Job and its pod gone", lambda: gone(admin, namespace))
+
+
+@pytest.mark.usefixtures("operator")
+def test_deleting_after_promotion_removes_every_child(control_plane: Cluster, admin: KubeClient, namespace: str) -> None:
+    server_side_apply(control_plane, manifest(namespace))
+    promote(admin, namespace)
+    make_pods_ready(admin, namespace, "minilm-baseline")
+    before = everything_of_the_model(admin, namespace)
+    assert before["Deployment"] and before["ReplicaSet"] and before["Pod"] and before["Service"]
+
+    admin.delete(OPTIMIZED_MODELS, namespace, MODEL)
+
+    until("the model and everything it owned gone", lambda: gone(admin, namespace))
+
+
+def test_a_deletion_while_the_operator_is_down_finishes_after_restart(
+    control_plane: Cluster, admin: KubeClient, namespace: str, start_operator: OperatorFactory
+) -> None:
+    with start_operator():
+        server_side_apply(control_plane, manifest(namespace))
+        until("the g1 Job", lambda: admin.get(JOBS, namespace, "minilm-optimize-g1"))
+        wait_phase(admin, namespace, "Optimizing")
+
+    admin.delete(OPTIMIZED_MODELS, namespace, MODEL)
+    held = model(admin, namespace)
+    assert held["metadata"]["deletionTimestamp"] and held["metadata"]["finalizers"] == ["optiserve.io/finalizer"]
+
+    with start_operator():
+        until("the model and its Job gone", lambda: gone(admin, namespace))
+
+
+def test_the_garbage_collector_alone_removes_the_children_through_owner_references(
+    control_plane: Cluster, admin: KubeClient, namespace: str, start_operator: OperatorFactory
+) -> None:
+    """The operator uninstalled mid-flight and its finalizer removed by hand: owner references
+    alone must take every child with the model."""
+    with start_operator():
+        server_side_apply(control_plane, manifest(namespace))
+        until("the g1 Job", lambda: admin.get(JOBS, namespace, "minilm-optimize-g1"))
+        finish_job(admin, namespace, "minilm-optimize-g1")
+        until("the candidate's pod", lambda: pods(admin, namespace, "optiserve.io/variant=candidate"))
+    assert everything_of_the_model(admin, namespace)["Service"] == ["minilm-candidate"]
+
+    admin.delete(OPTIMIZED_MODELS, namespace, MODEL)
+    admin.patch(OPTIMIZED_MODELS, namespace, MODEL, {"metadata": {"finalizers": None}})
+
+    until("the garbage collector to remove every child", lambda: gone(admin, namespace))
+
+
+@pytest.mark.usefixtures("operator")
+def test_an_orphaning_deletion_keeps_the_children(
+    control_plane: Cluster, admin: KubeClient, namespace: str, kubectl: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    server_side_apply(control_plane, manifest(namespace))
+    until("the g1 Job", lambda: admin.get(JOBS, namespace, "minilm-optimize-g1"))
+    finish_job(admin, namespace, "minilm-optimize-g1")
+    until("the candidate Deployment", lambda: admin.get(DEPLOYMENTS, namespace, "minilm-candidate"))
+
+    deleted = kubectl("-n", namespace, "delete", "om", MODEL, "--cascade=orphan", "--timeout=60s")
+
+    assert deleted.returncode == 0, deleted.stderr
+    until("the model gone", lambda: admin.get(OPTIMIZED_MODELS, namespace, MODEL) is None)
+
+    def orphaned() -> dict[str, Any] | None:
+        found = admin.get(DEPLOYMENTS, namespace, "minilm-candidate")
+        return found if found is not None and not found["metadata"].get("ownerReferences") else None
+
+    until("the candidate kept, its owner reference removed", orphaned)
+    assert admin.get(SERVICES, namespace, "minilm-candidate") is not None
+
+
+# --- `optiserve operator` as a process, namespaces, metrics and health ---------------------------------------------
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return str(answer.read().decode())
+
+
+def test_the_cli_watches_only_the_namespaces_it_is_given(
+    control_plane: Cluster, admin: KubeClient, crd: None, controller_manager: Any, tmp_path: Path
+) -> None:
+    watched, ignored = "om-watched-a", "om-ignored-b"
+    for name in (watched, ignored):
+        make_namespace(control_plane, admin, name)
+    metrics_port, health_port = free_ports(2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    env |= {"KUBECONFIG": str(control_plane.kubeconfig), "OPTISERVE_RESYNC_SECONDS": "0.5"}
+    command = [
+        sys.executable, "-m", "optiserve.cli", "operator", "--namespace", watched,
+        "--metrics-port", str(metrics_port), "--health-port", str(health_port), "--bind-address", "127.0.0.1",
+    ]  # fmt: skip
+    log = tmp_path / "operator.log"
+    try:
+        server_side_apply(control_plane, manifest(ignored))  # exists before the operator starts
+        with log.open("w") as sink:
+            process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            server_side_apply(control_plane, manifest(watched))
+            wait_phase(admin, watched, "Optimizing")
+            health = json.loads(until("/healthz", lambda: _answer(f"http://127.0.0.1:{health_port}/healthz")))
+            assert health["reconciles"] >= 1
+            metrics = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
+            assert f'optiserve_model_phase{{name="{MODEL}",namespace="{watched}",phase="Optimizing"}} 1.0' in metrics
+            assert f'namespace="{ignored}"' not in metrics
+
+            untouched = model(admin, ignored)
+            assert "status" not in untouched and not untouched["metadata"].get("finalizers"), untouched["metadata"]
+            assert names(admin, JOBS, ignored) == []
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=RUNNER_TIMEOUT_S) == 0, log.read_text()[-3000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    finally:
+        for name in (watched, ignored):
+            drop_namespace(control_plane, admin, name)
+
+
+def _answer(url: str) -> str | None:
+    try:
+        return http_get(url)
+    except OSError:
+        return None

@@ -42,7 +42,7 @@ from optiserve.api.crd import PLURAL
 from optiserve.api.spec import API_GROUP, API_VERSION
 from optiserve.kube.client import AdoptionError, KubeClient, KubeError, TransientError
 from optiserve.observability import TRIGGER_CHANGE, TRIGGER_TIMER, OperatorMetrics
-from optiserve.reconciler import reconcile
+from optiserve.reconciler import Hooks, reconcile
 from optiserve.settings import Settings
 
 PREFIX = "optiserve.io"
@@ -134,6 +134,8 @@ class Operator:
     kube: KubeClient
     metrics: OperatorMetrics
     locks: ObjectLocks
+    hooks: Hooks | None = None
+    """Where the canary reads metrics and sets traffic (tests substitute fakes); None: Prometheus and the spec's router."""
 
 
 def _reconcile(op: Operator, trigger: str, namespace: str | None, body: kopf.Body, patch: kopf.Patch) -> None:
@@ -147,7 +149,7 @@ def _reconcile(op: Operator, trigger: str, namespace: str | None, body: kopf.Bod
             return
         try:
             with op.metrics.reconciling(trigger):
-                outcome = reconcile(name, namespace, copy.deepcopy(dict(body)), op.config, kube=op.kube)
+                outcome = reconcile(name, namespace, copy.deepcopy(dict(body)), op.config, kube=op.kube, hooks=op.hooks)
         except KubeError as e:
             op.metrics.track(namespace, name, status)
             raise _retryable(e) from e
@@ -197,9 +199,11 @@ def _serve_metrics(config: Settings, metrics: OperatorMetrics) -> contextlib.Abs
     return serving()
 
 
-def build_registry(config: Settings, kube: KubeClient, metrics: OperatorMetrics | None = None) -> kopf.OperatorRegistry:
+def build_registry(
+    config: Settings, kube: KubeClient, metrics: OperatorMetrics | None = None, hooks: Hooks | None = None
+) -> kopf.OperatorRegistry:
     """The operator's handlers on a registry of their own (see the module docstring)."""
-    op = Operator(config, kube, metrics if metrics is not None else OperatorMetrics(), ObjectLocks())
+    op = Operator(config, kube, metrics if metrics is not None else OperatorMetrics(), ObjectLocks(), hooks)
     registry = kopf.OperatorRegistry()
     servers = contextlib.ExitStack()
 

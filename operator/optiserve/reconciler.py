@@ -14,17 +14,22 @@ field.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from optiserve.api.job import ArtifactRef, JobResult, job_request_from_manifest
 from optiserve.api.manifest import ManifestError, parse_manifest
+from optiserve.api.rollout import TrafficProvider
 from optiserve.api.spec import API_GROUP, API_VERSION, KIND, OptimizedModel
 from optiserve.api.status import Phase
+from optiserve.canary_reconcile import SIGNAL_ANNOTATIONS, CanaryInputs, MetricsFactory, canary_decision_for, prometheus_metrics
 from optiserve.domain.lifecycle import TERMINAL, Child, Decision, JobObservation, Observed, decide
-from optiserve.kube.client import ARTIFACT_ANNOTATION, BASELINE, CANDIDATE, KubeClient
+from optiserve.domain.pipeline_generation import described_generation, pipeline_generation, spec_digest
+from optiserve.kube.client import ARTIFACT_ANNOTATION, BASELINE, CANDIDATE, KubeClient, TransientError
+from optiserve.providers.traffic import PermanentTrafficError, TrafficError, TrafficRouter, TransientTrafficError, verify
+from optiserve.providers.traffic_factory import RouterContext, router_for
 from optiserve.resources.job import MODELS_MOUNT, Owner, build_optimization_job
 from optiserve.resources.triton_deployment import Variant, build_triton_deployment, build_triton_service
 from optiserve.settings import Settings
@@ -116,22 +121,59 @@ def _act(
     kube: KubeClient,
     promoted: JobResult | None,
 ) -> None:
+    # With the replica-ratio router the split *is* the replica counts: the router owns them.
+    scale_owned = not (
+        manifest is not None
+        and manifest.spec.rollout.traffic.provider is TrafficProvider.REPLICAS
+        and decision.weight is not None
+    )
     if manifest is not None and Child.JOB in decision.want and job is None:
         request = job_request_from_manifest(manifest, base_dir=source_dir(owner.name))
         kube.ensure(build_optimization_job(owner, namespace, generation, request, settings.job_settings()))
     result = job.result if job is not None else None
     if manifest is not None and Child.CANDIDATE in decision.want and result is not None:
         for child in _triton_manifests(owner, namespace, Variant(CANDIDATE, generation, 1), manifest, result, settings):
-            kube.ensure(child)
+            kube.ensure(child, scale_owned)
     if decision.remove_stale:
         kube.remove_stale(namespace, owner.name, generation)
     serve = decision.promote or (promoted if Child.BASELINE in decision.want else None)
     if manifest is not None and serve is not None:
         variant = Variant(BASELINE, generation, manifest.spec.serving.replicas)
         for child in _triton_manifests(owner, namespace, variant, manifest, serve, settings):
-            kube.ensure(child)
+            kube.ensure(child, scale_owned)
     if decision.retire_candidate:
         kube.retire_candidate(namespace, owner.name)
+
+
+Routers = Callable[[OptimizedModel, RouterContext], TrafficRouter]
+
+
+def _default_router(manifest: OptimizedModel, context: RouterContext) -> TrafficRouter:
+    return router_for(manifest.spec, context)
+
+
+def _route(
+    decision: Decision, manifest: OptimizedModel, owner: Owner, namespace: str, kube: KubeClient, routers: Routers
+) -> Decision:
+    """Give the router the decision's weight, verified by reading it back; before anything is retired,
+    so traffic always leaves a variant before the variant goes.
+
+    A router that cannot be set up (a missing HTTPRoute, a provider that does not fit) fails the
+    rollout with the field named; the baseline keeps serving. A transient failure is retried.
+    """
+    assert decision.weight is not None
+    try:
+        router = routers(manifest, RouterContext(owner=owner, namespace=namespace, api=kube.traffic_api()))
+        if router.current_weight() != router.achievable_weight(decision.weight):
+            verify(router, decision.weight)
+    except TransientTrafficError as e:
+        raise TransientError(f"traffic: {e}", delay_s=e.delay_s) from e
+    except (PermanentTrafficError, TrafficError) as e:
+        message = f"{e}; the baseline keeps serving"
+        return Decision(
+            Phase.FAILED, "TrafficError", message, want=frozenset({Child.JOB}), remove_stale=True, retire_candidate=True
+        )
+    return decision
 
 
 def _promoted_result(status: Mapping[str, Any]) -> JobResult | None:
@@ -150,6 +192,14 @@ def _events(before: Phase, restarted: bool, decision: Decision) -> list[Event]:
     return events
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """Where the canary reads metrics and sets traffic; tests substitute their own."""
+
+    metrics: MetricsFactory = prometheus_metrics
+    routers: Routers = _default_router
+
+
 def _one_pass(
     name: str,
     namespace: str,
@@ -158,12 +208,14 @@ def _one_pass(
     settings: Settings,
     kube: KubeClient,
     now: datetime,
+    hooks: Hooks,
 ) -> tuple[Decision, dict[str, Any], list[Event]]:
     meta = body.get("metadata") or {}
-    generation = int(meta.get("generation") or 1)
+    metadata_generation = int(meta.get("generation") or 1)
+    # The pipeline's generation: a new spec restarts it, an approval (promoteArtifact) does not.
+    generation = pipeline_generation(metadata_generation, body.get("spec"), status)
     phase = _phase(status.get("phase"))
-    observed_generation = status.get("observedGeneration")
-    observed_generation = int(observed_generation) if isinstance(observed_generation, int) else None
+    observed_generation = described_generation(status)
     manifest, spec_errors = _parse(name, namespace, body, settings)
     owner = Owner(api_version=f"{API_GROUP}/{API_VERSION}", kind=KIND, name=name, uid=str(meta.get("uid", "")))
 
@@ -192,6 +244,16 @@ def _one_pass(
         baseline_ready=baseline is not None and baseline.ready and baseline.generation == generation,
     )
     decision = decide(observed, now, settings.deploy_deadline_seconds)
+    ours = job if job is not None and job.generation == generation else None
+    if decision.phase is Phase.CANARY and manifest is not None and ours is not None and ours.result is not None:
+        annotations = dict(meta.get("annotations") or {})
+        inputs = CanaryInputs(manifest, namespace, generation, status, annotations, ours.result, now)
+        decision = canary_decision_for(inputs, hooks.metrics)
+    candidate_deployed = candidate is not None and candidate.observation.generation == generation
+    if decision.weight is not None and manifest is not None and candidate_deployed:
+        decision = _route(decision, manifest, owner, namespace, kube, hooks.routers)
+    if decision.phase in TERMINAL and any(key in (meta.get("annotations") or {}) for key in SIGNAL_ANNOTATIONS):
+        kube.remove_annotations(namespace, name, SIGNAL_ANNOTATIONS)
     logger.debug("%s/%s generation %d: %s -> %s (%s)", namespace, name, generation, phase, decision.phase, decision.reason)
     _act(
         decision,
@@ -204,7 +266,15 @@ def _one_pass(
         kube=kube,
         promoted=_promoted_result(status),
     )
-    new_status = build_status(decision, generation=generation, previous=status, job=job, now=now)
+    new_status = build_status(
+        decision,
+        generation=generation,
+        previous=status,
+        job=job,
+        now=now,
+        observed_generation=metadata_generation,
+        spec_digest=spec_digest(body.get("spec")),
+    )
     restarted = observed_generation is not None and observed_generation != generation
     return decision, new_status, _events(phase, restarted, decision)
 
@@ -217,6 +287,7 @@ def reconcile(
     *,
     kube: KubeClient,
     now: datetime | None = None,
+    hooks: Hooks | None = None,
 ) -> StatusPatch:
     """Bring one OptimizedModel's children in line with its spec; return the status to write.
 
@@ -228,7 +299,9 @@ def reconcile(
     events: list[Event] = []
     decision = None
     for _ in range(MAX_PASSES):
-        decision, step, step_events = _one_pass(name, namespace, body, status, settings, kube, now or datetime.now(UTC))
+        decision, step, step_events = _one_pass(
+            name, namespace, body, status, settings, kube, now or datetime.now(UTC), hooks or Hooks()
+        )
         patch = {**patch, **step}  # each pass writes whole top-level fields; None (remove) is kept
         status = _merge(status, step)
         events.extend(step_events)

@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from optiserve.api.job import JobResult
-from optiserve.api.status import ArtifactStatus, Condition, OptimizationSummary, Phase
+from optiserve.api.status import ArtifactStatus, CanaryStatus, Condition, OptimizationSummary, Phase
+from optiserve.domain.canary import CanaryProgress
 from optiserve.domain.lifecycle import TERMINAL, Decision, JobObservation, JobState
+from optiserve.domain.pipeline_generation import described_generation
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 CONDITION_TYPES = ("Ready", "Optimized", "Validated", "Progressing", "Degraded")
@@ -99,7 +101,7 @@ def phase_since(phase: Phase, previous: Mapping[str, Any], generation: int, now:
     """When the resource entered `phase`: kept while phase and generation stay, `now` otherwise
     (a spec change restarts the pipeline, even when it lands in the phase it was in)."""
     kept = previous.get("phaseSince")
-    unchanged = previous.get("phase") == phase.value and previous.get("observedGeneration") == generation
+    unchanged = previous.get("phase") == phase.value and described_generation(previous) == generation
     return kept if unchanged and isinstance(kept, str) and kept else rfc3339(now)
 
 
@@ -110,19 +112,30 @@ def build_status(
     previous: Mapping[str, Any],
     job: JobObservation | None,
     now: datetime,
+    observed_generation: int | None = None,
+    spec_digest: str | None = None,
 ) -> dict[str, Any]:
-    """The status patch (JSON merge patch: a None value removes the field) for this decision."""
-    same_generation = previous.get("observedGeneration") == generation
+    """The status patch (JSON merge patch: a None value removes the field) for this decision.
+
+    ``generation`` is the pipeline's (see `optiserve.domain.pipeline_generation`);
+    ``observed_generation``, the resource's metadata.generation now (defaults to it).
+    """
+    observed = observed_generation if observed_generation is not None else generation
+    same_generation = described_generation(previous) == generation
     since = phase_since(decision.phase, previous, generation, now)
-    if same_generation and decision.phase in TERMINAL and previous.get("phase") == decision.phase.value:
+    tracking: dict[str, Any] = {"observedGeneration": observed, "pipelineGeneration": generation}
+    if spec_digest is not None:
+        tracking["specDigest"] = spec_digest
+    reconfirmed = same_generation and previous.get("observedGeneration") == observed
+    if reconfirmed and decision.phase in TERMINAL and previous.get("phase") == decision.phase.value:
         # A terminal phase re-confirmed: the Job may be gone by now, so keep what was written.
-        return {"phase": decision.phase.value, "observedGeneration": generation, "phaseSince": since}
+        return {"phase": decision.phase.value, "phaseSince": since, **tracking}
     status: dict[str, Any] = {
         "phase": decision.phase.value,
         "phaseSince": since,
-        "observedGeneration": generation,
+        **tracking,
         "message": decision.message,
-        "conditions": _conditions(wanted_conditions(decision, job), previous.get("conditions"), generation, now),
+        "conditions": _conditions(wanted_conditions(decision, job), previous.get("conditions"), observed, now),
     }
     ours = job if job is not None and job.generation == generation else None
     if ours is not None and ours.result is not None:
@@ -133,4 +146,24 @@ def build_status(
     if promoted is not None:
         artifact = ArtifactStatus(uri=promoted.uri, sha256=promoted.sha256, size_bytes=promoted.size_bytes)
         status["artifact"] = artifact.model_dump(mode="json", by_alias=True)
+    if decision.canary is not None:
+        status["canary"] = canary_status(decision.canary)
+    elif not same_generation:
+        status["canary"] = None  # a new spec: the last rollout's progress describes nothing now
     return status
+
+
+def canary_status(progress: CanaryProgress) -> dict[str, Any]:
+    """What `kubectl get/describe om` shows of the rollout, and its state for the next reconcile."""
+    latest = progress.history[-1] if progress.history else None
+    measurements = [m.model_dump(mode="json", exclude_none=True) for m in latest.measurements] if latest else []
+    return CanaryStatus(
+        weight=progress.weight,
+        step=progress.step + 1,
+        state=progress.state.value,
+        last_verdict=latest.decision.value if latest else None,
+        reason=progress.reason or None,
+        decision_time_seconds=progress.decision_time_s,
+        measurements=measurements,
+        progress=progress.model_dump(mode="json"),
+    ).model_dump(mode="json", by_alias=True, exclude_none=True)

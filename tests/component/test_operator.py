@@ -253,7 +253,8 @@ def test_after_promotion_the_baseline_is_kept_and_the_candidate_retired(kube: Ku
         return True if model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"] else None
 
     eventually(candidate_gone, "the candidate retired once the baseline is ready")
-    assert model_objects(kube, SERVICES) == ["minilm-baseline"]
+    # The replica-ratio router (the default provider) serves the model through one Service over both variants.
+    assert model_objects(kube, SERVICES) == ["minilm", "minilm-baseline"]
     kube.delete(DEPLOYMENTS, NAMESPACE, "minilm-baseline")  # someone deletes what serves
     recreated = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline recreated")
     assert recreated["metadata"]["annotations"]["optiserve.io/artifact-sha256"] == SHA

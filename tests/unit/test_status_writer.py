@@ -41,7 +41,7 @@ def test_a_spec_change_restarts_the_phase_clock_even_in_the_same_phase() -> None
 def test_a_reconfirmed_terminal_phase_keeps_its_start() -> None:
     previous = {"phase": "Failed", "phaseSince": EARLIER, "observedGeneration": 2, "message": "gone"}
     status = status_for(Phase.FAILED, previous)
-    assert status == {"phase": "Failed", "observedGeneration": 2, "phaseSince": EARLIER}
+    assert status == {"phase": "Failed", "observedGeneration": 2, "pipelineGeneration": 2, "phaseSince": EARLIER}
 
 
 def test_phase_since_is_part_of_the_status_schema() -> None:

@@ -49,11 +49,23 @@ class OptimizationSummary(ApiModel):
 
 class CanaryStatus(ApiModel):
     weight: int = Field(default=0, ge=0, le=100, description="Percent of traffic on the candidate now.")
-    step: int = Field(default=0, ge=0, description="Index of the current step (0 before the first).")
-    last_verdict: str | None = Field(default=None, description="The latest analysis verdict.")
-    reason: str | None = Field(default=None, description="Why the latest verdict was reached.")
+    step: int = Field(default=0, ge=0, description="The current step, counted from 1 (0 before the first).")
+    state: str | None = Field(default=None, description="Progressing, AwaitingPromotion, Held, Promoted or RolledBack.")
+    last_verdict: str | None = Field(
+        default=None, description="The latest interval's decision: continue, promote, rollback or hold."
+    )
+    reason: str | None = Field(default=None, description="Why: names the metric, its values, test and threshold.")
+    decision_time_seconds: float | None = Field(
+        default=None, description="When the final decision was made, seconds after the first canary traffic."
+    )
     measurements: list[dict[str, Any]] = Field(
-        default_factory=list, max_length=50, description="The latest measurements (bounded history)."
+        default_factory=list,
+        max_length=50,
+        description="The latest interval's measurements: values, sample sizes, statistic, p-value, effect size, threshold.",
+    )
+    progress: dict[str, Any] | None = Field(
+        default=None,
+        description="The rollout's state machine (step clock, per-metric tallies, bounded history); the operator reads it back.",
     )
 
 
@@ -61,6 +73,13 @@ class OptimizedModelStatus(ApiModel):
     phase: Phase = Field(default=Phase.PENDING, description="Where the model is in its pipeline.")
     phase_since: str | None = Field(default=None, description="When the model entered its current phase (RFC 3339).")
     observed_generation: int | None = Field(default=None, description="The spec generation this status describes.")
+    pipeline_generation: int | None = Field(
+        default=None,
+        description="The generation the running pipeline started for (an approval in promoteArtifact does not restart it).",
+    )
+    spec_digest: str | None = Field(
+        default=None, description="Digest of the spec without rollout.promoteArtifact: a change restarts the pipeline."
+    )
     message: str | None = Field(default=None, description="What is happening, or why it stopped.")
     conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")
     artifact: ArtifactStatus | None = Field(default=None, description="The optimized artifact in use.")

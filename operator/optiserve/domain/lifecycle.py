@@ -17,6 +17,7 @@ from enum import StrEnum
 
 from optiserve.api.job import JobResult
 from optiserve.api.status import Phase
+from optiserve.domain.canary import CanaryProgress, RolloutState
 
 TERMINAL = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED})
 
@@ -94,6 +95,10 @@ class Decision:
     """Remove the candidate Deployment and Service: the baseline now serves what it served."""
     requeue_after_s: float | None = None
     events: tuple[str, ...] = field(default=())
+    weight: int | None = None
+    """The candidate's traffic weight the router must have (None: leave the router alone)."""
+    canary: CanaryProgress | None = None
+    """The rollout's state after this reconcile (written to status.canary)."""
 
 
 DEPLOY_DEADLINE_S = 600.0
@@ -112,6 +117,7 @@ def decide(observed: Observed, now: datetime, deploy_deadline_s: float = DEPLOY_
     if phase is Phase.PROMOTED:
         # Level-based after promotion too: the baseline is kept (recreated if deleted), and the
         # candidate goes once the baseline serves, never before (nothing would serve in between).
+        # Traffic moves back to the baseline Service first, then the candidate goes.
         return Decision(
             phase,
             "Done",
@@ -119,7 +125,11 @@ def decide(observed: Observed, now: datetime, deploy_deadline_s: float = DEPLOY_
             want=frozenset({Child.BASELINE}),
             remove_stale=True,
             retire_candidate=observed.baseline_ready,
+            weight=0 if observed.baseline_ready else 100,
         )
+    if phase is Phase.ROLLED_BACK:
+        # All traffic on the baseline (it never stopped serving), the candidate scaled away.
+        return Decision(phase, "Done", "rolled back; the baseline serves", remove_stale=True, retire_candidate=True, weight=0)
     if phase in TERMINAL:
         return Decision(phase, "Done", f"{phase.value}", remove_stale=phase is not Phase.FAILED)
     job = observed.job if observed.job and observed.job.generation == observed.generation else None
@@ -180,3 +190,42 @@ def _deploying(observed: Observed, result: JobResult, now: datetime, deadline_s:
         )
     message = f"deploying the candidate (artifact {result.artifact.sha256[:12]})" + (f": {failure}" if failure else "")
     return Decision(Phase.DEPLOYING, "Degraded" if failure else "Deploying", message, want=want, requeue_after_s=POLL_S)
+
+
+def canary_decision(progress: CanaryProgress, result: JobResult, steps: int, poll_s: float) -> Decision:
+    """Where the canary's state machine (`optiserve.domain.canary`) leaves the resource."""
+    want = frozenset({Child.JOB, Child.CANDIDATE})
+    state = progress.state
+    if state is RolloutState.PROMOTED:
+        return Decision(
+            Phase.PROMOTED,
+            "CanaryPassed",
+            progress.reason,
+            want=want,
+            remove_stale=True,
+            promote=result,
+            weight=100,
+            canary=progress,
+        )
+    if state is RolloutState.ROLLED_BACK:
+        reason = "Aborted" if "abort" in progress.reason else "CanaryFailed"
+        return Decision(
+            Phase.ROLLED_BACK,
+            reason,
+            progress.reason,
+            want=frozenset({Child.JOB}),
+            retire_candidate=True,
+            weight=0,
+            canary=progress,
+        )
+    where = f"step {progress.step + 1}/{steps} at weight {progress.weight}%"
+    reasons = {RolloutState.HELD: "CanaryHeld", RolloutState.AWAITING_PROMOTION: "AwaitingPromotion"}
+    return Decision(
+        Phase.CANARY,
+        reasons.get(state, "CanaryProgressing"),
+        f"{where}: {progress.reason}" if progress.reason else where,
+        want=want,
+        weight=progress.weight,
+        canary=progress,
+        requeue_after_s=poll_s,
+    )

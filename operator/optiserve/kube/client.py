@@ -26,16 +26,21 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from optiserve.api.crd import PLURAL
 from optiserve.api.job import JobResult
+from optiserve.api.spec import API_GROUP, API_VERSION, KIND
 from optiserve.domain.lifecycle import CandidateObservation, JobObservation, JobState
 from optiserve.resources.names import GENERATION_LABEL, MODEL_LABEL, VARIANT_LABEL, deployment_name, job_name, labels
+
+if TYPE_CHECKING:
+    from optiserve.kube.traffic import TrafficApi
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +90,7 @@ JOBS = Resource("batch/v1", "Job", "jobs", spec_mutable=False)
 DEPLOYMENTS = Resource("apps/v1", "Deployment", "deployments")
 SERVICES = Resource("v1", "Service", "services")
 PODS = Resource("v1", "Pod", "pods")
+OPTIMIZED_MODELS = Resource(f"{API_GROUP}/{API_VERSION}", KIND, PLURAL)
 RESOURCES = {(r.api_version, r.kind): r for r in (JOBS, DEPLOYMENTS, SERVICES, PODS)}
 
 
@@ -176,13 +182,19 @@ def contains(live: object, desired: object) -> bool:
     return bool(live == desired)
 
 
-def owned_fields(manifest: Mapping[str, Any], spec_mutable: bool) -> Object:
-    """The part of a child we own and correct on adoption: its labels, annotations, owner and spec."""
+def owned_fields(manifest: Mapping[str, Any], spec_mutable: bool, scale_owned: bool = True) -> Object:
+    """The part of a child we own and correct on adoption: its labels, annotations, owner and spec.
+
+    Without ``scale_owned``, `spec.replicas` is left to whoever scales (the replica-ratio router).
+    """
     meta = _meta(manifest)
     owned_meta = {key: meta[key] for key in ("labels", "annotations", "ownerReferences") if key in meta}
     owned: Object = {"metadata": owned_meta}
     if spec_mutable and "spec" in manifest:
-        owned["spec"] = manifest["spec"]
+        spec = dict(manifest["spec"])
+        if not scale_owned:
+            spec.pop("replicas", None)
+        owned["spec"] = spec
     return owned
 
 
@@ -287,6 +299,12 @@ class KubeClient:
     def for_host(cls, host: str) -> KubeClient:
         """An unauthenticated client for a plain API endpoint (an emulator, `kubectl proxy`)."""
         return cls(k8s.ApiClient(k8s.Configuration(host=host)))
+
+    def traffic_api(self) -> TrafficApi:
+        """The same connection, for the traffic routers (HTTPRoute weights, replica counts)."""
+        from optiserve.kube.traffic import TrafficApi
+
+        return TrafficApi(self._api)
 
     @property
     def configuration(self) -> k8s.Configuration:
@@ -406,6 +424,10 @@ class KubeClient:
         sha256 = str((_meta(baseline).get("annotations") or {}).get(ARTIFACT_ANNOTATION, ""))
         return BaselineState(generation=_generation(baseline), artifact_sha256=sha256, ready=_deployment_ready(baseline))
 
+    def remove_annotations(self, namespace: str, model: str, keys: Iterable[str]) -> None:
+        """Drop one-shot annotations (promote, abort) from the OptimizedModel once acted on."""
+        self.patch(OPTIMIZED_MODELS, namespace, model, {"metadata": {"annotations": dict.fromkeys(keys)}})
+
     def retire_candidate(self, namespace: str, model: str) -> None:
         """Remove the candidate Deployment and Service (after a promotion made them redundant)."""
         self.delete(DEPLOYMENTS, namespace, deployment_name(model, CANDIDATE))
@@ -413,7 +435,7 @@ class KubeClient:
 
     # --- actions -------------------------------------------------------------------------------
 
-    def ensure(self, manifest: Object) -> Object:
+    def ensure(self, manifest: Object, scale_owned: bool = True) -> Object:
         """Create the child, or adopt the one that already has its deterministic name.
 
         Create first: "already exists" is the normal answer after a restart, and reading it
@@ -439,7 +461,7 @@ class KubeClient:
         theirs = {ref.get("uid") for ref in _meta(live).get("ownerReferences") or [] if ref.get("controller")}
         if theirs and not theirs & ours:
             raise AdoptionError(f"{what} already exists and is controlled by another owner; not adopting it")
-        desired = owned_fields(manifest, resource.spec_mutable)
+        desired = owned_fields(manifest, resource.spec_mutable, scale_owned)
         if contains(live, desired):
             return live
         logger.info("adopting %s: patching the fields it differs in", what)

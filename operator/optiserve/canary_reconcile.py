@@ -1,0 +1,121 @@
+"""The Canary phase's I/O: read the rollout's state, measure the due interval, apply the router.
+
+`reconcile` calls `canary_decision_for` while the resource is in Canary; everything that decides
+lives in `optiserve.domain.canary` (pure) and `optiserve.domain.lifecycle.canary_decision`. The
+rollout's state between reconciles is status.canary.progress, so a restarted operator continues
+the same rollout: same step, same tallies, same clock.
+
+Person or pipeline input:
+- ``kubectl annotate om NAME optiserve.io/promote=true`` approves a rollout waiting for it
+  (``promotion: manual``, or a hold);
+- ``kubectl annotate om NAME optiserve.io/abort=true`` rolls back at once;
+- ``spec.rollout.promoteArtifact: sha256:<digest>`` (GitOps) approves only the candidate whose
+  artifact has that digest, so an approval committed for one candidate never promotes the next.
+Both annotations are removed once the rollout reaches a final phase, so they never carry over to
+the next rollout.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from optiserve.api.job import JobResult
+from optiserve.api.spec import OptimizedModel
+from optiserve.api.status import Phase
+from optiserve.domain.analysis_spec import canary_plan
+from optiserve.domain.canary import CanaryProgress, Signals, advance, due_window, elapsed_s, start
+from optiserve.domain.lifecycle import Child, Decision, canary_decision
+from optiserve.domain.pipeline_generation import described_generation
+from optiserve.providers.measure import measure_interval
+from optiserve.providers.metrics import MetricsProvider
+from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
+
+logger = logging.getLogger(__name__)
+
+PROMOTE_ANNOTATION = "optiserve.io/promote"
+ABORT_ANNOTATION = "optiserve.io/abort"
+SIGNAL_ANNOTATIONS = (PROMOTE_ANNOTATION, ABORT_ANNOTATION)
+MAX_POLL_S = 15.0
+
+MetricsFactory = Callable[[OptimizedModel, str], MetricsProvider]
+"""(manifest, namespace) -> the metrics backend to judge with."""
+
+
+def prometheus_metrics(manifest: OptimizedModel, namespace: str) -> MetricsProvider:
+    """Triton's and the comparator's series of this model, told apart by the `variant` label.
+
+    The scrape configuration must map the pods' `optiserve.io/variant` label to `variant` (the
+    chart's PodMonitor does) and keep `namespace`; docs/canary.md shows the relabelling.
+    """
+    address = manifest.spec.rollout.analysis.prometheus.address
+    selector = TritonSelector(model=manifest.metadata.name, extra=f'namespace="{namespace}"')
+    return PrometheusMetrics(address, selector)
+
+
+def signals(annotations: Mapping[str, str], manifest: OptimizedModel, candidate_sha256: str | None) -> Signals:
+    digest = manifest.spec.rollout.promote_artifact
+    approved_by_git = digest is not None and candidate_sha256 is not None and digest == f"sha256:{candidate_sha256}"
+    approved = annotations.get(PROMOTE_ANNOTATION) == "true" or approved_by_git
+    return Signals(approved=approved, aborted=annotations.get(ABORT_ANNOTATION) == "true")
+
+
+def stored_progress(status: Mapping[str, Any], generation: int) -> CanaryProgress | None:
+    """The rollout's state from status, if it belongs to this generation's canary."""
+    canary = status.get("canary")
+    if described_generation(status) != generation or not isinstance(canary, Mapping):
+        return None
+    stored = canary.get("progress")
+    if not isinstance(stored, Mapping):
+        return None
+    try:
+        return CanaryProgress.model_validate(stored)
+    except ValidationError:
+        logger.warning("status.canary.progress is unreadable; the canary starts again from its first step")
+        return None
+
+
+@dataclass(frozen=True)
+class CanaryInputs:
+    manifest: OptimizedModel
+    namespace: str
+    generation: int
+    status: Mapping[str, Any]
+    annotations: Mapping[str, str]
+    result: JobResult
+    now: datetime
+
+
+def _without_analysis(result: JobResult) -> Decision:
+    return Decision(
+        Phase.PROMOTED,
+        "NoAnalysis",
+        "spec.rollout.analysis.metrics is empty: promoted without a canary",
+        want=frozenset({Child.JOB, Child.CANDIDATE}),
+        remove_stale=True,
+        promote=result,
+        weight=100,
+    )
+
+
+def canary_decision_for(inputs: CanaryInputs, metrics: MetricsFactory = prometheus_metrics) -> Decision:
+    """One step of the rollout: measure what is due, advance the state machine, say what to do."""
+    rollout = inputs.manifest.spec.rollout
+    if not rollout.analysis.metrics:
+        return _without_analysis(inputs.result)
+    plan = canary_plan(rollout)
+    progress = stored_progress(inputs.status, inputs.generation) or start(plan, inputs.now)
+    window = due_window(plan, progress, inputs.now)
+    measurements = []
+    if window is not None:
+        provider = metrics(inputs.manifest, inputs.namespace)
+        queries = {m.name: m.query for m in rollout.analysis.metrics if m.query}
+        measurements = measure_interval(plan.checks, provider, elapsed_s(progress, inputs.now) - window.start_s, queries)
+    sha = inputs.result.artifact.sha256 if inputs.result.artifact else None
+    progress = advance(plan, progress, inputs.now, signals(inputs.annotations, inputs.manifest, sha), window, measurements)
+    return canary_decision(progress, inputs.result, len(plan.steps), min(plan.interval_s, MAX_POLL_S))

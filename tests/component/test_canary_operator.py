@@ -1,0 +1,249 @@
+"""The Canary phase in the operator: steps, judged intervals, promotion, rollback, approval, abort.
+
+The operator runs in-process against the emulated API (as in test_operator.py); what the
+emulator cannot provide is substituted through the reconciler's hooks: a metrics backend that
+answers like Prometheus would for a healthy or a regressed candidate, and an in-memory router
+whose weights the test reads back. Time is real, with 1 s intervals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from kopf.testing import KopfRunner
+
+from optiserve.api.job import ArtifactRef, JobResult
+from optiserve.api.spec import OptimizedModel
+from optiserve.handlers import build_registry
+from optiserve.kube.client import DEPLOYMENTS, KubeClient
+from optiserve.providers.metrics import Counts, MetricsProvider
+from optiserve.providers.traffic import FakeRouter, TrafficRouter
+from optiserve.providers.traffic_factory import RouterContext
+from optiserve.reconciler import Hooks
+from optiserve.settings import Settings
+from tests.component.kube_emulator import RunningEmulator
+
+__all__ = ["emulator", "kube"]  # fixtures shared with test_operator.py
+from tests.component.test_operator import (
+    MODEL,
+    NAMESPACE,
+    OPTIMIZED_MODELS,
+    SHA,
+    WAIT_S,
+    emulator,
+    eventually,
+    finish_job,
+    kube,
+    make_ready,
+    model_objects,
+    promote_first_candidate,
+    status_of,
+    wait_phase,
+)
+
+SHA2 = "cd" * 32
+SECOND = JobResult(
+    passed=True,
+    artifact=ArtifactRef(uri="pvc://optiserve-models/minilm/g2/model_repository", sha256=SHA2, size_bytes=22_000_000),
+    speedup_p50=2.6,
+    size_ratio=0.25,
+)
+QUICK_ROLLOUT = {
+    "steps": [{"weight": 10}, {"weight": 50}, {"weight": 100}],
+    "analysis": {
+        "interval": "1s",
+        "warmup": "1s",
+        "metrics": [
+            {"name": "latency", "maxRelativeIncrease": 0.1},
+            {"name": "errorRate", "maxAbsoluteIncrease": 0.01},
+            {"name": "agreement", "min": 0.99},
+        ],
+        "failureLimit": 0,
+    },
+}
+
+
+@dataclass
+class Backend:
+    """Answers like Prometheus over Triton and the comparator; `candidate_scale` slows the candidate."""
+
+    candidate_scale: float = 1.0
+    agreement: float = 1.0
+    down: bool = False
+    seed: int = 0
+    calls: int = 0
+
+    def latency_samples(self, variant: str, window_s: float) -> list[float] | None:
+        self.calls += 1
+        if self.down:
+            return None
+        scale = self.candidate_scale if variant == "candidate" else 1.0
+        rng = np.random.default_rng(self.seed + self.calls)
+        return [float(v) for v in scale * rng.lognormal(np.log(10.0), 0.3, 60)]
+
+    def request_counts(self, variant: str, window_s: float) -> Counts | None:
+        return None if self.down else Counts(hits=0.0, total=600.0)
+
+    def comparator_counts(self, metric: str, window_s: float) -> Counts | None:
+        return None if self.down else Counts(hits=round(500 * self.agreement), total=500.0)
+
+    def custom_values(self, query: str, variant: str, window_s: float) -> list[float] | None:
+        return None
+
+
+@dataclass
+class Fakes:
+    backend: Backend = field(default_factory=Backend)
+    router: FakeRouter = field(default_factory=FakeRouter)
+
+    def hooks(self) -> Hooks:
+        def metrics(manifest: OptimizedModel, namespace: str) -> MetricsProvider:
+            return self.backend
+
+        def routers(manifest: OptimizedModel, context: RouterContext) -> TrafficRouter:
+            return self.router
+
+        return Hooks(metrics=metrics, routers=routers)
+
+
+@pytest.fixture
+def fakes() -> Fakes:
+    return Fakes()
+
+
+@pytest.fixture
+def operator(emulator: RunningEmulator, fakes: Fakes) -> Iterator[KopfRunner]:
+    client = KubeClient.for_host(emulator.url)
+    registry = build_registry(Settings(resync_seconds=0.2), client, hooks=fakes.hooks())
+    args = ["run", "--standalone", "--all-namespaces", "--verbose"]
+    try:
+        with KopfRunner(args, registry=registry, timeout=WAIT_S) as runner:
+            yield runner
+    finally:
+        client.close()
+    assert runner.exit_code == 0, runner.output
+
+
+def start_canary(kube: KubeClient, rollout: dict[str, Any] | None = None) -> None:
+    """A promoted g1, then a new spec (g2) whose candidate becomes ready: the canary starts."""
+    promote_first_candidate(kube)
+    baseline = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline")
+    make_ready(kube, baseline)
+    eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the g1 candidate retired")
+    kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"spec": {"rollout": rollout or QUICK_ROLLOUT}})
+    eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate") is None or None, "the old candidate gone")
+    job = eventually(lambda: kube.get(*job_key(2)), "the g2 Job")
+    finish_job(kube, job["metadata"]["name"], SECOND)
+    candidate = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the g2 candidate")
+    make_ready(kube, candidate)
+    wait_phase(kube, "Canary")
+
+
+def job_key(generation: int) -> tuple[Any, str, str]:
+    from optiserve.kube.client import JOBS
+
+    return JOBS, NAMESPACE, f"minilm-optimize-g{generation}"
+
+
+def baseline_sha(kube: KubeClient) -> str:
+    baseline = kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline") or {}
+    return str(baseline.get("metadata", {}).get("annotations", {}).get("optiserve.io/artifact-sha256"))
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_healthy_candidate_walks_the_steps_and_is_promoted(kube: KubeClient, fakes: Fakes) -> None:
+    start_canary(kube)
+    status = wait_phase(kube, "Promoted")
+    assert status["canary"]["state"] == "Promoted"
+    assert status["artifact"]["sha256"] == SHA2
+    assert [w for w in fakes.router.history if w][:3] == [10, 50, 100], fakes.router.history
+    eventually(lambda: baseline_sha(kube) == SHA2 or None, "the baseline serving the g2 artifact")
+    assert all(m["outcome"] == "Successful" for m in status["canary"]["measurements"])
+    # Once the baseline serves the new artifact, traffic leaves the candidate, then the candidate goes.
+    make_ready(kube, kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline") or {})
+    eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the candidate retired")
+    assert fakes.router.weight == 0
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_slower_candidate_is_rolled_back_and_the_baseline_keeps_serving(kube: KubeClient, fakes: Fakes) -> None:
+    fakes.backend.candidate_scale = 2.0
+    start_canary(kube)
+    status = wait_phase(kube, "RolledBack")
+    assert "latency" in status["message"]
+    assert status["canary"]["weight"] == 0
+    assert fakes.router.weight == 0
+    assert 100 not in fakes.router.history, "never shifted traffic further onto the failing candidate"
+    assert status["artifact"]["sha256"] == SHA, "the baseline keeps the g1 artifact"
+    assert baseline_sha(kube) == SHA
+    eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the candidate scaled away")
+    failed = [m for m in status["canary"]["measurements"] if m["outcome"] == "Failed"]
+    assert [m["metric"] for m in failed] == ["latency"]
+    assert failed[0]["p_value"] < 0.05 and failed[0]["effect_size"] > 0.1, failed[0]
+
+
+@pytest.mark.usefixtures("operator")
+def test_an_agreement_drop_is_rolled_back(kube: KubeClient, fakes: Fakes) -> None:
+    fakes.backend.agreement = 0.9
+    start_canary(kube)
+    status = wait_phase(kube, "RolledBack")
+    assert "agreement" in status["message"]
+
+
+@pytest.mark.usefixtures("operator")
+def test_manual_promotion_by_a_digest_committed_to_git(kube: KubeClient, fakes: Fakes) -> None:
+    rollout = {**QUICK_ROLLOUT, "promotion": "manual"}
+    start_canary(kube, rollout)
+    waiting = lambda: status_of(kube).get("canary", {}).get("state") == "AwaitingPromotion" or None  # noqa: E731
+    eventually(waiting, "waiting for approval")
+    # An approval for some other candidate: observed, but neither restarts the pipeline nor promotes.
+    stale = {**rollout, "promoteArtifact": "sha256:" + "ef" * 32}
+    kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"spec": {"rollout": stale}})
+    eventually(lambda: status_of(kube).get("observedGeneration") == 3 or None, "generation 3 observed")
+    eventually(waiting, "still waiting for approval")
+    assert status_of(kube)["pipelineGeneration"] == 2
+    # The digest of this candidate, as a GitOps commit would name it, promotes it.
+    approved = {**rollout, "promoteArtifact": f"sha256:{SHA2}"}
+    kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"spec": {"rollout": approved}})
+    status = wait_phase(kube, "Promoted")
+    assert status["artifact"]["sha256"] == SHA2
+    assert status["observedGeneration"] == 4 and status["pipelineGeneration"] == 2
+    assert kube.get(*job_key(3)) is None and kube.get(*job_key(4)) is None, "no new Job for an approval"
+
+
+@pytest.mark.usefixtures("operator")
+def test_the_promote_annotation_approves_and_is_removed_afterwards(kube: KubeClient, fakes: Fakes) -> None:
+    start_canary(kube, {**QUICK_ROLLOUT, "promotion": "manual"})
+    eventually(lambda: status_of(kube).get("canary", {}).get("state") == "AwaitingPromotion" or None, "waiting for approval")
+    kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"metadata": {"annotations": {"optiserve.io/promote": "true"}}})
+    wait_phase(kube, "Promoted")
+
+    def annotation_removed() -> bool | None:
+        found = kube.get(OPTIMIZED_MODELS, NAMESPACE, MODEL) or {}
+        return "optiserve.io/promote" not in (found["metadata"].get("annotations") or {}) or None
+
+    eventually(annotation_removed, "the one-shot annotation removed")
+
+
+@pytest.mark.usefixtures("operator")
+def test_the_abort_annotation_rolls_back_at_once(kube: KubeClient, fakes: Fakes) -> None:
+    slow = {**QUICK_ROLLOUT, "steps": [{"weight": 10, "pause": "1h"}, {"weight": 100}]}
+    start_canary(kube, slow)
+    kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"metadata": {"annotations": {"optiserve.io/abort": "true"}}})
+    status = wait_phase(kube, "RolledBack")
+    assert "abort" in status["message"]
+    assert fakes.router.weight == 0
+
+
+@pytest.mark.usefixtures("operator")
+def test_prometheus_down_is_never_a_promotion(kube: KubeClient, fakes: Fakes) -> None:
+    fakes.backend.down = True
+    rollout = {**QUICK_ROLLOUT, "analysis": {**QUICK_ROLLOUT["analysis"], "consecutiveErrorLimit": 2}}
+    start_canary(kube, rollout)
+    status = wait_phase(kube, "RolledBack")
+    assert "could not be measured" in status["message"]
+    assert status["artifact"]["sha256"] == SHA

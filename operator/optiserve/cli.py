@@ -213,9 +213,14 @@ def _operator(args: argparse.Namespace) -> int:
     namespaces = tuple(args.namespace or ()) or settings.namespaces
     clusterwide = bool(args.all_namespaces or not namespaces)
     kopf.configure(verbose=args.verbose)
+    kopf_settings = kopf.OperatorSettings()
+    # Watching named namespaces needs no cluster-wide read. With scanning on, kopf would list
+    # Namespaces and watch CRDs, and retry each refusal for about a minute before starting.
+    kopf_settings.scanning.disabled = not clusterwide
     try:
         kopf.run(
             registry=build_registry(settings, kube),
+            settings=kopf_settings,
             clusterwide=clusterwide,
             namespaces=() if clusterwide else namespaces,
             standalone=True,  # one replica; no KopfPeering resources needed

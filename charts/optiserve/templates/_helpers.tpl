@@ -89,4 +89,10 @@ or into one Role per watched namespace.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Canary traffic with rollout.traffic.provider gateway-api: the route's backend weights are read
+# and merge-patched; a route the operator owns (rollout.traffic.gateway) is created. Its garbage
+# collection goes through the owner reference, so no delete.
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [get, create, patch]
 {{- end -}}

@@ -16,7 +16,7 @@ import pytest
 
 from tests.chart.helm import FULL_VALUES, Object, find, pod_templates, render
 from tests.chart.policy import house_violations, image_violations, rbac_violations, restricted_violations
-from tests.chart.workloads import chart_settings, operator_workloads
+from tests.chart.workloads import chart_settings, operator_container, operator_workloads
 
 VALUE_SETS = {"default": [], "full": [FULL_VALUES]}
 
@@ -25,13 +25,14 @@ VALUE_SETS = {"default": [], "full": [FULL_VALUES]}
 def installed(request: pytest.FixtureRequest) -> list[Object]:
     """The chart's objects plus the workloads the operator would create with its settings."""
     objects = render(VALUE_SETS[request.param])
-    return [*objects, *operator_workloads(chart_settings(objects), namespace="ml")]
+    return [*objects, *operator_workloads(chart_settings(objects), "ml", operator_container(objects)["image"])]
 
 
 def _pods(objects: list[Object]) -> list[tuple[str, Object]]:
     pods = list(pod_templates(objects))
     assert {name.split("/")[0] for name, _ in pods} == {"Deployment", "Job"}
-    assert len(pods) == 4, [name for name, _ in pods]  # operator, optimization Job, Triton baseline and candidate
+    # operator, optimization Job, Triton baseline and candidate, comparator
+    assert len(pods) == 5, [name for name, _ in pods]
     return pods
 
 

@@ -15,6 +15,7 @@ from optiserve.api.job import job_request_from_manifest
 from optiserve.api.manifest import load_manifest
 from optiserve.api.spec import API_GROUP, API_VERSION, KIND
 from optiserve.reconciler import source_dir
+from optiserve.resources.comparator import ComparatorDeploymentSettings, build_comparator_deployment, build_comparator_service
 from optiserve.resources.job import Owner, build_optimization_job
 from optiserve.resources.triton_deployment import Variant, build_triton_deployment, build_triton_service
 from optiserve.settings import Settings
@@ -43,8 +44,11 @@ def chart_settings(objects: Sequence[Object]) -> Settings:
     return Settings.from_env(operator_env(objects))
 
 
-def operator_workloads(settings: Settings, namespace: str, uid: str = "00000000-0000-0000-0000-000000000001") -> list[Any]:
-    """The example's optimization Job and Triton Deployments and Services, as the operator builds them."""
+def operator_workloads(
+    settings: Settings, namespace: str, operator_image: str, uid: str = "00000000-0000-0000-0000-000000000001"
+) -> list[Any]:
+    """The example's optimization Job, Triton Deployments and Services, and the comparator (which runs
+    `optiserve comparator` from the operator's image), as the operator builds them."""
     manifest = load_manifest(EXAMPLE)
     owner = Owner(f"{API_GROUP}/{API_VERSION}", KIND, manifest.metadata.name, uid)
     request = job_request_from_manifest(manifest, base_dir=source_dir(owner.name))
@@ -54,4 +58,7 @@ def operator_workloads(settings: Settings, namespace: str, uid: str = "00000000-
             build_triton_deployment(owner, namespace, variant, manifest.spec.serving.triton, settings.serving_settings())
         )
         objects.append(build_triton_service(owner, namespace, variant.name))
+    comparator = ComparatorDeploymentSettings(image=operator_image, models_pvc=settings.models_pvc)
+    objects.append(build_comparator_deployment(owner, namespace, 2, manifest.spec, comparator))
+    objects.append(build_comparator_service(owner, namespace))
     return objects

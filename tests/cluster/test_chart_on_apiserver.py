@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from tests.chart.helm import CHART, Object, find, pod_templates, render, run_helm, tool, values_args
-from tests.chart.workloads import EXAMPLE, chart_settings, operator_env, operator_workloads
+from tests.chart.workloads import EXAMPLE, chart_settings, operator_container, operator_env, operator_workloads
 from tests.cluster.conftest import Cluster, HttpAnswer, Process, free_ports, write_kubeconfig
 
 RELEASE = "optiserve"
@@ -153,10 +153,10 @@ def _wait_for_default_service_account(cluster: Cluster, namespace: str) -> None:
 
 
 def test_every_pod_is_admitted_under_restricted_pod_security(control_plane: Cluster, installed: list[Object]) -> None:
-    workloads = operator_workloads(chart_settings(installed), namespace=WATCHED)
+    workloads = operator_workloads(chart_settings(installed), WATCHED, operator_container(installed)["image"])
     pods = [(RELEASE_NAMESPACE, name, spec) for name, spec in pod_templates(installed)]
     pods += [(WATCHED, name, spec) for name, spec in pod_templates(workloads)]
-    assert len(pods) == 4, [name for _, name, _ in pods]  # operator, optimization Job, Triton baseline and candidate
+    assert len(pods) == 5, [name for _, name, _ in pods]  # operator, optimization Job, Triton baseline and candidate, comparator
     _wait_for_default_service_account(control_plane, WATCHED)  # the Triton pods run as `default`
     for namespace, name, spec in pods:
         answer = _dry_run_pod(control_plane, namespace, name, spec)

@@ -16,6 +16,7 @@ from optiserve.api.job import job_request_from_manifest
 from optiserve.api.manifest import ManifestError, load_manifest
 from optiserve.api.spec import OptimizedModel
 from optiserve.comparator.command import add_comparator_arguments
+from optiserve.local.run_command import add_run_arguments
 
 if TYPE_CHECKING:
     from optiserve.settings import Settings
@@ -237,6 +238,16 @@ def _comparator(args: argparse.Namespace) -> int:
     return run_comparator_command(args, _print_errors)
 
 
+def _run(args: argparse.Namespace) -> int:
+    from optiserve.local.run_command import run_command
+
+    try:
+        return run_command(args)
+    except ValueError as e:
+        _print_errors([str(e)])
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="optiserve", description="Optimize, prove, serve and canary models on Triton.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -268,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_comparator_arguments(comparator)
     comparator.set_defaults(handler=_comparator)
+    run = commands.add_parser("run", help="the whole pipeline on this machine, no cluster: optimize, serve, canary, decide")
+    add_run_arguments(run)
+    run.set_defaults(handler=_run)
     return parser
 
 

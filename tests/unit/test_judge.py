@@ -58,7 +58,7 @@ LATENCY_CASES = [
     ("faster", LATENCY, latencies(1, 200), latencies(2, 60, scale=0.5), Outcome.SUCCESSFUL),
     # 5 % slower on 4000 samples is significant, but within the 10 % tolerance.
     ("5% slower, within tolerance", LATENCY, latencies(1, 4000), latencies(2, 4000, scale=1.05), Outcome.SUCCESSFUL),
-    ("sparse candidate", LATENCY, latencies(1, 200), latencies(2, 10, scale=2.0), Outcome.INCONCLUSIVE),
+    ("sparse candidate", LATENCY, latencies(1, 200), latencies(2, 9, scale=2.0), Outcome.INCONCLUSIVE),
     ("sparse baseline", LATENCY, latencies(1, 5), latencies(2, 60, scale=2.0), Outcome.INCONCLUSIVE),
     ("no candidate traffic", LATENCY, latencies(1, 200), [], Outcome.INCONCLUSIVE),
     ("candidate query failed", LATENCY, latencies(1, 200), None, Outcome.ERROR),
@@ -279,7 +279,7 @@ def test_a_candidate_identical_to_the_baseline_never_fails(total: int, data: st.
 
 
 def test_min_samples_defaults_by_kind() -> None:
-    assert (LATENCY.min_samples, ERRORS.min_samples, AGREEMENT.min_samples, GPU_MEMORY.min_samples) == (20, 50, 50, 1)
+    assert (LATENCY.min_samples, ERRORS.min_samples, AGREEMENT.min_samples, GPU_MEMORY.min_samples) == (10, 50, 50, 1)
     assert MetricCheck(name="latency", kind=MetricKind.LATENCY, max=1.0, min_samples=5).min_samples == 5
 
 

@@ -43,7 +43,7 @@ class MetricKind(StrEnum):
 
 
 DEFAULT_MIN_SAMPLES: dict[MetricKind, int] = {
-    MetricKind.LATENCY: 20,
+    MetricKind.LATENCY: 10,
     MetricKind.ERROR_RATE: 50,
     MetricKind.AGREEMENT: 50,
     MetricKind.ACCURACY: 50,

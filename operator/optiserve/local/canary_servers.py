@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -70,17 +69,6 @@ def _triton(stack: contextlib.ExitStack, artifact_dir: Path, model: str, log_dir
     server.wait_model_ready(model)
     warm(server, model, artifact_dir)
     return server
-
-
-def prepare_candidate(candidate_dir: Path, work_dir: Path, inject: Callable[[Path], None] | None) -> Path:
-    """The candidate's artifact as it will be served: a copy, changed by ``inject`` when asked to regress."""
-    if inject is None:
-        return candidate_dir
-    served = work_dir / "candidate-injected"
-    shutil.rmtree(served, ignore_errors=True)
-    shutil.copytree(candidate_dir, served)
-    inject(served / REPOSITORY)
-    return served
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,12 @@ class JobOutputs:
 
 
 def request_digest(request: JobRequest) -> str:
+    """The request, and the model code the job copies into every repository (a new version re-runs)."""
+    from optiserve_jobs import triton_python_model
+
     text = json.dumps(request.model_dump(mode="json", by_alias=True), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    code = Path(triton_python_model.__file__).read_bytes()
+    return hashlib.sha256(text.encode() + b"\0" + code).hexdigest()[:16]
 
 
 def _intact(directory: Path) -> bool:

@@ -29,7 +29,8 @@ from optiserve.domain.analysis import Measurement
 from optiserve.domain.analysis_spec import canary_plan
 from optiserve.domain.canary import CanaryPlan, CanaryProgress, RolloutState, Signals, advance, due_window, elapsed_s, start
 from optiserve.golden import GOLDEN_FILE, load_golden
-from optiserve.local.canary_servers import CanaryServers, ComparatorSettings, prepare_candidate, start_canary_servers
+from optiserve.local.canary_servers import CanaryServers, ComparatorSettings, start_canary_servers
+from optiserve.local.injected_candidate import served_candidate
 from optiserve.local.job_cache import JobOutputs, optimization_outputs
 from optiserve.local.load import BackgroundLoad, LoadConfig, LoadResult
 from optiserve.local.run_overrides import local_manifest
@@ -212,14 +213,17 @@ def _server_counts(servers: CanaryServers, window_s: float) -> dict[str, tuple[f
     return counts
 
 
-def _canary(
-    state: RunState, plan: CanaryPlan, progress: Callable[[str], None], display: Display, inject: Callable[[Path], None] | None
-) -> None:
+def _canary(state: RunState, plan: CanaryPlan, progress: Callable[[str], None], display: Display) -> None:
     assert state.manifest is not None and state.outputs is not None
     options, timeline = state.options, state.timeline
     model = state.manifest.metadata.name
-    candidate_dir = prepare_candidate(state.outputs.candidate_dir, options.report_dir / "serving", inject)
     spec = state.manifest.spec
+    outputs = state.outputs
+    threads = spec.serving.triton.intra_op_threads or 1
+    work_dir = options.report_dir / "serving"
+    candidate_dir = served_candidate(
+        options.inject, model, outputs.baseline_dir, outputs.candidate_dir, work_dir, threads, progress
+    )
     comparator = ComparatorSettings(task=spec.model.task.value, threshold=agreement_threshold(spec.validation))
     logs = options.report_dir / "logs"
     with start_canary_servers(model, state.outputs.baseline_dir, candidate_dir, logs, progress, comparator) as servers:
@@ -254,7 +258,6 @@ def run_pipeline(
     *,
     progress: Callable[[str], None] = lambda _: None,
     display: Display = _no_display,
-    inject: Callable[[Path], None] | None = None,
 ) -> RunState:
     """Run everything; the returned state says how it ended (a failure is an outcome, not an exception)."""
     state = RunState(options=options)
@@ -270,7 +273,7 @@ def run_pipeline(
         if not state.outputs.result.passed:
             raise RunError(f"optimization: {state.outputs.result.reason or 'a validation gate failed'}")
         timeline.enter(Phase.DEPLOYING)
-        _canary(state, plan, progress, display, inject)
+        _canary(state, plan, progress, display)
         assert state.canary is not None
         state.reason = state.canary.progress.reason
     except (Exception, KeyboardInterrupt) as e:  # every failure, Ctrl-C included, ends in a report saying why

@@ -78,14 +78,16 @@ def _display(console: Console, live: bool) -> Iterator[tuple[Callable[[str], Non
         yield (lambda message: screen.update(f"[bold]{message}[/bold]")), (lambda view: screen.update(_live_table(view)))
 
 
-def run_command(args: argparse.Namespace, inject_factory: Callable[[list[str]], Callable[[Path], None] | None]) -> int:
+def run_command(args: argparse.Namespace) -> int:
     # Imported here: the CLI (and the operator image) loads this module only for its arguments.
     from optiserve.local.run import RunOptions, run_pipeline
     from optiserve.local.run_report import write_report
     from optiserve.local.run_result import build_run_report
 
     console = Console(stderr=True)
-    inject = inject_factory(args.inject)  # raises ValueError naming the bad --inject value
+    from optiserve.local.inject import parse_injections
+
+    parse_injections(args.inject)  # a bad --inject value is refused before anything starts (ValueError)
     options = RunOptions(
         manifest=args.file,
         report_dir=args.report,
@@ -99,7 +101,7 @@ def run_command(args: argparse.Namespace, inject_factory: Callable[[list[str]], 
         max_canary_s=args.max_canary_seconds,
     )
     with _display(console, live=not args.no_live and console.is_terminal) as (progress, display):
-        state = run_pipeline(options, progress=progress, display=display, inject=inject)
+        state = run_pipeline(options, progress=progress, display=display)
     report = build_run_report(state)
     written = write_report(report, options.report_dir)
     traffic = report.traffic

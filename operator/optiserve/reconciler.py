@@ -30,6 +30,7 @@ from optiserve.domain.pipeline_generation import described_generation, pipeline_
 from optiserve.kube.client import ARTIFACT_ANNOTATION, BASELINE, CANDIDATE, KubeClient, TransientError
 from optiserve.providers.traffic import PermanentTrafficError, TrafficError, TrafficRouter, TransientTrafficError, verify
 from optiserve.providers.traffic_factory import RouterContext, router_for
+from optiserve.resources.comparator import build_comparator_deployment, build_comparator_service
 from optiserve.resources.job import MODELS_MOUNT, Owner, build_optimization_job
 from optiserve.resources.triton_deployment import Variant, build_triton_deployment, build_triton_service
 from optiserve.settings import Settings
@@ -134,6 +135,10 @@ def _act(
     if manifest is not None and Child.CANDIDATE in decision.want and result is not None:
         for child in _triton_manifests(owner, namespace, Variant(CANDIDATE, generation, 1), manifest, result, settings):
             kube.ensure(child, scale_owned)
+    if manifest is not None and Child.COMPARATOR in decision.want:
+        comparator = settings.comparator_settings()
+        kube.ensure(build_comparator_deployment(owner, namespace, generation, manifest.spec, comparator))
+        kube.ensure(build_comparator_service(owner, namespace))
     if decision.remove_stale:
         kube.remove_stale(namespace, owner.name, generation)
     serve = decision.promote or (promoted if Child.BASELINE in decision.want else None)

@@ -141,6 +141,9 @@ def start_canary(kube: KubeClient, rollout: dict[str, Any] | None = None) -> Non
     candidate = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the g2 candidate")
     make_ready(kube, candidate)
     wait_phase(kube, "Canary")
+    comparator = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-comparator"), "the comparator next to the canary")
+    args = comparator["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--golden=/models/minilm/g2/golden.jsonl" in args or any("g2" in a and "golden" in a for a in args), args
 
 
 def job_key(generation: int) -> tuple[Any, str, str]:

@@ -78,6 +78,8 @@ class Child(StrEnum):
     JOB = "job"
     CANDIDATE = "candidate"
     BASELINE = "baseline"
+    COMPARATOR = "comparator"
+    """The online accuracy probe: it runs while the canary does."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ def canary_decision(progress: CanaryProgress, result: JobResult, steps: int, pol
         Phase.CANARY,
         reasons.get(state, "CanaryProgressing"),
         f"{where}: {progress.reason}" if progress.reason else where,
-        want=want,
+        want=want | {Child.COMPARATOR},
         weight=progress.weight,
         canary=progress,
         requeue_after_s=poll_s,

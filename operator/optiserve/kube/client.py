@@ -53,6 +53,7 @@ JOB_NAME_LABEL: Final = "job-name"
 """Set on every pod of a Job by the Job controller."""
 BASELINE: Final = "baseline"
 CANDIDATE: Final = "candidate"
+COMPARATOR: Final = "comparator"
 
 DEFAULT_RETRY_S: Final = 5.0
 MERGE_PATCH: Final = "application/merge-patch+json"
@@ -429,9 +430,11 @@ class KubeClient:
         self.patch(OPTIMIZED_MODELS, namespace, model, {"metadata": {"annotations": dict.fromkeys(keys)}})
 
     def retire_candidate(self, namespace: str, model: str) -> None:
-        """Remove the candidate Deployment and Service (after a promotion made them redundant)."""
-        self.delete(DEPLOYMENTS, namespace, deployment_name(model, CANDIDATE))
-        self.delete(SERVICES, namespace, deployment_name(model, CANDIDATE))
+        """Remove the candidate Deployment and Service, and the comparator that probed it (after a
+        promotion made them redundant, or a rollback)."""
+        for name in (deployment_name(model, CANDIDATE), deployment_name(model, COMPARATOR)):
+            self.delete(DEPLOYMENTS, namespace, name)
+            self.delete(SERVICES, namespace, name)
 
     # --- actions -------------------------------------------------------------------------------
 

@@ -77,6 +77,19 @@ class ModelState:
     phase: str
     phase_since: float | None
     canary_weight: int | None
+    measurements: tuple[Mapping[str, Any], ...] = ()
+    """The canary's latest interval, as status.canary.measurements has it."""
+    judged_at_s: float | None = None
+    """End of the latest judged interval (status.canary.progress.last_interval_s): a change means a new verdict."""
+
+
+def _canary_measurements(canary: object) -> tuple[tuple[Mapping[str, Any], ...], float | None]:
+    if not isinstance(canary, Mapping):
+        return (), None
+    measurements = tuple(m for m in canary.get("measurements") or () if isinstance(m, Mapping) and m.get("metric"))
+    progress = canary.get("progress")
+    judged = progress.get("last_interval_s") if isinstance(progress, Mapping) else None
+    return measurements, float(judged) if isinstance(judged, int | float) and judged > 0 else None
 
 
 def model_state(status: Mapping[str, Any]) -> ModelState | None:
@@ -86,11 +99,52 @@ def model_state(status: Mapping[str, Any]) -> ModelState | None:
         return None
     canary = status.get("canary")
     weight = canary.get("weight") if isinstance(canary, Mapping) else None
+    measurements, judged_at = _canary_measurements(canary)
     return ModelState(
         phase=phase,
         phase_since=parse_time(status.get("phaseSince")),
         canary_weight=int(weight) if isinstance(weight, int | float) else None,
+        measurements=measurements,
+        judged_at_s=judged_at,
     )
+
+
+MEASURED_VALUES = (("baseline", "baseline_value"), ("candidate", "candidate_value"))
+
+
+def _measurement_families(states: Mapping[tuple[str, str], ModelState]) -> tuple[GaugeMetricFamily, ...]:
+    """The latest canary measurement of every metric: the measured values, the p-value, the threshold, the outcome."""
+    value = GaugeMetricFamily(
+        "optiserve_canary_measured_value",
+        "The latest interval's value per metric and variant (median latency ms, error rate, agreement).",
+        labels=["namespace", "name", "metric", "variant"],
+    )
+    p_value = GaugeMetricFamily(
+        "optiserve_canary_p_value",
+        "p-value of the test that judged the metric's latest interval.",
+        labels=["namespace", "name", "metric"],
+    )
+    threshold = GaugeMetricFamily(
+        "optiserve_canary_threshold",
+        "The tolerance or bound the latest interval was judged against.",
+        labels=["namespace", "name", "metric"],
+    )
+    outcome = GaugeMetricFamily(
+        "optiserve_canary_outcome",
+        "1 for the latest interval's outcome per metric (Successful, Failed, Inconclusive, Error).",
+        labels=["namespace", "name", "metric", "outcome"],
+    )
+    for (namespace, name), state in sorted(states.items()):
+        for m in state.measurements:
+            metric = str(m["metric"])
+            for variant, key in MEASURED_VALUES:
+                if isinstance(m.get(key), int | float):
+                    value.add_metric([namespace, name, metric, variant], float(m[key]))
+            for family, key in ((p_value, "p_value"), (threshold, "threshold")):
+                if isinstance(m.get(key), int | float):
+                    family.add_metric([namespace, name, metric], float(m[key]))
+            outcome.add_metric([namespace, name, metric, str(m.get("outcome"))], 1)
+    return value, p_value, threshold, outcome
 
 
 class ModelStates(Collector):
@@ -140,6 +194,7 @@ class ModelStates(Collector):
         for name, value in sorted(per_phase.items()):
             count.add_metric([name], value)
         yield from (count, phase, since, weight)
+        yield from _measurement_families(states)
 
 
 class OperatorMetrics:
@@ -184,6 +239,12 @@ class OperatorMetrics:
             "OptimizedModels whose deletion the operator finished (children removed, finalizer released).",
             registry=self.registry,
         )
+        self.verdicts = Counter(
+            "optiserve_canary_measurements",
+            "Canary measurements by metric and outcome, one per metric per judged interval.",
+            ["namespace", "name", "metric", "outcome"],
+            registry=self.registry,
+        )
         self.models = ModelStates()
         self.registry.register(self.models)
 
@@ -212,6 +273,9 @@ class OperatorMetrics:
             return
         if before is not None and before.phase != after.phase:
             self.transitions.labels(from_phase=before.phase, to_phase=after.phase).inc()
+        if after.judged_at_s is not None and (before is None or before.judged_at_s != after.judged_at_s):
+            for m in after.measurements:
+                self.verdicts.labels(namespace=namespace, name=name, metric=m["metric"], outcome=m.get("outcome")).inc()
         # A span ends when the phase changes or restarts (a spec change sets a new phaseSince).
         span_ended = before is not None and (before.phase != after.phase or before.phase_since != after.phase_since)
         if span_ended and before is not None and before.phase_since is not None:

@@ -32,8 +32,8 @@ def samples(metrics: OperatorMetrics) -> dict[tuple[str, tuple[tuple[str, str], 
     }
 
 
-def value(metrics: OperatorMetrics, metric: str, **labels: str) -> float | None:
-    return samples(metrics).get((metric, tuple(sorted(labels.items()))))
+def value(metrics: OperatorMetrics, series: str, **labels: str) -> float | None:
+    return samples(metrics).get((series, tuple(sorted(labels.items()))))
 
 
 def test_a_successful_reconcile_is_counted_and_timed() -> None:
@@ -145,3 +145,42 @@ def test_merged_status_applies_a_json_merge_patch() -> None:
     previous: dict[str, Any] = {"phase": "Canary", "canary": {"weight": 10, "step": 1}, "message": "x"}
     merged = merged_status(previous, {"canary": {"weight": 50}, "message": None})
     assert merged == {"phase": "Canary", "canary": {"weight": 50, "step": 1}}
+
+
+def _canary(judged_at: float, latency_outcome: str, candidate_ms: float) -> dict[str, Any]:
+    measurements = [
+        {
+            "metric": "latency",
+            "kind": "latency",
+            "outcome": latency_outcome,
+            "reason": "r",
+            "baseline_value": 10.0,
+            "candidate_value": candidate_ms,
+            "p_value": 0.001,
+            "threshold": 0.1,
+        },
+        {"metric": "agreement", "kind": "agreement", "outcome": "Successful", "reason": "r", "candidate_value": 0.998},
+    ]
+    return {"weight": 10, "step": 1, "measurements": measurements, "progress": {"last_interval_s": judged_at}}
+
+
+def test_canary_measurements_are_exported_with_their_values_and_counted_once_per_interval() -> None:
+    metrics = OperatorMetrics()
+    before = {"phase": "Canary", "phaseSince": T0_TEXT}
+    metrics.observe_status("ml", "a", before, {"canary": _canary(30.0, "Successful", 10.5)}, now=T0)
+    first = {**before, "canary": _canary(30.0, "Successful", 10.5)}
+    metrics.observe_status("ml", "a", first, {"message": "same interval, written again"}, now=T0)
+    metrics.observe_status("ml", "a", first, {"canary": _canary(45.0, "Failed", 21.0)}, now=T0)
+
+    labels = {"namespace": "ml", "name": "a"}
+    assert value(metrics, "optiserve_canary_measured_value", **labels, metric="latency", variant="candidate") == 21.0
+    assert value(metrics, "optiserve_canary_measured_value", **labels, metric="latency", variant="baseline") == 10.0
+    assert value(metrics, "optiserve_canary_measured_value", **labels, metric="agreement", variant="candidate") == 0.998
+    assert value(metrics, "optiserve_canary_p_value", **labels, metric="latency") == 0.001
+    assert value(metrics, "optiserve_canary_threshold", **labels, metric="latency") == 0.1
+    assert value(metrics, "optiserve_canary_outcome", **labels, metric="latency", outcome="Failed") == 1
+    assert value(metrics, "optiserve_canary_outcome", **labels, metric="latency", outcome="Successful") is None
+    # Two intervals judged: each metric counted once per interval, however often status was written.
+    assert value(metrics, "optiserve_canary_measurements_total", **labels, metric="latency", outcome="Successful") == 1
+    assert value(metrics, "optiserve_canary_measurements_total", **labels, metric="latency", outcome="Failed") == 1
+    assert value(metrics, "optiserve_canary_measurements_total", **labels, metric="agreement", outcome="Successful") == 2

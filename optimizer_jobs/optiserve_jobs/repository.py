@@ -160,6 +160,19 @@ def verify(out_dir: Path) -> dict[str, object]:
     return manifest  # type: ignore[no-any-return]
 
 
+def seal(out_dir: Path, model: str) -> None:
+    """Record the files of ``out_dir`` as they are now in a new manifest (written, then renamed).
+
+    Only for a copy its owner verified and then changed on purpose (local mode's candidate with a
+    regression injected into its config.pbtxt): the copy is then checked like any published
+    repository before it is served, and a later change to it is caught.
+    """
+    text = json.dumps({"model": model, "files": _manifest(out_dir)}, indent=2, sort_keys=True)
+    staged = out_dir / f".{MANIFEST}.tmp"
+    staged.write_text(text)
+    staged.replace(out_dir / MANIFEST)
+
+
 def remove_published(out_dir: Path) -> None:
     """Remove a previous run's repositories, so a failed run leaves none behind."""
     (out_dir / MANIFEST).unlink(missing_ok=True)

@@ -64,6 +64,21 @@ def warm(server: TritonServer, model: str, artifact_dir: Path) -> None:
         raise RuntimeError(f"{model}: the warm-up inference returned no outputs")
 
 
+def verify_artifact(artifact_dir: Path, variant: str) -> None:
+    """Refuse to serve a directory whose files do not match its manifest.json (sha256 and size).
+
+    The job cache checks its outputs when it reuses them; this check runs right before a
+    tritonserver is started on them, so a file truncated, edited or removed in between is never
+    loaded. Raises `CorruptRepositoryError` naming the variant and the file.
+    """
+    from optiserve_jobs.repository import CorruptRepositoryError, verify
+
+    try:
+        verify(artifact_dir)
+    except CorruptRepositoryError as e:
+        raise CorruptRepositoryError(f"refusing to serve the {variant} ({artifact_dir}): {e}") from e
+
+
 def _triton(stack: contextlib.ExitStack, artifact_dir: Path, model: str, log_dir: Path, name: str) -> TritonServer:
     server = stack.enter_context(TritonServer(artifact_dir / REPOSITORY, log_path=log_dir / f"triton-{name}.log"))
     server.wait_model_ready(model)
@@ -90,9 +105,14 @@ def start_canary_servers(
 ) -> Iterator[CanaryServers]:
     """Start everything; yields once both models are ready and warm and Prometheus has scraped them.
 
+    Both artifact directories are verified against their manifests first: nothing starts on a
+    corrupt one.
+
     With ``comparator`` settings, the comparator probes both servers with the golden set and
     Prometheus scrapes it too.
     """
+    verify_artifact(baseline_dir, "baseline")
+    verify_artifact(candidate_dir, "candidate")
     log_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         progress("starting the baseline tritonserver")

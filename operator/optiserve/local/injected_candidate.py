@@ -87,9 +87,13 @@ def served_candidate(
     if not injection.parameters():
         return candidate_dir
     injection = calibrated(injection, model, baseline_dir, candidate_dir, threads, progress)
+    from optiserve_jobs.repository import seal, verify
+
     served = work_dir / "candidate-injected"
     shutil.rmtree(served, ignore_errors=True)
     shutil.copytree(candidate_dir, served)
+    verify(served)  # the copy is what was published...
     inject_in_place(served / REPOSITORY, injection)
+    seal(served, model)  # ...and its manifest now covers the injected config.pbtxt, checked before serving
     progress(f"candidate made to regress on purpose: {injection}")
     return served

@@ -50,37 +50,75 @@ class PrometheusServer:
         }
 
     def start(self, timeout_s: float = 60.0) -> Self:
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="optiserve-prometheus-")
+        (self._workdir / "prometheus.yml").write_text(yaml.safe_dump(self._config()))
+        self.port = free_port()
+        try:
+            self._launch()
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop_process(self) -> None:
+        """Stop the server process only, as a crash or a rescheduled pod would; the port, the
+        configuration and the TSDB stay, so `restart` brings back the same server with the
+        series scraped so far. Queries meanwhile fail (connection refused)."""
+        process, self._process = self._process, None
+        if process is not None:
+            stop_process_group(process, 10.0, "prometheus")
+
+    def restart(self, timeout_s: float = 60.0) -> Self:
+        """Start the process again on the same port, over the same TSDB, after `stop_process`."""
+        if self._tmpdir is None:
+            raise RuntimeError("prometheus was never started: nothing to restart")
+        if self.is_running():
+            raise RuntimeError("prometheus is running: stop_process() first")
+        self._launch()
+        self._wait_ready(timeout_s)
+        return self
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def _workdir(self) -> Path:
+        if self._tmpdir is None:
+            raise RuntimeError("prometheus has not been started")
+        return Path(self._tmpdir.name)
+
+    def _launch(self) -> None:
         binary = shutil.which("prometheus")
         if binary is None:
             raise PrometheusNotInstalledError("prometheus is not installed (make setup installs Debian's package)")
-        self._tmpdir = tempfile.TemporaryDirectory(prefix="optiserve-prometheus-")
-        workdir = Path(self._tmpdir.name)
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(self._config()))
-        self.port = free_port()
-        log = (workdir / "prometheus.log").open("wb")
-        self._process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--web.enable-lifecycle",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        workdir = self._workdir
+        with (workdir / "prometheus.log").open("ab") as log:
+            self._process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={workdir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--web.enable-lifecycle",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {(workdir / 'prometheus.log').read_text()[-2000:]}")
+            if self._process is None or self._process.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {(self._workdir / 'prometheus.log').read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:  # noqa: S310 - built from http://127.0.0.1
                     if response.status == 200:
-                        return self
+                        return
             except (urllib.error.URLError, OSError):
                 time.sleep(0.2)
-        self.stop()
+        self.stop_process()
         raise RuntimeError(f"prometheus not ready within {timeout_s:.0f}s")
 
     def wait_scraped(self, timeout_s: float = 30.0) -> None:

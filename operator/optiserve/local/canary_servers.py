@@ -19,7 +19,7 @@ from optiserve.local.comparator import ComparatorArgs, ComparatorProcess
 from optiserve.local.load_clients import LoadTarget
 from optiserve.local.nginx import NginxServer
 from optiserve.local.prometheus import PrometheusServer
-from optiserve.local.triton import TritonServer
+from optiserve.local.triton import TritonServer, TritonStartError
 from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
 
 REPOSITORY = "model_repository_python"
@@ -80,8 +80,11 @@ def verify_artifact(artifact_dir: Path, variant: str) -> None:
 
 
 def _triton(stack: contextlib.ExitStack, artifact_dir: Path, model: str, log_dir: Path, name: str) -> TritonServer:
-    server = stack.enter_context(TritonServer(artifact_dir / REPOSITORY, log_path=log_dir / f"triton-{name}.log"))
-    server.wait_model_ready(model)
+    try:
+        server = stack.enter_context(TritonServer(artifact_dir / REPOSITORY, log_path=log_dir / f"triton-{name}.log"))
+        server.wait_model_ready(model)
+    except TritonStartError as e:
+        raise TritonStartError(f"the {name} tritonserver: {e}") from e  # the run's reason names the variant
     warm(server, model, artifact_dir)
     return server
 

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -45,6 +46,8 @@ _LOOPBACK = "127.0.0.1"
 _POLL_S = 0.2
 _LOG_TAIL_LINES = 40
 _SYSTEM_LIB_DIRS = frozenset({"/lib", "/lib64", "/usr/lib", "/usr/lib64"})
+_LOAD_FAILURE = re.compile(r"failed to load '[^']+' version \d+: .*?(?=\\n|\"?$)", re.MULTILINE)
+"""Triton's log line for a model that did not load, up to the first (escaped) line break."""
 
 
 class TritonNotInstalledError(RuntimeError):
@@ -145,6 +148,12 @@ def _venv_python_lib_dir(venv_dir: Path) -> Path | None:
     if str(lib_dir) in _SYSTEM_LIB_DIRS:
         return None
     return lib_dir if (lib_dir / f"libpython{major_minor}.so.1.0").exists() else None
+
+
+def load_failures(log_text: str) -> list[str]:
+    """Triton's own sentences for the models that failed to load, e.g. "failed to load 'digits'
+    version 1: Invalid argument: instance group ... has kind KIND_GPU but no GPUs are available"."""
+    return list(dict.fromkeys(match.group(0) for match in _LOAD_FAILURE.finditer(log_text)))
 
 
 def free_port() -> int:
@@ -393,17 +402,22 @@ class TritonServer:
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines of the server log ('' when there is none)."""
+        return "\n".join(self._log_text().splitlines()[-lines:])
+
+    def _log_text(self) -> str:
         if self._log_path is None or not self._log_path.exists():
             return ""
-        text = self._log_path.read_text(encoding="utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return self._log_path.read_text(encoding="utf-8", errors="replace")
 
     def _check_alive(self, when: str) -> None:
         if self._process is None:
             raise TritonStartError("the Triton server is not running")
         code = self._process.poll()
         if code is not None:
-            raise TritonStartError(f"tritonserver exited with code {code} {when}\n{self.log_tail()}")
+            # The first line says why: a model that failed to load ends the server (exit-on-error).
+            failures = "; ".join(load_failures(self._log_text()))
+            cause = f": {failures}" if failures else ""
+            raise TritonStartError(f"tritonserver exited with code {code} {when}{cause}\n{self.log_tail()}")
 
     @staticmethod
     def _http_ok(url: str) -> bool:

@@ -56,9 +56,14 @@ def _load(root: Path, reused: bool) -> JobOutputs | None:
     result_path = root / RESULT_FILE
     if not result_path.is_file():
         return None
-    result = JobResult.model_validate_json(result_path.read_text())
     candidate, baseline = root / CANDIDATE_DIR, root / BASELINE_DIR
-    report = json.loads((candidate / "report.json").read_text())
+    try:
+        result = JobResult.model_validate_json(result_path.read_text())
+        report = json.loads((candidate / "report.json").read_text())
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+        if reused:
+            return None  # a cache entry written only in part (a crash, a full disk): run the job again
+        raise
     if result.passed and not (_intact(candidate) and _intact(baseline)):
         return None
     return JobOutputs(result=result, candidate_dir=candidate, baseline_dir=baseline, report=report, reused=reused)
@@ -67,12 +72,14 @@ def _load(root: Path, reused: bool) -> JobOutputs | None:
 def _run(request: JobRequest, root: Path, progress: Progress) -> JobOutputs:
     from optiserve_jobs.baseline import publish_baseline
     from optiserve_jobs.job import run_job
+    from optiserve_jobs.report import write_json_atomically
 
     _, result = run_job(request, root / CANDIDATE_DIR, progress=lambda msg: progress(f"optimizing: {msg}"))
     if result.passed:
         progress("publishing the baseline (the unoptimized model, exported to ONNX)")
         publish_baseline(request, root / BASELINE_DIR)
-    (root / RESULT_FILE).write_text(result.model_dump_json(by_alias=True))  # written last: marks a finished run
+    # Written last, atomically: it marks a finished run.
+    write_json_atomically(root / RESULT_FILE, result.model_dump_json(by_alias=True))
     loaded = _load(root, reused=False)
     if loaded is None:
         raise RuntimeError(f"the optimization output under {root} failed its own integrity check")

@@ -10,6 +10,13 @@ Model config ``parameters`` understood by :class:`TritonPythonModel`:
     ONNX file name, relative to the version directory (default ``model.onnx``).
 ``intra_op_threads``
     onnxruntime intra-op thread count; ``0`` keeps onnxruntime's default.
+``intra_op_spinning``
+    ``1`` lets onnxruntime's idle intra-op threads spin-wait for work (its
+    default), ``0`` (our default) makes them sleep. In a server the cores are
+    shared with Triton's own threads, the client connections and the other
+    instances; spinning threads take the cores those need, and ONNX Runtime's
+    parallel sections then wait on threads that were preempted. Measured on
+    2 shared cores (docs/benchmarks.md): spinning halved the served throughput.
 ``pad_inputs``
     Comma-separated input names whose axis 1 has a variable length (token
     ids, attention masks). Requests that are run together get these inputs
@@ -48,6 +55,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -219,11 +227,15 @@ class ErrorSchedule:
 
     def __init__(self, fraction: float) -> None:
         self.fraction = fraction
+        # As an exact ratio: with floats, 30 x 0.1 rounds across an integer and a window of
+        # 100 requests at 10 % could hold 9 or 11 failures.
+        ratio = Fraction(fraction).limit_denominator(1_000_000)
+        self._numerator, self._denominator = ratio.numerator, ratio.denominator
         self._count = 0
 
     def next_fails(self) -> bool:
         n, self._count = self._count, self._count + 1
-        return math.floor((n + 1) * self.fraction) > math.floor(n * self.fraction)
+        return (n + 1) * self._numerator // self._denominator > n * self._numerator // self._denominator
 
 
 def add_relative_noise(output: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
@@ -280,6 +292,12 @@ class TritonPythonModel:
         threads = int(_parameter(config, "intra_op_threads", "0"))
         if threads > 0:
             options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        spinning = _parameter(config, "intra_op_spinning", "0")
+        if spinning not in ("0", "1"):
+            raise ValueError(f"parameters.intra_op_spinning: expected 0 or 1, got {spinning!r}")
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         self.session = ort.InferenceSession(
             str(model_dir / onnx_file),
             sess_options=options,

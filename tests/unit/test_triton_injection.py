@@ -49,6 +49,14 @@ def test_error_schedule_every_twentieth_for_five_percent() -> None:
     assert failing == [19, 39, 59, 79, 99]
 
 
+@pytest.mark.parametrize("start", [0, 7, 29, 30, 99, 12345])
+def test_error_schedule_any_window_is_exact(start: int) -> None:
+    schedule = tpm.ErrorSchedule(0.1)
+    for _ in range(start):
+        schedule.next_fails()
+    assert sum(schedule.next_fails() for _ in range(100)) == 10
+
+
 def test_error_schedule_extremes() -> None:
     never, always = tpm.ErrorSchedule(0.0), tpm.ErrorSchedule(1.0)
     assert not any(never.next_fails() for _ in range(50))

@@ -142,6 +142,10 @@ def inject_config(config: mc.ModelConfig, injection: Injection) -> mc.ModelConfi
     injected.CopyFrom(config)
     for key, value in injection.parameters().items():
         injected.parameters[key].string_value = value
+    if injection.error_fraction is not None:
+        # Triton refuses to load a model whose warm-up sample fails: the injected errors would
+        # stop the candidate from starting at all instead of showing up in its traffic.
+        del injected.model_warmup[:]
     return injected
 
 

@@ -73,6 +73,13 @@ def _in_transition(record: RequestRecord, offset_s: float, timeline: Timeline) -
     return any(start <= at <= end for start, end in timeline.transitions)
 
 
+def _lost_to_switch(record: RequestRecord) -> bool:
+    """A failure the switch could have caused: not answered by a variant (the proxy or the connection
+    failed), or answered by the baseline. The candidate's own error answers (an injected regression)
+    are its verdict's business, not the switch's."""
+    return not record.ok and record.variant != "candidate"
+
+
 def _traffic(run: CanaryRun, timeline: Timeline) -> TrafficReport:
     records = run.load.records if run.load is not None else []
     offset = _load_offset(run, timeline)
@@ -89,7 +96,7 @@ def _traffic(run: CanaryRun, timeline: Timeline) -> TrafficReport:
             server_failures=round(failures) if failures is not None else None,
         )
     unattributed_failures = sum(1 for r in records if not r.ok and r.variant not in VARIANTS)
-    during = sum(1 for r in records if not r.ok and _in_transition(r, offset, timeline))
+    during = sum(1 for r in records if _lost_to_switch(r) and _in_transition(r, offset, timeline))
     return TrafficReport(
         baseline=variants["baseline"],
         candidate=variants["candidate"],

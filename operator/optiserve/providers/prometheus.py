@@ -14,11 +14,18 @@ from dataclasses import dataclass
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from requests.exceptions import RequestException
+from urllib3.util.retry import Retry
 
 from optiserve.providers.metrics import Counts
 
 FAILURE_METRIC = "optiserve_request_failure_total"  # exported by optiserve_jobs.triton_python_model
 _BACKEND_ERRORS = (PrometheusApiClientException, RequestException, ValueError, KeyError)
+_RETRY = Retry(total=1, backoff_factor=0, status_forcelist=(408, 429, 500, 502, 503, 504))
+"""One immediate retry for a blip. The judge retries across intervals (Error, then the
+consecutive-error limit), so a Prometheus that is down must fail fast: with the client's default
+(three retries, back-off 0 + 2 + 4 s) every query took 6 s, about a minute per judged interval."""
+_CLIENT_MARGIN_S = 2.0
+"""The HTTP timeout is the query timeout plus this: Prometheus's own timeout answers first."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,9 @@ class PrometheusMetrics:
     def __init__(
         self, address: str, selector: TritonSelector, *, scrape_interval_s: float = 5.0, timeout_s: float = 10.0
     ) -> None:
-        self.client = PrometheusConnect(url=address, disable_ssl=True)
+        # Without a client timeout, a Prometheus that accepts connections but never answers
+        # (frozen, overloaded) would block the canary loop and the reconciler forever.
+        self.client = PrometheusConnect(url=address, disable_ssl=True, retry=_RETRY, timeout=timeout_s + _CLIENT_MARGIN_S)
         self.selector = selector
         self.scrape_interval_s = scrape_interval_s
         self.timeout_s = timeout_s

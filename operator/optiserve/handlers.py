@@ -26,7 +26,6 @@ handler deletes nothing.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import threading
 from collections import OrderedDict
@@ -40,7 +39,7 @@ from prometheus_client import start_http_server
 
 from optiserve.api.crd import PLURAL
 from optiserve.api.spec import API_GROUP, API_VERSION
-from optiserve.kube.client import AdoptionError, KubeClient, KubeError, TransientError
+from optiserve.kube.client import OPTIMIZED_MODELS, AdoptionError, KubeClient, KubeError, TransientError
 from optiserve.observability import TRIGGER_CHANGE, TRIGGER_TIMER, OperatorMetrics
 from optiserve.reconciler import Hooks, reconcile
 from optiserve.settings import Settings
@@ -51,6 +50,9 @@ API_ERROR_RETRY_S = 30.0
 ORPHAN_FINALIZER = "orphan"
 """Set by the API server on a deletion with propagationPolicy Orphan (`kubectl delete --cascade=orphan`)."""
 REMEMBERED_DELETIONS = 10_000
+FIELD_MANAGER = "kopf"
+"""The field manager of everything the operator writes to its resource (kopf's own, for its
+finalizer and annotations): GitOps tools ignore exactly what it owns (docs/gitops.md)."""
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -138,7 +140,22 @@ class Operator:
     """Where the canary reads metrics and sets traffic (tests substitute fakes); None: Prometheus and the spec's router."""
 
 
-def _reconcile(op: Operator, trigger: str, namespace: str | None, body: kopf.Body, patch: kopf.Patch) -> None:
+def _fresh(kube: KubeClient, namespace: str, name: str, uid: str) -> dict[str, Any] | None:
+    """The object as the API server has it now; None once it is gone, going, or replaced."""
+    found = kube.get(OPTIMIZED_MODELS, namespace, name)
+    meta = (found or {}).get("metadata") or {}
+    if found is None or meta.get("deletionTimestamp") or str(meta.get("uid") or "") != uid:
+        return None
+    return found
+
+
+def _reconcile(op: Operator, trigger: str, namespace: str | None, body: kopf.Body) -> None:
+    """Read, reconcile and write status as one step under the object's lock.
+
+    kopf's `body` can lag this operator's own last status write: a change handler and the timer
+    queued before that write landed (a restart runs resume and the timer together) would decide
+    from the older status and undo a canary step. So the object is read fresh, and its status is
+    written here, before the lock is released, not later by kopf from its `patch`."""
     name, uid = body.metadata.name, str(body.metadata.uid or "")
     assert name is not None and namespace is not None, "OptimizedModel is namespaced"
     if body.metadata.deletion_timestamp:
@@ -149,12 +166,17 @@ def _reconcile(op: Operator, trigger: str, namespace: str | None, body: kopf.Bod
             return
         try:
             with op.metrics.reconciling(trigger):
-                outcome = reconcile(name, namespace, copy.deepcopy(dict(body)), op.config, kube=op.kube, hooks=op.hooks)
+                fresh = _fresh(op.kube, namespace, name, uid)
+                if fresh is None:
+                    return
+                status = dict(fresh.get("status") or {})
+                outcome = reconcile(name, namespace, fresh, op.config, kube=op.kube, hooks=op.hooks)
+                write = {"status": outcome.status}
+                op.kube.patch(OPTIMIZED_MODELS, namespace, name, write, subresource="status", field_manager=FIELD_MANAGER)
         except KubeError as e:
             op.metrics.track(namespace, name, status)
             raise _retryable(e) from e
     op.metrics.observe_status(namespace, name, status, outcome.status)
-    patch.status.update(outcome.status)
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
@@ -228,14 +250,14 @@ def build_registry(
     @kopf.on.create(API_GROUP, API_VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.update(API_GROUP, API_VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.resume(API_GROUP, API_VERSION, PLURAL, id="reconcile", registry=registry)
-    def on_change(namespace: str | None, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        _reconcile(op, TRIGGER_CHANGE, namespace, body, patch)
+    def on_change(namespace: str | None, body: kopf.Body, **_: Any) -> None:
+        _reconcile(op, TRIGGER_CHANGE, namespace, body)
 
     interval = config.resync_seconds
 
     @kopf.timer(API_GROUP, API_VERSION, PLURAL, id="resync", interval=interval, initial_delay=interval, registry=registry)
-    def on_timer(namespace: str | None, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        _reconcile(op, TRIGGER_TIMER, namespace, body, patch)
+    def on_timer(namespace: str | None, body: kopf.Body, **_: Any) -> None:
+        _reconcile(op, TRIGGER_TIMER, namespace, body)
 
     @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, id="cleanup", registry=registry)
     def on_delete(namespace: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:

@@ -170,7 +170,7 @@ def test_all_namespaces_mode_uses_one_cluster_role(default_objects: list[Object]
     assert role["rules"][0] == {
         "apiGroups": ["optiserve.io"],
         "resources": ["optimizedmodels"],
-        "verbs": ["list", "watch", "patch"],
+        "verbs": ["get", "list", "watch", "patch"],
     }
     user_roles = {r["metadata"]["name"]: r["metadata"]["labels"] for r in find(default_objects, "ClusterRole")}
     assert user_roles["optiserve-edit"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"

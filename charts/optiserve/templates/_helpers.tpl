@@ -60,10 +60,11 @@ The operator's permissions on the namespaced resources it manages: exactly the v
 or into one Role per watched namespace.
 */}}
 {{- define "optiserve.operatorRules" -}}
-# kopf lists and watches OptimizedModels and patches them for its finalizer and annotations.
+# kopf lists and watches OptimizedModels and patches them for its finalizer and annotations; each
+# reconcile reads its model fresh (get), so it never decides from a status older than its own last write.
 - apiGroups: [optiserve.io]
   resources: [optimizedmodels]
-  verbs: [list, watch, patch]
+  verbs: [get, list, watch, patch]
 # The one status writer (status_writer.py), through the status subresource.
 - apiGroups: [optiserve.io]
   resources: [optimizedmodels/status]

@@ -364,8 +364,18 @@ class KubeClient:
     def create(self, resource: Resource, namespace: str, body: Object) -> Object:
         return dict(self._call("POST", resource.path(namespace), body=body, content_type="application/json"))
 
-    def patch(self, resource: Resource, namespace: str, name: str, body: Object, subresource: str | None = None) -> Object:
-        return dict(self._call("PATCH", resource.path(namespace, name, subresource), body=body, content_type=MERGE_PATCH))
+    def patch(
+        self,
+        resource: Resource,
+        namespace: str,
+        name: str,
+        body: Object,
+        subresource: str | None = None,
+        field_manager: str | None = None,
+    ) -> Object:
+        query = [("fieldManager", field_manager)] if field_manager else None
+        path = resource.path(namespace, name, subresource)
+        return dict(self._call("PATCH", path, query=query, body=body, content_type=MERGE_PATCH))
 
     def delete(self, resource: Resource, namespace: str, name: str) -> bool:
         """Delete in the background (a Job's pods with it); False when it was already gone."""

@@ -147,19 +147,20 @@ def build_status(
         artifact = ArtifactStatus(uri=promoted.uri, sha256=promoted.sha256, size_bytes=promoted.size_bytes)
         status["artifact"] = artifact.model_dump(mode="json", by_alias=True)
     if decision.canary is not None:
-        status["canary"] = canary_status(decision.canary)
+        status["canary"] = canary_status(decision.canary, decision.candidate_sha256)
     elif not same_generation:
         status["canary"] = None  # a new spec: the last rollout's progress describes nothing now
     return status
 
 
-def canary_status(progress: CanaryProgress) -> dict[str, Any]:
+def canary_status(progress: CanaryProgress, candidate_sha256: str | None = None) -> dict[str, Any]:
     """What `kubectl get/describe om` shows of the rollout, and its state for the next reconcile."""
     latest = progress.history[-1] if progress.history else None
     measurements = [m.model_dump(mode="json", exclude_none=True) for m in latest.measurements] if latest else []
     return CanaryStatus(
         weight=progress.weight,
         step=progress.step + 1,
+        candidate_artifact=f"sha256:{candidate_sha256}" if candidate_sha256 else None,
         state=progress.state.value,
         last_verdict=latest.decision.value if latest else None,
         reason=progress.reason or None,

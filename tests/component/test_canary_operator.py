@@ -209,8 +209,10 @@ def test_manual_promotion_by_a_digest_committed_to_git(kube: KubeClient, fakes: 
     eventually(lambda: status_of(kube).get("observedGeneration") == 3 or None, "generation 3 observed")
     eventually(waiting, "still waiting for approval")
     assert status_of(kube)["pipelineGeneration"] == 2
-    # The digest of this candidate, as a GitOps commit would name it, promotes it.
-    approved = {**rollout, "promoteArtifact": f"sha256:{SHA2}"}
+    # The digest of this candidate, read from its status as a GitOps pipeline would, promotes it.
+    digest = status_of(kube)["canary"]["candidateArtifact"]
+    assert digest == f"sha256:{SHA2}"
+    approved = {**rollout, "promoteArtifact": digest}
     kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"spec": {"rollout": approved}})
     status = wait_phase(kube, "Promoted")
     assert status["artifact"]["sha256"] == SHA2

@@ -50,6 +50,10 @@ class OptimizationSummary(ApiModel):
 class CanaryStatus(ApiModel):
     weight: int = Field(default=0, ge=0, le=100, description="Percent of traffic on the candidate now.")
     step: int = Field(default=0, ge=0, description="The current step, counted from 1 (0 before the first).")
+    candidate_artifact: str | None = Field(
+        default=None,
+        description="The candidate's artifact digest, sha256:<hex>: commit it as spec.rollout.promoteArtifact to approve it.",
+    )
     state: str | None = Field(default=None, description="Progressing, AwaitingPromotion, Held, Promoted or RolledBack.")
     last_verdict: str | None = Field(
         default=None, description="The latest interval's decision: continue, promote, rollback or hold."

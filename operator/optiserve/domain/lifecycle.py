@@ -11,7 +11,7 @@ initialisation, it is promoted once ready, without a canary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -101,6 +101,8 @@ class Decision:
     """The candidate's traffic weight the router must have (None: leave the router alone)."""
     canary: CanaryProgress | None = None
     """The rollout's state after this reconcile (written to status.canary)."""
+    candidate_sha256: str | None = None
+    """The artifact on trial (status.canary.candidateArtifact: what a GitOps approval names)."""
 
 
 DEPLOY_DEADLINE_S = 600.0
@@ -196,6 +198,12 @@ def _deploying(observed: Observed, result: JobResult, now: datetime, deadline_s:
 
 def canary_decision(progress: CanaryProgress, result: JobResult, steps: int, poll_s: float) -> Decision:
     """Where the canary's state machine (`optiserve.domain.canary`) leaves the resource."""
+    decision = _canary_decision(progress, result, steps, poll_s)
+    sha = result.artifact.sha256 if result.artifact is not None else None
+    return replace(decision, candidate_sha256=sha)
+
+
+def _canary_decision(progress: CanaryProgress, result: JobResult, steps: int, poll_s: float) -> Decision:
     want = frozenset({Child.JOB, Child.CANDIDATE})
     state = progress.state
     if state is RolloutState.PROMOTED:

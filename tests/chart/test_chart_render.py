@@ -64,7 +64,7 @@ def test_an_invalid_object_fails_the_same_validation(default_objects: list[Objec
 def test_monitors_scrape_the_metrics_port(full_objects: list[Object]) -> None:
     (service,) = find(full_objects, "Service")
     (monitor,) = find(full_objects, "ServiceMonitor")
-    (pod_monitor,) = find(full_objects, "PodMonitor")
+    (pod_monitor,) = [m for m in find(full_objects, "PodMonitor") if not m["metadata"]["name"].endswith("-models")]
     assert monitor["apiVersion"] == pod_monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
@@ -73,6 +73,32 @@ def test_monitors_scrape_the_metrics_port(full_objects: list[Object]) -> None:
     container_ports = {p["name"]: p["containerPort"] for p in operator_container(full_objects)["ports"]}
     assert container_ports == {"health": 8081, "metrics": 9091}
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 9091, "targetPort": "metrics", "protocol": "TCP"}]
+
+
+def test_the_model_pod_monitor_scrapes_triton_and_the_comparator_with_the_variant_label(full_objects: list[Object]) -> None:
+    from optiserve.api.spec import OptimizedModelSpec
+    from optiserve.resources.comparator import build_comparator_deployment
+    from optiserve.resources.pod import Owner
+    from optiserve.resources.triton_deployment import ServingSettings, Variant, build_triton_deployment
+    from optiserve.settings import Settings
+
+    (models,) = [m for m in find(full_objects, "PodMonitor") if m["metadata"]["name"].endswith("-models")]
+    assert models["spec"]["namespaceSelector"] == {"matchNames": ["ml", "ml-staging"]}
+    (endpoint,) = models["spec"]["podMetricsEndpoints"]
+    relabel = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+    assert relabel["variant"] == ["__meta_kubernetes_pod_label_optiserve_io_variant"]
+    assert endpoint["honorLabels"] is True, "the comparator's own model label must survive"
+    # The pods it must select expose a port of that name and carry the label it selects on.
+    spec = OptimizedModelSpec.model_validate(
+        {"model": {"uri": "m", "format": "onnx", "task": "embedding"}, "validation": {"datasetUri": "v.txt"}}
+    )
+    owner = Owner(api_version="optiserve.io/v1alpha1", kind="OptimizedModel", name="m", uid="u")
+    triton = build_triton_deployment(owner, "ml", Variant("candidate", 1, 1), spec.serving.triton, ServingSettings())
+    comparator = build_comparator_deployment(owner, "ml", 1, spec, Settings().comparator_settings())
+    for pod in (triton["spec"]["template"], comparator["spec"]["template"]):
+        assert "optiserve.io/model" in pod["metadata"]["labels"]
+        ports = {p["name"] for c in pod["spec"]["containers"] for p in c["ports"]}
+        assert endpoint["port"] in ports
 
 
 def test_monitors_are_off_by_default(default_objects: list[Object]) -> None:

@@ -98,7 +98,7 @@ def test_labels_selector_scrape_annotations_and_probes() -> None:
     annotations = template["metadata"]["annotations"]
     assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/metrics"}
     container = _container(deployment)
-    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert deployment["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
 
 

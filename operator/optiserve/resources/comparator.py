@@ -23,6 +23,8 @@ from optiserve.resources.triton_deployment import HTTP_PORT as TRITON_HTTP_PORT
 COMPONENT_LABEL = "optiserve.io/component"
 COMPONENT = "comparator"
 HTTP_PORT = 8080
+PORT_NAME = "metrics"
+"""Named like Triton's metrics port, so one PodMonitor endpoint (the chart's) scrapes both."""
 COMPARATOR_UID = 10001  # the optiserve user of the project's images
 
 
@@ -69,14 +71,14 @@ def comparator_args(
 
 def _container(args: list[str], settings: ComparatorDeploymentSettings) -> dict[str, Any]:
     def health(failures: int) -> dict[str, Any]:
-        return {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": failures}
+        return {"httpGet": {"path": "/healthz", "port": PORT_NAME}, "periodSeconds": 10, "failureThreshold": failures}
 
     return {
         "name": COMPONENT,
         "image": settings.image,
         "command": ["optiserve", "comparator"],
         "args": args,
-        "ports": [{"name": "http", "containerPort": HTTP_PORT}],
+        "ports": [{"name": PORT_NAME, "containerPort": HTTP_PORT}],
         "resources": settings.resources.manifest(),
         "securityContext": restricted_security_context(),
         "readinessProbe": health(3),
@@ -138,6 +140,6 @@ def build_comparator_service(owner: Owner, namespace: str) -> dict[str, Any]:
         },
         "spec": {
             "selector": comparator_labels(owner.name),
-            "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}],
+            "ports": [{"name": PORT_NAME, "port": HTTP_PORT, "targetPort": PORT_NAME}],
         },
     }

@@ -207,7 +207,7 @@ def _operator(args: argparse.Namespace) -> int:
 
     try:
         settings = _with_flags(Settings.from_env(), args)
-        kube = KubeClient.from_environment()
+        kube = KubeClient.from_environment(connections=settings.reconcile_workers)
     except (SettingsError, ConfigException) as e:
         _print_errors([str(e)])
         return 1

@@ -42,7 +42,7 @@ from optiserve.api.spec import API_GROUP, API_VERSION
 from optiserve.kube.client import OPTIMIZED_MODELS, AdoptionError, KubeClient, KubeError, TransientError
 from optiserve.observability import TRIGGER_CHANGE, TRIGGER_TIMER, OperatorMetrics
 from optiserve.reconciler import Hooks, reconcile
-from optiserve.settings import Settings
+from optiserve.settings import DEFAULT_RECONCILE_WORKERS, Settings
 
 PREFIX = "optiserve.io"
 ADOPTION_RETRY_S = 60.0
@@ -55,8 +55,10 @@ FIELD_MANAGER = "kopf"
 finalizer and annotations): GitOps tools ignore exactly what it owns (docs/gitops.md)."""
 
 
-def configure_kopf(settings: kopf.OperatorSettings) -> None:
+def configure_kopf(settings: kopf.OperatorSettings, workers: int = DEFAULT_RECONCILE_WORKERS) -> None:
     """kopf settings for this operator; called at startup."""
+    # Sync handlers run in this many threads; each reconcile mostly waits on API calls.
+    settings.execution.max_workers = workers
     # Progress and the last-handled spec go in our own annotations; status stays ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")
@@ -111,13 +113,16 @@ class ObjectLocks:
         with lock:
             yield uid not in self._deleted
 
-    def deleted(self, uid: str) -> None:
-        """Mark `uid` cleaned up; call while holding its lock."""
+    def deleted(self, uid: str) -> bool:
+        """Mark `uid` cleaned up; call while holding its lock. False when it already was: kopf runs
+        the cleanup handler again when the timer took longer to stop than the handler to finish."""
         with self._guard:
+            first = uid not in self._deleted
             self._deleted[uid] = None
             while len(self._deleted) > REMEMBERED_DELETIONS:
                 self._deleted.popitem(last=False)
             self._locks.pop(uid, None)
+        return first
 
 
 def _retryable(error: KubeError) -> kopf.TemporaryError:
@@ -193,8 +198,11 @@ def _cleanup(op: Operator, namespace: str | None, body: kopf.Body, logger: kopf.
             except KubeError as e:
                 raise _retryable(e) from e
             logger.info("removed %d children: %s", len(removed), ", ".join(removed) or "none left")
-        op.locks.deleted(uid)
-    op.metrics.forget(namespace, name)
+        first = op.locks.deleted(uid)
+    if first:
+        op.metrics.deleted(namespace, name)
+    else:
+        op.metrics.forget(namespace, name)
 
 
 def _serve_metrics(config: Settings, metrics: OperatorMetrics) -> contextlib.AbstractContextManager[None]:
@@ -231,7 +239,7 @@ def build_registry(
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure_kopf(settings)
+        configure_kopf(settings, config.reconcile_workers)
         servers.enter_context(_serve_metrics(config, op.metrics))
 
     @kopf.on.cleanup(registry=registry)

@@ -290,7 +290,12 @@ class OperatorMetrics:
             self.models.set(namespace, name, state)
 
     def forget(self, namespace: str, name: str) -> None:
+        """Drop a resource's series (it is gone)."""
         self.models.forget(namespace, name)
+
+    def deleted(self, namespace: str, name: str) -> None:
+        """A deletion finished: count it once and drop the resource's series."""
+        self.forget(namespace, name)
         self.deletions.inc()
 
     def total_reconciles(self) -> int:

@@ -17,6 +17,7 @@ DEFAULT_MODELS_PVC = "optiserve-models"
 DEFAULT_PROMETHEUS = "http://prometheus.monitoring:9090"
 DEFAULT_BIND_ADDRESS = "0.0.0.0"  # noqa: S104 - in a pod, the kubelet and Prometheus reach it from outside
 MAX_PORT = 65535
+DEFAULT_RECONCILE_WORKERS = 16
 
 
 class SettingsError(ValueError):
@@ -38,6 +39,16 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise SettingsError(f"{name}: must be positive, got {raw!r}")
     return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as e:
+        raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from e
 
 
 def _port(env: Mapping[str, str], name: str) -> int | None:
@@ -73,6 +84,9 @@ class Settings:
     """Where kopf's liveness endpoint answers (`/healthz`); None: not served."""
     bind_address: str = DEFAULT_BIND_ADDRESS
     """The address the metrics and health servers listen on."""
+    reconcile_workers: int = DEFAULT_RECONCILE_WORKERS
+    """Threads that run reconciles (kopf's executor for sync handlers) and API connections kept
+    open for them. A reconcile mostly waits on the API, so this, not CPU, bounds throughput."""
 
     def __post_init__(self) -> None:
         # Checked here, not per Job: a misconfigured operator should fail at start, not on every reconcile.
@@ -83,6 +97,8 @@ class Settings:
         for name, port in (("OPTISERVE_METRICS_PORT", self.metrics_port), ("OPTISERVE_HEALTH_PORT", self.health_port)):
             if port is not None and not 1 <= port <= MAX_PORT:
                 raise SettingsError(f"{name}: a port is 1-{MAX_PORT}, got {port}")
+        if self.reconcile_workers < 1:
+            raise SettingsError(f"OPTISERVE_RECONCILE_WORKERS: must be at least 1, got {self.reconcile_workers}")
         if self.metrics_port is not None and self.metrics_port == self.health_port:
             raise SettingsError(f"OPTISERVE_HEALTH_PORT: {self.health_port} is already the metrics port")
 
@@ -101,6 +117,7 @@ class Settings:
             metrics_port=_port(source, "OPTISERVE_METRICS_PORT"),
             health_port=_port(source, "OPTISERVE_HEALTH_PORT"),
             bind_address=source.get("OPTISERVE_BIND_ADDRESS", "").strip() or DEFAULT_BIND_ADDRESS,
+            reconcile_workers=_count(source, "OPTISERVE_RECONCILE_WORKERS", DEFAULT_RECONCILE_WORKERS),
         )
 
     def liveness_endpoint(self) -> str | None:

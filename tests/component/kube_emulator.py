@@ -26,6 +26,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import copy
+import functools
 import re
 import secrets
 import threading
@@ -40,6 +41,7 @@ import attrs
 import jsonpatch
 import jsonpointer
 import kmock
+from kmock._internal import k8s_dicts  # the stored-object type, for the fast paths
 
 ALL_VERBS = frozenset({"list", "watch", "get", "patch", "create", "update", "delete"})
 
@@ -79,26 +81,43 @@ def _requirements(selector: str) -> list[str]:
     return [part for part in parts if part.strip()]
 
 
-def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
-    """Whether labels satisfy a Kubernetes label selector; a malformed one is a ValueError."""
+Requirement = tuple[str, str, frozenset[str]]
+"""(operator, key, values): operator is one of !, in, notin, =, !=, exists."""
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_selector(selector: str) -> tuple[Requirement, ...]:
+    """A label selector's requirements, parsed once per selector (a list matches it against every object)."""
+    parsed: list[Requirement] = []
     for requirement in _requirements(selector):
         match = _REQUIREMENT.match(requirement)
         if match is None:
             raise ValueError(f"unparsable label selector requirement: {requirement!r}")
         if match["absent"]:
-            ok = match["key0"] not in labels
+            parsed.append(("!", match["key0"], frozenset()))
         elif match["setop"]:
-            values = {v.strip() for v in match["values"].split(",") if v.strip()}
-            present = match["key1"] in labels and labels[match["key1"]] in values
-            ok = present if match["setop"] == "in" else not present
+            values = frozenset(v.strip() for v in match["values"].split(",") if v.strip())
+            parsed.append((match["setop"], match["key1"], values))
         elif match["op"]:
-            equal = labels.get(match["key2"]) == match["value"]
-            ok = not equal if match["op"] == "!=" else equal
+            parsed.append(("!=" if match["op"] == "!=" else "=", match["key2"], frozenset({match["value"]})))
         else:
-            ok = match["key3"] in labels
-        if not ok:
-            return False
-    return True
+            parsed.append(("exists", match["key3"], frozenset()))
+    return tuple(parsed)
+
+
+def _satisfied(requirement: Requirement, labels: Mapping[str, str]) -> bool:
+    operator, key, values = requirement
+    if operator == "!":
+        return key not in labels
+    if operator == "exists":
+        return key in labels
+    present = key in labels and labels[key] in values
+    return not present if operator in ("notin", "!=") else present
+
+
+def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
+    """Whether labels satisfy a Kubernetes label selector; a malformed one is a ValueError."""
+    return all(_satisfied(requirement, labels) for requirement in parse_selector(selector))
 
 
 def _labels_of(obj: object) -> Mapping[str, str]:
@@ -115,10 +134,16 @@ def _revision_of(obj: object) -> int:
 
 @attrs.define(kw_only=True)
 class KubeEmulator(kmock.KubernetesEmulator):
+    request_history: int | None = None
+    """Keep only this many past requests (None: all). kmock matches every request against its
+    whole history, so each request costs time in proportion to all before it; a long run (the
+    scale benchmark) bounds it. Tests that count or slice past requests keep the default."""
     _revision: int = attrs.field(default=0, init=False)
     _writes: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if self.request_history is not None and len(self._requests) > self.request_history:
+            del self._requests[: len(self._requests) - self.request_history]
         if request.resource is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE):
             return await super()._handle(request)
         # One write at a time: the stamps are computed from the stored object the write changes.
@@ -173,9 +198,54 @@ class KubeEmulator(kmock.KubernetesEmulator):
             stamps["generation"] = int((before.get("metadata") or {}).get("generation") or 0) + 1
         return stamps
 
+    # kmock finds the object of a GET, PATCH or DELETE by scanning every stored object; with
+    # thousands (the scale benchmark: models, Jobs, Events) that dominates. These look the
+    # object up by its key, as kmock's own write path (`_handle`) stores it.
+
+    def _stored(self, request: kmock.Request, namespace: str | None, name: str | None) -> k8s_dicts.Object | None:
+        if request.resource is None or name is None:
+            return None
+        key = (request.resource, namespace, name)
+        return self._objects[key] if key in self._objects else None  # noqa: SIM401 - ObjectsArray has no get()
+
+    async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
+        async with self._lock:
+            obj = self._stored(request, request.namespace, request.name)
+        if obj is None or obj.deleted:
+            raise kmock.KubernetesObjectNotFoundError()
+        return obj.raw
+
+    async def _serve_create(self, request: kmock.Request) -> kmock.Payload:
+        meta = (request.data or {}).get("metadata", {}) if isinstance(request.data, dict) else {}
+        async with self._lock:
+            obj = self._stored(request, request.namespace or meta.get("namespace"), request.name or meta.get("name"))
+        assert obj is not None, "stored by kmock's _handle before this runs"
+        return obj.raw
+
+    async def _serve_update(self, request: kmock.Request) -> kmock.Payload:
+        async with self._lock:
+            obj = self._stored(request, request.namespace, request.name)
+        assert obj is not None, "patched by kmock's _handle before this runs"
+        return obj.last.raw
+
+    async def _serve_delete(self, request: kmock.Request) -> kmock.Payload:
+        async with self._lock:
+            obj = self._stored(request, request.namespace, request.name)
+        assert obj is not None, "deleted by kmock's _handle before this runs"
+        return obj.last.raw
+
     async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
         revision = str(self._revision)  # before listing: a write during the list is re-sent by the watch
-        payload = await super()._serve_list(request)
+        if request.resource in self.resources:  # declared: pick its objects by key, not kmock's scans
+            async with self._lock:
+                items = [
+                    obj.raw
+                    for (resource, namespace, _), obj in self._objects.items()
+                    if resource == request.resource and request.namespace in (None, namespace) and not obj.deleted
+                ]
+            payload: kmock.Payload = {"items": items}
+        else:
+            payload = await super()._serve_list(request)
         if isinstance(payload, dict):
             payload["metadata"] = {"resourceVersion": revision}
             selector = request.params.get("labelSelector")
@@ -212,7 +282,9 @@ class RunningEmulator:
 
 
 @contextlib.contextmanager
-def serve_emulator(resources: Mapping[str, kmock.ResourceInfo], timeout_s: float = 30.0) -> Iterator[RunningEmulator]:
+def serve_emulator(
+    resources: Mapping[str, kmock.ResourceInfo], timeout_s: float = 30.0, request_history: int | None = None
+) -> Iterator[RunningEmulator]:
     """Serve a `KubeEmulator` declaring `resources` on a free 127.0.0.1 port, in its own thread and loop."""
     loop = asyncio.new_event_loop()
     started: concurrent.futures.Future[tuple[KubeEmulator, str, asyncio.Event]] = concurrent.futures.Future()
@@ -220,7 +292,10 @@ def serve_emulator(resources: Mapping[str, kmock.ResourceInfo], timeout_s: float
     async def main() -> None:
         stop = asyncio.Event()
         try:
-            async with KubeEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1") as server:
+            async with (
+                KubeEmulator(request_history=request_history) as emulator,
+                kmock.Server(emulator, host="127.0.0.1") as server,
+            ):
                 for key, info in resources.items():
                     emulator.resources[key] = info
                 started.set_result((emulator, str(server.url).rstrip("/"), stop))

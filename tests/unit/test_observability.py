@@ -119,10 +119,18 @@ def test_the_canary_weight_follows_status_and_goes_when_the_canary_status_goes()
 def test_a_forgotten_resource_leaves_no_series() -> None:
     metrics = OperatorMetrics()
     metrics.observe_status("ml", "a", {}, {"phase": "Canary", "phaseSince": T0_TEXT, "canary": {"weight": 10}}, now=T0)
-    metrics.forget("ml", "a")
+    metrics.deleted("ml", "a")
     left = [key for key in samples(metrics) if ("name", "a") in key[1]]
     assert left == []
     assert value(metrics, "optiserve_models", phase="Canary") == 0
+    assert value(metrics, "optiserve_deletions_total") == 1
+
+
+def test_forgetting_again_counts_no_second_deletion() -> None:
+    metrics = OperatorMetrics()
+    metrics.observe_status("ml", "a", {}, {"phase": "Failed", "phaseSince": T0_TEXT}, now=T0)
+    metrics.deleted("ml", "a")
+    metrics.forget("ml", "a")
     assert value(metrics, "optiserve_deletions_total") == 1
 
 

@@ -287,9 +287,14 @@ class KubeClient:
         self._timeout = (min(10.0, timeout_s), timeout_s)
 
     @classmethod
-    def from_environment(cls) -> KubeClient:
-        """In-cluster service account credentials, else the current kubeconfig context."""
+    def from_environment(cls, connections: int | None = None) -> KubeClient:
+        """In-cluster service account credentials, else the current kubeconfig context.
+
+        `connections`: how many API connections to keep open, at least one per thread that
+        calls the client (else urllib3 discards and re-opens them: a TLS handshake each)."""
         configuration = k8s.Configuration()
+        if connections is not None:
+            configuration.connection_pool_maxsize = connections
         try:
             k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except k8s_config.ConfigException:

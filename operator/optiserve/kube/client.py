@@ -236,6 +236,15 @@ def job_result_from_pods(pods: Iterable[Mapping[str, Any]]) -> tuple[JobResult |
     return None, "no finished pod of the job was found, so its result is unavailable"
 
 
+def _telling_line(message: str) -> str:
+    """The line of a container's termination message that says why it ended (with
+    terminationMessagePolicy FallbackToLogsOnError, the message is its log's tail): the last line
+    that reports an error, else the last line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or [""])[-1]
+
+
 def pod_failure(pods: Iterable[Mapping[str, Any]]) -> str:
     """Why pods cannot become ready, when a pod says so (image pull, crash loop, scheduling)."""
     for pod in pods:
@@ -246,11 +255,12 @@ def pod_failure(pods: Iterable[Mapping[str, Any]]) -> str:
             waiting = state.get("waiting") or {}
             last = (container.get("lastState") or {}).get("terminated") or {}
             if waiting.get("reason") in STUCK_WAITING_REASONS:
-                detail = waiting.get("message") or last.get("message") or last.get("reason") or ""
+                # In a crash loop the kubelet's back-off text says nothing new; the last run's own words say why.
+                detail = _telling_line(str(last.get("message") or "")) or waiting.get("message") or last.get("reason") or ""
                 return f"pod {name}: container {container.get('name')}: {waiting['reason']}" + (f": {detail}" if detail else "")
             terminated = state.get("terminated") or {}
             if terminated and terminated.get("reason") not in (None, "Completed"):
-                detail = terminated.get("message") or ""
+                detail = _telling_line(str(terminated.get("message") or ""))
                 return f"pod {name}: container {container.get('name')}: {terminated['reason']}" + (
                     f": {detail}" if detail else ""
                 )

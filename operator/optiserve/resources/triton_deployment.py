@@ -86,6 +86,9 @@ def build_triton_deployment(
         ],
         "resources": settings.resources.manifest(),
         "securityContext": restricted_security_context(),
+        # A model that fails to load ends the server (exit-on-error); its log's tail, kept as the
+        # termination message, is how the operator's status can say why the candidate is not ready.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
         **_probes(model, repository_dir, settings.startup_seconds),
     }

@@ -11,6 +11,7 @@ runs after every tick, so the test knows on the run's own clock when it struck.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -129,5 +130,8 @@ def plan_of(manifest: Path) -> tuple[OptimizedModel, CanaryPlan]:
 
 
 def report_figure(item: str, **values: object) -> None:
-    """One line of measured figures (run pytest with -s to see them; docs/reliability.md quotes them)."""
-    print(f"FIGURE {json.dumps({'item': item, **values}, default=str)}")
+    """One line of measured figures (run pytest with -s to see them; docs/reliability.md quotes them).
+
+    Written to the process's own stdout: kopf's test runner swaps `sys.stdout` while the operator runs.
+    """
+    print(f"FIGURE {json.dumps({'item': item, **values}, default=str)}", file=sys.__stdout__, flush=True)

@@ -44,6 +44,7 @@ class SequenceLogits(torch.nn.Module):
 def _load_huggingface(source: SourceModel) -> torch.nn.Module:
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # the job reports its own progress
     names = [i.name for i in source.inputs]
     common: dict[str, Any] = {"local_files_only": True, "attn_implementation": "eager"}
     if source.spec.task is Task.CLASSIFICATION:

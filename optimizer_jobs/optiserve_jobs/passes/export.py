@@ -44,7 +44,7 @@ class Export:
         with warnings.catch_warnings():
             # The tracer's generic warnings (Python booleans, advanced indexing) say an export *might*
             # not generalise; the numerical check below, on real samples, says whether it did.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", torch.jit._trace.TracerWarning)
             warnings.filterwarnings("ignore", message="Exporting aten::index operator")
             torch.onnx.export(
                 module,

@@ -1,0 +1,362 @@
+"""Serving performance: the optimized MiniLM on the real tritonserver, dynamic batching on and off.
+
+Two Triton servers (CPU, the Python-backend model running ONNX Runtime) serve the same model from
+two repositories that differ only in ``dynamic_batching``; the load is OptiServe's own bounded
+async gRPC generator (``optiserve.local.load``) at a fixed concurrency, sending the validation
+sentences (tokenized to 128 tokens, one sentence per request) round-robin. The reference is the
+same ONNX file in an ONNX Runtime session called in-process at batch 8 and batch 1, with the same
+intra-op threads, in a worker process of its own (``optiserve_jobs.benchmark``). Every round runs
+all four in turn; the figures are medians over rounds, the ratios are taken within the run.
+
+    python bench/serving.py --model-dir out/minilm --out bench/results
+    python bench/serving.py --out bench/results          # optimizes MiniLM first (about a minute)
+
+Prints JSON and a markdown table; ``--out DIR`` also writes serving.json and serving.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from optiserve.api.spec import BenchmarkSpec, TritonBackend
+from optiserve.golden import GOLDEN_FILE, GoldenSample, load_golden
+from optiserve.local.load import LoadConfig, run_load
+from optiserve.local.load_clients import LoadTarget
+from optiserve.local.triton import TritonServer, find_triton_install
+from optiserve.resources.triton_config import parse_model_config, render_model_config
+from optiserve_jobs import triton_python_model
+from optiserve_jobs.benchmark import run_benchmark
+from optiserve_jobs.report import machine_report
+from optiserve_jobs.repository import REPOSITORIES, verify
+from optiserve_jobs.runners import VariantSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples/minilm/optimizedmodel.yaml"
+PYTHON_REPOSITORY = REPOSITORIES[TritonBackend.PYTHON]
+MODEL = "minilm"
+SEQUENCE_LENGTH = 128
+DYNAMIC, STATIC = "triton, dynamic batching", "triton, no dynamic batching"
+IN_PROCESS = "in-process ONNX Runtime, batch {}"
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    threads: int
+    instances: int | None
+    max_queue_delay_us: int | None
+    preferred_batch_sizes: list[int] | None
+    spinning: bool | None = None
+
+
+# -- inputs ----------------------------------------------------------------------------------
+
+
+def optimized_model_dir(model_dir: Path | None, work: Path) -> Path:
+    """An `optiserve optimize` output: the given one (checked against its manifest) or a new one."""
+    if model_dir is None:
+        model_dir = work / "optimized"
+        print(f"optimizing {EXAMPLE.relative_to(ROOT)} into {model_dir}", file=sys.stderr)
+        command = [str(Path(sys.executable).with_name("optiserve")), "optimize", "-f", str(EXAMPLE), "--out", str(model_dir)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    verify(model_dir)
+    return model_dir
+
+
+def golden_samples(model_dir: Path, count: int, sequence_length: int) -> list[GoldenSample]:
+    """The job's golden set (the validation sentences as requests), right-padded with zeros to
+    ``sequence_length`` tokens as the job's own benchmark does (0: each sentence at its own length).
+
+    Without a golden set (an output from before it existed) the sentences are tokenized here.
+    """
+    golden = model_dir / GOLDEN_FILE
+    samples = load_golden(golden, limit=count) if golden.is_file() else _tokenized_validation(count)
+    return [_padded(sample, sequence_length) for sample in samples] if sequence_length else samples
+
+
+def _padded(sample: GoldenSample, length: int) -> GoldenSample:
+    inputs = {}
+    for name, array in sample.inputs.items():
+        tokens = np.asarray(array)[:, :length]
+        inputs[name] = np.pad(tokens, ((0, 0), (0, length - tokens.shape[1])))  # pad id, type and mask are all 0
+    return GoldenSample(inputs=inputs, label=sample.label)
+
+
+def _tokenized_validation(count: int) -> list[GoldenSample]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(ROOT / "examples/minilm/model"), local_files_only=True)
+    lines = (ROOT / "examples/minilm/data/validation.txt").read_text().splitlines()
+    texts = [line.strip() for line in lines if line.strip()][:count]
+    names = ("input_ids", "token_type_ids", "attention_mask")
+    samples = []
+    for text in texts:
+        encoded = tokenizer([text], truncation=True, max_length=SEQUENCE_LENGTH, return_tensors="np")
+        samples.append(GoldenSample(inputs={n: np.asarray(encoded[n], dtype=np.int64) for n in names}))
+    return samples
+
+
+def serving_repository(model_dir: Path, destination: Path, settings: ServingSettings, *, dynamic: bool) -> Path:
+    """A copy of the published Python-backend repository, with this checkout's model.py.
+
+    The two copies differ only in ``dynamic_batching``; instances and threads are set on both.
+    """
+    shutil.copytree(model_dir / PYTHON_REPOSITORY, destination)
+    model = destination / MODEL
+    shutil.copyfile(triton_python_model.__file__, model / "1" / "model.py")
+    config = parse_model_config((model / "config.pbtxt").read_text())
+    config.parameters["intra_op_threads"].string_value = str(settings.threads)
+    if settings.instances is not None:
+        config.instance_group[0].count = settings.instances
+    if settings.max_queue_delay_us is not None:
+        config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
+    if settings.preferred_batch_sizes is not None:
+        del config.dynamic_batching.preferred_batch_size[:]
+        config.dynamic_batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
+    if settings.spinning is not None:
+        config.parameters["intra_op_spinning"].string_value = "1" if settings.spinning else "0"
+    if not dynamic:
+        config.ClearField("dynamic_batching")
+    (model / "config.pbtxt").write_text(render_model_config(config))
+    return destination
+
+
+# -- measurements ----------------------------------------------------------------------------
+
+
+def model_counters(server: TritonServer) -> dict[str, float]:
+    """Triton's cumulative counters for the model (executions, requests, queue and compute time)."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:  # loopback URL of our own server
+        text = response.read().decode()
+    wanted = {
+        "nv_inference_exec_count": "executions",
+        "nv_inference_request_success": "requests",
+        "nv_inference_queue_duration_us": "queue_us",
+        "nv_inference_compute_infer_duration_us": "compute_us",
+    }
+    counters: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):  # counter families drop the _total their samples carry
+        for sample in family.samples:
+            if family.name in wanted and sample.labels.get("model") == MODEL:
+                counters[wanted[family.name]] = sample.value
+    return counters
+
+
+def settled_counters(server: TritonServer, requests_at_least: float) -> dict[str, float]:
+    """Counters once Triton has recorded every answered request (statistics lag the answers)."""
+    deadline = time.monotonic() + 10
+    counters = model_counters(server)
+    while counters.get("requests", 0) < requests_at_least and time.monotonic() < deadline:
+        time.sleep(0.1)
+        counters = model_counters(server)
+    return counters
+
+
+def serve_round(server: TritonServer, samples: list[GoldenSample], config: LoadConfig) -> dict[str, float]:
+    """One timed load on one server: throughput, latency percentiles and how Triton batched it."""
+    target = LoadTarget(server.grpc_url, MODEL)
+    asyncio.run(run_load(target, samples, LoadConfig(concurrency=config.concurrency, max_duration_s=1.0)))  # settle
+    before = settled_counters(server, 0)
+    result = asyncio.run(run_load(target, samples, config))
+    summary = result.summary()
+    if summary.failed or summary.p50_ms is None or summary.p95_ms is None:
+        errors = {r.error for r in result.records if not r.ok}
+        raise RuntimeError(f"{summary.failed} of {summary.requests} requests failed: {sorted(e or '' for e in errors)[:3]}")
+    after = settled_counters(server, before.get("requests", 0) + summary.requests)
+    executions = after["executions"] - before["executions"]
+    requests = after["requests"] - before["requests"]
+    return {
+        "sentences_per_s": summary.throughput_per_s,
+        "p50_ms": summary.p50_ms,
+        "p95_ms": summary.p95_ms,
+        "mean_batch": requests / executions if executions else 0.0,
+        "queue_ms_per_request": (after["queue_us"] - before["queue_us"]) / 1000.0 / requests if requests else 0.0,
+        # Triton adds a batch's compute time to each of its requests.
+        "compute_ms_per_batch": (after["compute_us"] - before["compute_us"]) / 1000.0 / requests if requests else 0.0,
+    }
+
+
+def in_process_round(onnx_path: Path, samples: list[GoldenSample], threads: int, iterations: int) -> dict[int, dict[str, float]]:
+    """The same ONNX file in-process at batch 8 and 1 (a fresh worker process, warmed up)."""
+    batches = {8: _stack(samples[:8]), 1: _stack(samples[:1])}
+    spec = BenchmarkSpec(batch_sizes=[8, 1], threads=threads, warmup=5, iterations=iterations, repeats=1, profile=False)
+    (result,) = run_benchmark([(VariantSpec(name="in-process", onnx_path=onnx_path), "onnxruntime", onnx_path)], batches, spec)
+    return {
+        timing.batch_size: {"sentences_per_s": timing.throughput_per_s, "p50_ms": timing.p50_ms, "p95_ms": timing.p95_ms}
+        for timing in result.batches
+    }
+
+
+def _stack(samples: list[GoldenSample]) -> dict[str, np.ndarray]:
+    """One batch, right-padded to its longest sentence as the served model pads a batch."""
+    longest = max(int(np.asarray(s.inputs[name]).shape[1]) for s in samples for name in s.inputs)
+    return {name: np.concatenate([_padded(s, longest).inputs[name] for s in samples]) for name in samples[0].inputs}
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def started(repository: Path, log_path: Path) -> Iterator[TritonServer]:
+    with TritonServer(repository, install=find_triton_install(), log_path=log_path, summary_latencies=False) as server:
+        server.wait_model_ready(MODEL, timeout_s=180)
+        yield server
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+Rows = dict[str, dict[str, float]]
+
+
+def run_rounds(
+    rounds: int, measure: dict[str, Callable[[], Rows]], on_progress: Callable[[str], None]
+) -> dict[str, list[dict[str, float]]]:
+    """Every measurement once per round, in turn, the order rotated each round; each gives one or more rows."""
+    names = list(measure)
+    results: dict[str, list[dict[str, float]]] = {}
+    for index in range(rounds):
+        order = names[index % len(names) :] + names[: index % len(names)]
+        for name in order:
+            on_progress(f"round {index + 1}/{rounds}: {name}")
+            for row, values in measure[name]().items():
+                results.setdefault(row, []).append(values)
+    return results
+
+
+def medians(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+
+
+def ratios(by_variant: dict[str, dict[str, float]]) -> dict[str, float]:
+    dynamic, static = by_variant[DYNAMIC], by_variant[STATIC]
+    batch8 = by_variant[IN_PROCESS.format(8)]
+    return {
+        "dynamic_vs_static_throughput": dynamic["sentences_per_s"] / static["sentences_per_s"],
+        "dynamic_vs_static_p95": dynamic["p95_ms"] / static["p95_ms"],
+        "dynamic_vs_in_process_batch8_throughput": dynamic["sentences_per_s"] / batch8["sentences_per_s"],
+    }
+
+
+def markdown(by_variant: dict[str, dict[str, float]], ratio: dict[str, float]) -> str:
+    lines = [
+        "| variant | sentences/s | p50 ms | p95 ms | mean batch | queue ms/request | compute ms/batch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in by_variant.items():
+        cells = [f"{row['sentences_per_s']:.1f}", f"{row['p50_ms']:.2f}", f"{row['p95_ms']:.2f}"]
+        cells += [f"{row[k]:.2f}" if k in row else "" for k in ("mean_batch", "queue_ms_per_request", "compute_ms_per_batch")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        _target_row("dynamic batching >= 1.3x throughput", ratio["dynamic_vs_static_throughput"], 1.3, "x"),
+        _target_row("dynamic batching p95 no worse (ratio <= 1)", 1 / ratio["dynamic_vs_static_p95"], 1.0, "x better"),
+        _target_row(">= 90 % of in-process batch-8 throughput", ratio["dynamic_vs_in_process_batch8_throughput"], 0.9, ""),
+    ]
+    return "\n".join(lines)
+
+
+def _target_row(target: str, value: float, minimum: float, unit: str) -> str:
+    shown = f"{value:.0%}" if unit == "" else f"{value:.2f}{unit}"
+    return f"| {target} | {shown} | {'met' if value >= minimum else 'missed'} |"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, help="an `optiserve optimize` output (default: optimize MiniLM first)")
+    parser.add_argument("--out", type=Path, help="write serving.json and serving.md here")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=10.0, help="load per round and server")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=200, help="validation sentences sent round-robin")
+    parser.add_argument(
+        "--sequence-length",
+        type=int,
+        default=SEQUENCE_LENGTH,
+        help=f"pad every sentence to this many tokens (default {SEQUENCE_LENGTH}, as the job's benchmark); 0: as they are",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (server and in-process)")
+    parser.add_argument("--iterations", type=int, default=40, help="in-process runs per batch size and round")
+    parser.add_argument("--instances", type=int, help="override the repository's instance count (both servers)")
+    parser.add_argument("--max-queue-delay-us", type=int, help="override max_queue_delay_microseconds")
+    parser.add_argument("--preferred", type=int, nargs="*", help="override preferred_batch_size")
+    parser.add_argument(
+        "--spinning", choices=("on", "off"), help="override the model's intra_op_spinning (default: the model's, off)"
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    spinning = None if args.spinning is None else args.spinning == "on"
+    settings = ServingSettings(args.threads, args.instances, args.max_queue_delay_us, args.preferred, spinning)
+    load = LoadConfig(concurrency=args.concurrency, max_duration_s=args.seconds)
+    progress: Callable[[str], None] = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="optiserve-serving-") as tmp, ExitStack() as servers:
+        work = Path(tmp)
+        model_dir = optimized_model_dir(args.model_dir, work)
+        samples = golden_samples(model_dir, args.samples, args.sequence_length)
+        onnx_path = model_dir / PYTHON_REPOSITORY / MODEL / "1" / "model.onnx"
+        repositories = {
+            DYNAMIC: serving_repository(model_dir, work / "dynamic", settings, dynamic=True),
+            STATIC: serving_repository(model_dir, work / "static", settings, dynamic=False),
+        }
+        config_text = {name: (repo / MODEL / "config.pbtxt").read_text() for name, repo in repositories.items()}
+        running = {name: servers.enter_context(started(repo, work / f"{name[:12]}.log")) for name, repo in repositories.items()}
+
+        def reference() -> Rows:
+            timings = in_process_round(onnx_path, samples, args.threads, args.iterations)
+            return {IN_PROCESS.format(batch): timing for batch, timing in sorted(timings.items(), reverse=True)}
+
+        measure: dict[str, Callable[[], Rows]] = {
+            "in-process ONNX Runtime": reference,
+            DYNAMIC: lambda: {DYNAMIC: serve_round(running[DYNAMIC], samples, load)},
+            STATIC: lambda: {STATIC: serve_round(running[STATIC], samples, load)},
+        }
+        per_round = run_rounds(args.rounds, measure, progress)
+    by_variant = {name: medians(rounds) for name, rounds in per_round.items()}
+    ratio = ratios(by_variant)
+    result: dict[str, Any] = {
+        "machine": machine_report().model_dump(),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "settings": asdict(settings) | {"concurrency": args.concurrency, "seconds": args.seconds, "rounds": args.rounds},
+        "samples": len(samples),
+        "sequence_length": args.sequence_length or "as sent (golden set)",
+        "medians": by_variant,
+        "ratios": ratio,
+        "rounds": per_round,
+        "config_pbtxt": config_text,
+    }
+    table = markdown(by_variant, ratio)
+    print(json.dumps(result, indent=2))
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "serving.json").write_text(json.dumps(result, indent=2))
+        (args.out / "serving.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from optiserve.settings import Settings
 from tests.component.test_canary_operator import QUICK_ROLLOUT, SECOND, Fakes
 from tests.component.test_operator import (
     DISCOVERY,
+    EVENTS,
     MODEL,
     NAMESPACE,
     OPTIMIZED_MODELS,
@@ -45,6 +48,12 @@ RESULTS = {1: PASSED, 2: SECOND}
 """What each generation's optimization Job reports."""
 
 T = TypeVar("T")
+
+
+def report_figure(item: str, **values: object) -> None:
+    """One line of measured figures, `FIGURE {json}` (docs/reliability.md quotes them; run pytest with
+    -s to see them). Written to the process's own stdout: kopf's test runner swaps `sys.stdout`."""
+    print(f"FIGURE {json.dumps({'item': item, **values}, default=str)}", file=sys.__stdout__, flush=True)
 
 
 def client_with_token(url: str, token: str) -> KubeClient:
@@ -151,6 +160,12 @@ class Life:
 
     def status(self) -> dict[str, Any]:
         return dict(self.model().get("status") or {})
+
+    def events(self) -> list[str]:
+        """The messages of the events about the model, oldest first."""
+        found = self.kube.select(EVENTS, NAMESPACE, "")
+        ours = [e for e in found if (e.get("involvedObject") or {}).get("name") == MODEL]
+        return [str(e.get("message", "")) for e in sorted(ours, key=lambda e: str(e.get("eventTime") or ""))]
 
     def deployments(self) -> list[str]:
         return sorted(d["metadata"]["name"] for d in self.kube.select(DEPLOYMENTS, NAMESPACE, f"optiserve.io/model={MODEL}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,9 @@ def parse_manifest(document: Any, source: str = "<manifest>") -> OptimizedModel:
     if not isinstance(document, dict):
         raise ManifestError(source, ["<root>: expected a mapping (an OptimizedModel manifest)"])
     try:
-        return OptimizedModel.model_validate(document)
+        # As JSON, strictly: the API server checks a manifest's types exactly, so a quoted "yes"
+        # is no boolean and "5" no integer here either (lax parsing would accept both).
+        return OptimizedModel.model_validate_json(json.dumps(document, default=str), strict=True)
     except ValidationError as e:
         raise ManifestError(source, format_validation_error(e)) from e
 

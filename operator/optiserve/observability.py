@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from optiserve.api.status import Phase
 from optiserve.kube.client import AdoptionError, ApiError, TransientError
+from optiserve.merge_patch import apply_merge_patch
 
 TRIGGER_CHANGE: Final = "change"
 """Create, update and resume: kopf saw the resource change (or the operator start)."""
@@ -61,15 +62,7 @@ def parse_time(value: object) -> float | None:
 
 def merged_status(previous: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     """`previous` after the JSON merge patch `patch` (None removes a field), as the API server applies it."""
-    merged = dict(previous)
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merged_status(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    return apply_merge_patch(previous, patch)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from optiserve.canary_reconcile import SIGNAL_ANNOTATIONS, CanaryInputs, Metrics
 from optiserve.domain.lifecycle import TERMINAL, Child, Decision, JobObservation, Observed, decide
 from optiserve.domain.pipeline_generation import described_generation, pipeline_generation, spec_digest
 from optiserve.kube.client import ARTIFACT_ANNOTATION, BASELINE, CANDIDATE, KubeClient, TransientError
+from optiserve.merge_patch import apply_merge_patch
 from optiserve.providers.traffic import PermanentTrafficError, TrafficError, TrafficRouter, TransientTrafficError, verify
 from optiserve.providers.traffic_factory import RouterContext, router_for
 from optiserve.resources.comparator import build_comparator_deployment, build_comparator_service
@@ -68,18 +69,6 @@ def _phase(value: object) -> Phase:
         return Phase(str(value))
     except ValueError:
         return Phase.PENDING
-
-
-def _merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _parse(
@@ -308,7 +297,7 @@ def reconcile(
             name, namespace, body, status, settings, kube, now or datetime.now(UTC), hooks or Hooks()
         )
         patch = {**patch, **step}  # each pass writes whole top-level fields; None (remove) is kept
-        status = _merge(status, step)
+        status = apply_merge_patch(status, step)
         events.extend(step_events)
         if decision.requeue_after_s != 0:
             break

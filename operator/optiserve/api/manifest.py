@@ -61,8 +61,8 @@ def parse_manifest(document: Any, source: str = "<manifest>") -> OptimizedModel:
         raise ManifestError(source, format_validation_error(e)) from e
 
 
-def load_manifest(path: Path) -> OptimizedModel:
-    """Read one OptimizedModel from a YAML file (the first document of that kind)."""
+def read_manifest_document(path: Path) -> dict[str, Any]:
+    """The first OptimizedModel document of a YAML file, unvalidated (local mode adjusts it first)."""
     try:
         documents = list(yaml.safe_load_all(path.read_text()))
     except FileNotFoundError as e:
@@ -71,5 +71,10 @@ def load_manifest(path: Path) -> OptimizedModel:
         raise ManifestError(str(path), [f"<yaml>: {e}"]) from e
     for document in documents:
         if isinstance(document, dict) and document.get("kind") == "OptimizedModel":
-            return parse_manifest(document, str(path))
+            return document
     raise ManifestError(str(path), ["kind: no document of kind OptimizedModel"])
+
+
+def load_manifest(path: Path) -> OptimizedModel:
+    """Read one OptimizedModel from a YAML file (the first document of that kind)."""
+    return parse_manifest(read_manifest_document(path), str(path))

@@ -13,30 +13,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from optiserve.api.manifest import ManifestError, parse_manifest
+from optiserve.api.manifest import parse_manifest, read_manifest_document
 from optiserve.api.spec import OptimizedModel
 
 
-def _read(path: Path) -> dict[str, Any]:
-    """The first OptimizedModel document of the file (as `load_manifest` picks it)."""
-    try:
-        documents = list(yaml.safe_load_all(path.read_text()))
-    except FileNotFoundError as e:
-        raise ManifestError(str(path), ["<file>: no such file"]) from e
-    except yaml.YAMLError as e:
-        raise ManifestError(str(path), [f"<yaml>: {e}"]) from e
-    for document in documents:
-        if isinstance(document, dict) and document.get("kind") == "OptimizedModel":
-            return document
-    raise ManifestError(str(path), ["<root>: no OptimizedModel document in the file"])
-
-
 def local_manifest(path: Path, *, interval: str | None = None, warmup: str | None = None) -> OptimizedModel:
-    document = copy.deepcopy(_read(path))
+    document = copy.deepcopy(read_manifest_document(path))
     rollout = (document.get("spec") or {}).get("rollout")
     if isinstance(rollout, dict):
         rollout["traffic"] = {"provider": "nginx"}

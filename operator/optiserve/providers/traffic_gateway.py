@@ -11,15 +11,15 @@ applies them is the Gateway controller's part, reported in the route's `status.p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from optiserve.api.rollout import GatewayRef
-from optiserve.kube.client import ApiError, KubeError, TransientError, contains
+from optiserve.kube.client import ApiError, contains
 from optiserve.kube.traffic import TrafficApi
 from optiserve.providers.traffic import PermanentTrafficError, TransientTrafficError, check_weight
+from optiserve.providers.traffic_errors import api_errors
 from optiserve.resources.httproute import RouteBackends, RouteError, build_httproute, candidate_weight_of, reweighted_rules
 from optiserve.resources.pod import Owner
 
@@ -34,17 +34,8 @@ class OwnedRoute:
     gateway: GatewayRef
 
 
-@contextmanager
-def _api_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except TransientError as e:
-        raise TransientTrafficError(f"{what}: {e}", delay_s=e.delay_s) from e
-    except ApiError as e:
-        hint = " (are the Gateway API CRDs installed?)" if e.status == 404 else ""
-        raise PermanentTrafficError(f"{what}: {e}{hint}") from e
-    except KubeError as e:
-        raise PermanentTrafficError(f"{what}: {e}") from e
+def _api_errors(what: str) -> AbstractContextManager[None]:
+    return api_errors(what, not_found_hint=" (are the Gateway API CRDs installed?)")
 
 
 def _rules(route: dict[str, Any]) -> list[dict[str, Any]]:

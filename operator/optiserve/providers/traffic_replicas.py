@@ -24,12 +24,9 @@ the split will be); `ready_weight` reads their ready replicas (what it is now).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from optiserve.kube.client import KubeError, TransientError
 from optiserve.kube.traffic import Replicas, TrafficApi
 from optiserve.providers.traffic import PermanentTrafficError, TransientTrafficError, check_weight
+from optiserve.providers.traffic_errors import api_errors
 from optiserve.resources.httproute import percent
 from optiserve.resources.model_service import build_model_service, model_selector, model_service_name
 from optiserve.resources.names import deployment_name
@@ -59,14 +56,7 @@ def weight_of(baseline: int, candidate: int) -> int | None:
     return None if total <= 0 else percent(candidate, total)
 
 
-@contextmanager
-def _api_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except TransientError as e:
-        raise TransientTrafficError(f"{what}: {e}", delay_s=e.delay_s) from e
-    except KubeError as e:
-        raise PermanentTrafficError(f"{what}: {e}") from e
+_api_errors = api_errors  # the replica counts are plain API objects: no hint to add
 
 
 class ReplicaRouter:

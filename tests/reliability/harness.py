@@ -41,7 +41,7 @@ from tests.component.test_operator import (
 )
 from tests.reliability.fault_emulator import FaultEmulator, RunningFaultEmulator, serve_fault_emulator
 
-__all__ = ["DISCOVERY", "MODEL", "NAMESPACE", "OPTIMIZED_MODELS", "QUICK_ROLLOUT", "Fakes"]
+__all__ = ["DISCOVERY", "EVENTS", "MODEL", "NAMESPACE", "OPTIMIZED_MODELS", "QUICK_ROLLOUT", "Fakes"]
 
 WAIT_S = 60.0
 RESULTS = {1: PASSED, 2: SECOND}

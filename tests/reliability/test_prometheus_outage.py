@@ -10,9 +10,9 @@ first Error interval, the canary carries on and promotes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -148,7 +148,18 @@ def test_prometheus_back_before_the_limit_lets_the_canary_carry_on(
     )
 
 
-def test_a_restarted_prometheus_keeps_its_port_and_its_series(tmp_path: Path) -> None:
+def _first_values(metrics: PrometheusMetrics, query: str, timeout_s: float = 30.0) -> list[float] | None:
+    """The query's values once it has any: range queries end on a whole second, so a sample
+    scraped a moment ago may not be in one yet."""
+    deadline = time.monotonic() + timeout_s
+    values = metrics.custom_values(query, "candidate", 30)
+    while not values and time.monotonic() < deadline:
+        time.sleep(0.5)
+        values = metrics.custom_values(query, "candidate", 30)
+    return values
+
+
+def test_a_restarted_prometheus_keeps_its_port_and_its_series() -> None:
     """What the outage test relies on: `restart` serves the series scraped before the stop."""
     registry = CollectorRegistry()
     counter = Counter("optiserve_test_requests", "requests", registry=registry)
@@ -160,7 +171,7 @@ def test_a_restarted_prometheus_keeps_its_port_and_its_series(tmp_path: Path) ->
             port = prometheus.port
             metrics = PrometheusMetrics(prometheus.url, TritonSelector("unused"), scrape_interval_s=1.0)
             query = 'optiserve_test_requests_total{variant="{{variant}}"}'
-            before = metrics.custom_values(query, "candidate", 30)
+            before = _first_values(metrics, query)
             prometheus.stop_process()
             assert metrics.custom_values(query, "candidate", 30) is None, "a stopped Prometheus is a failed query"
             prometheus.restart()

@@ -2,22 +2,27 @@
 
 Two Triton servers (CPU, the Python-backend model running ONNX Runtime) serve the same model from
 two repositories that differ only in ``dynamic_batching``; the load is OptiServe's own bounded
-async gRPC generator (``optiserve.local.load``) at a fixed concurrency, sending the validation
-sentences (tokenized to 128 tokens, one sentence per request) round-robin. The reference is the
-same ONNX file in an ONNX Runtime session called in-process at batch 8 and batch 1, with the same
-intra-op threads, in a worker process of its own (``optiserve_jobs.benchmark``). Every round runs
-all four in turn; the figures are medians over rounds, the ratios are taken within the run.
+async gRPC generator (``optiserve.local.load``) at a fixed concurrency, sending the job's golden
+set round-robin (the validation sentences, one per request, padded to 128 tokens as the job's
+benchmark pads them; ``--sequence-length 0`` sends them as they are). The reference is the same
+ONNX file in an ONNX Runtime session called in-process at batch 8 and batch 1, with the same
+intra-op threads and the job benchmark's session options, in a worker process of its own
+(``optiserve_jobs.benchmark``). Every round runs each in turn, the order rotated; the figures are
+medians over rounds, the ratios are taken within the run.
 
     python bench/serving.py --model-dir out/minilm --out bench/results
     python bench/serving.py --out bench/results          # optimizes MiniLM first (about a minute)
 
-Prints JSON and a markdown table; ``--out DIR`` also writes serving.json and serving.md.
+``--with-spinning`` also serves both with ONNX Runtime's intra-op threads spinning (its default
+in-process; the served model lets them sleep). Prints JSON and a markdown table; ``--out DIR`` also
+writes serving.json and serving.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -54,7 +59,12 @@ PYTHON_REPOSITORY = REPOSITORIES[TritonBackend.PYTHON]
 MODEL = "minilm"
 SEQUENCE_LENGTH = 128
 DYNAMIC, STATIC = "triton, dynamic batching", "triton, no dynamic batching"
+SPINNING = ", threads spinning"
 IN_PROCESS = "in-process ONNX Runtime, batch {}"
+
+
+Rows = dict[str, dict[str, float]]
+"""Measured figures per row of the table."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,6 @@ class ServingSettings:
     instances: int | None
     max_queue_delay_us: int | None
     preferred_batch_sizes: list[int] | None
-    spinning: bool | None = None
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -113,10 +122,30 @@ def _tokenized_validation(count: int) -> list[GoldenSample]:
     return samples
 
 
-def serving_repository(model_dir: Path, destination: Path, settings: ServingSettings, *, dynamic: bool) -> Path:
+@dataclass(frozen=True)
+class ServerVariant:
+    name: str
+    dynamic: bool
+    spinning: bool | None = None
+    """ONNX Runtime's intra-op threads spin-wait for work (None: the model's default, off)."""
+
+    @property
+    def directory(self) -> str:
+        return ("dynamic" if self.dynamic else "static") + ("-spinning" if self.spinning else "")
+
+
+def server_variants(with_spinning: bool) -> list[ServerVariant]:
+    variants = [ServerVariant(DYNAMIC, dynamic=True), ServerVariant(STATIC, dynamic=False)]
+    if with_spinning:
+        variants += [ServerVariant(DYNAMIC + SPINNING, True, True), ServerVariant(STATIC + SPINNING, False, True)]
+    return variants
+
+
+def serving_repository(model_dir: Path, destination: Path, settings: ServingSettings, variant: ServerVariant) -> Path:
     """A copy of the published Python-backend repository, with this checkout's model.py.
 
-    The two copies differ only in ``dynamic_batching``; instances and threads are set on both.
+    The copies differ only in ``dynamic_batching`` (and ``intra_op_spinning`` where asked);
+    instances and threads are set alike on all.
     """
     shutil.copytree(model_dir / PYTHON_REPOSITORY, destination)
     model = destination / MODEL
@@ -130,9 +159,9 @@ def serving_repository(model_dir: Path, destination: Path, settings: ServingSett
     if settings.preferred_batch_sizes is not None:
         del config.dynamic_batching.preferred_batch_size[:]
         config.dynamic_batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
-    if settings.spinning is not None:
-        config.parameters["intra_op_spinning"].string_value = "1" if settings.spinning else "0"
-    if not dynamic:
+    if variant.spinning is not None:
+        config.parameters["intra_op_spinning"].string_value = "1" if variant.spinning else "0"
+    if not variant.dynamic:
         config.ClearField("dynamic_batching")
     (model / "config.pbtxt").write_text(render_model_config(config))
     return destination
@@ -193,6 +222,10 @@ def serve_round(server: TritonServer, samples: list[GoldenSample], config: LoadC
     }
 
 
+def serve_variant(name: str, server: TritonServer, samples: list[GoldenSample], config: LoadConfig) -> Rows:
+    return {name: serve_round(server, samples, config)}
+
+
 def in_process_round(onnx_path: Path, samples: list[GoldenSample], threads: int, iterations: int) -> dict[int, dict[str, float]]:
     """The same ONNX file in-process at batch 8 and 1 (a fresh worker process, warmed up)."""
     batches = {8: _stack(samples[:8]), 1: _stack(samples[:1])}
@@ -224,9 +257,6 @@ def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-Rows = dict[str, dict[str, float]]
-
-
 def run_rounds(
     rounds: int, measure: dict[str, Callable[[], Rows]], on_progress: Callable[[str], None]
 ) -> dict[str, list[dict[str, float]]]:
@@ -249,11 +279,16 @@ def medians(rounds: list[dict[str, float]]) -> dict[str, float]:
 def ratios(by_variant: dict[str, dict[str, float]]) -> dict[str, float]:
     dynamic, static = by_variant[DYNAMIC], by_variant[STATIC]
     batch8 = by_variant[IN_PROCESS.format(8)]
-    return {
+    ratio = {
         "dynamic_vs_static_throughput": dynamic["sentences_per_s"] / static["sentences_per_s"],
         "dynamic_vs_static_p95": dynamic["p95_ms"] / static["p95_ms"],
         "dynamic_vs_in_process_batch8_throughput": dynamic["sentences_per_s"] / batch8["sentences_per_s"],
     }
+    for name, key in ((DYNAMIC, "dynamic"), (STATIC, "static")):
+        if name + SPINNING in by_variant:
+            spinning = by_variant[name + SPINNING]["sentences_per_s"]
+            ratio[f"{key}_sleeping_vs_spinning_threads_throughput"] = by_variant[name]["sentences_per_s"] / spinning
+    return ratio
 
 
 def markdown(by_variant: dict[str, dict[str, float]], ratio: dict[str, float]) -> str:
@@ -301,15 +336,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-queue-delay-us", type=int, help="override max_queue_delay_microseconds")
     parser.add_argument("--preferred", type=int, nargs="*", help="override preferred_batch_size")
     parser.add_argument(
-        "--spinning", choices=("on", "off"), help="override the model's intra_op_spinning (default: the model's, off)"
+        "--with-spinning", action="store_true", help="also serve both with ONNX Runtime's threads spinning (intra_op_spinning=1)"
     )
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    spinning = None if args.spinning is None else args.spinning == "on"
-    settings = ServingSettings(args.threads, args.instances, args.max_queue_delay_us, args.preferred, spinning)
+    settings = ServingSettings(args.threads, args.instances, args.max_queue_delay_us, args.preferred)
     load = LoadConfig(concurrency=args.concurrency, max_duration_s=args.seconds)
     progress: Callable[[str], None] = lambda message: print(message, file=sys.stderr)  # noqa: E731
     load_before = load_average()
@@ -318,12 +352,10 @@ def main() -> None:
         model_dir = optimized_model_dir(args.model_dir, work)
         samples = golden_samples(model_dir, args.samples, args.sequence_length)
         onnx_path = model_dir / PYTHON_REPOSITORY / MODEL / "1" / "model.onnx"
-        repositories = {
-            DYNAMIC: serving_repository(model_dir, work / "dynamic", settings, dynamic=True),
-            STATIC: serving_repository(model_dir, work / "static", settings, dynamic=False),
-        }
+        variants = server_variants(args.with_spinning)
+        repositories = {v.name: serving_repository(model_dir, work / v.directory, settings, v) for v in variants}
         config_text = {name: (repo / MODEL / "config.pbtxt").read_text() for name, repo in repositories.items()}
-        running = {name: servers.enter_context(started(repo, work / f"{name[:12]}.log")) for name, repo in repositories.items()}
+        running = {v.name: servers.enter_context(started(repositories[v.name], work / f"{v.directory}.log")) for v in variants}
 
         def reference() -> Rows:
             timings = in_process_round(onnx_path, samples, args.threads, args.iterations)
@@ -331,9 +363,9 @@ def main() -> None:
 
         measure: dict[str, Callable[[], Rows]] = {
             "in-process ONNX Runtime": reference,
-            DYNAMIC: lambda: {DYNAMIC: serve_round(running[DYNAMIC], samples, load)},
-            STATIC: lambda: {STATIC: serve_round(running[STATIC], samples, load)},
         }
+        for variant in variants:
+            measure[variant.name] = functools.partial(serve_variant, variant.name, running[variant.name], samples, load)
         per_round = run_rounds(args.rounds, measure, progress)
     by_variant = {name: medians(rounds) for name, rounds in per_round.items()}
     ratio = ratios(by_variant)

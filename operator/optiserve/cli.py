@@ -238,6 +238,18 @@ def _comparator(args: argparse.Namespace) -> int:
     return run_comparator_command(args, _print_errors)
 
 
+def _verify_artifact(args: argparse.Namespace) -> int:
+    from optiserve.artifact import ArtifactError, verify_artifact
+
+    try:
+        manifest = verify_artifact(args.directory, args.sha256)
+    except ArtifactError as e:
+        _print_errors([str(e)])
+        return 1
+    console.print(f"{args.directory}: {len(manifest['files'])} files match the manifest", highlight=False)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from optiserve.local.run_command import run_command
 
@@ -279,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_comparator_arguments(comparator)
     comparator.set_defaults(handler=_comparator)
+    verify = commands.add_parser(
+        "verify-artifact", help="check a published artifact against its manifest (and the digest the job reported)"
+    )
+    verify.add_argument("directory", type=Path, help="the job's output directory (holds manifest.json)")
+    verify.add_argument("--sha256", help="the artifact digest (JobResult.artifact.sha256): the manifest must hash to it")
+    verify.set_defaults(handler=_verify_artifact)
     run = commands.add_parser("run", help="the whole pipeline on this machine, no cluster: optimize, serve, canary, decide")
     add_run_arguments(run)
     run.set_defaults(handler=_run)

@@ -94,7 +94,9 @@ def _triton_manifests(
     owner: Owner, namespace: str, variant: Variant, manifest: OptimizedModel, result: JobResult, settings: Settings
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     assert result.artifact is not None
-    deployment = build_triton_deployment(owner, namespace, variant, manifest.spec.serving.triton, settings.serving_settings())
+    deployment = build_triton_deployment(
+        owner, namespace, variant, manifest.spec.serving.triton, settings.serving_settings(), result.artifact.sha256
+    )
     deployment["metadata"]["annotations"] = {ARTIFACT_ANNOTATION: result.artifact.sha256}
     return deployment, build_triton_service(owner, namespace, variant.name)
 

@@ -11,8 +11,8 @@ from optiserve.resources.job import JobSettings
 from optiserve.resources.triton_deployment import ServingSettings
 
 DEFAULT_JOB_IMAGE = "ghcr.io/optiserve/optimizer:0.1.0"
-DEFAULT_COMPARATOR_IMAGE = "ghcr.io/optiserve/operator:0.1.0"
-"""The canary's comparator runs `optiserve comparator` from the operator's own image."""
+DEFAULT_OPERATOR_IMAGE = "ghcr.io/optiserve/operator:0.1.0"
+"""The operator's own image: the canary's comparator and the Triton pods' artifact check run `optiserve` from it."""
 DEFAULT_MODELS_PVC = "optiserve-models"
 DEFAULT_PROMETHEUS = "http://prometheus.monitoring:9090"
 DEFAULT_BIND_ADDRESS = "0.0.0.0"  # noqa: S104 - in a pod, the kubelet and Prometheus reach it from outside
@@ -70,7 +70,7 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty means all namespaces."""
     job_image: str = DEFAULT_JOB_IMAGE
-    comparator_image: str = DEFAULT_COMPARATOR_IMAGE
+    operator_image: str = DEFAULT_OPERATOR_IMAGE
     allowed_images: tuple[str, ...] = field(default=())
     """Images the operator may run (the job image and Triton images); empty allows any."""
     models_pvc: str = DEFAULT_MODELS_PVC
@@ -92,8 +92,8 @@ class Settings:
         # Checked here, not per Job: a misconfigured operator should fail at start, not on every reconcile.
         if self.allowed_images and self.job_image not in self.allowed_images:
             raise SettingsError(f"OPTISERVE_JOB_IMAGE: {self.job_image} is not in OPTISERVE_ALLOWED_IMAGES")
-        if self.allowed_images and self.comparator_image not in self.allowed_images:
-            raise SettingsError(f"OPTISERVE_COMPARATOR_IMAGE: {self.comparator_image} is not in OPTISERVE_ALLOWED_IMAGES")
+        if self.allowed_images and self.operator_image not in self.allowed_images:
+            raise SettingsError(f"OPTISERVE_OPERATOR_IMAGE: {self.operator_image} is not in OPTISERVE_ALLOWED_IMAGES")
         for name, port in (("OPTISERVE_METRICS_PORT", self.metrics_port), ("OPTISERVE_HEALTH_PORT", self.health_port)):
             if port is not None and not 1 <= port <= MAX_PORT:
                 raise SettingsError(f"{name}: a port is 1-{MAX_PORT}, got {port}")
@@ -108,7 +108,7 @@ class Settings:
         return cls(
             namespaces=_split(source.get("OPTISERVE_NAMESPACES", "")),
             job_image=source.get("OPTISERVE_JOB_IMAGE", "").strip() or DEFAULT_JOB_IMAGE,
-            comparator_image=source.get("OPTISERVE_COMPARATOR_IMAGE", "").strip() or DEFAULT_COMPARATOR_IMAGE,
+            operator_image=source.get("OPTISERVE_OPERATOR_IMAGE", "").strip() or DEFAULT_OPERATOR_IMAGE,
             allowed_images=_split(source.get("OPTISERVE_ALLOWED_IMAGES", "")),
             models_pvc=source.get("OPTISERVE_MODELS_PVC", "").strip() or DEFAULT_MODELS_PVC,
             default_prometheus=source.get("OPTISERVE_PROMETHEUS", "").strip() or DEFAULT_PROMETHEUS,
@@ -134,7 +134,7 @@ class Settings:
         return JobSettings(image=self.job_image, models_pvc=self.models_pvc, allowed_images=self.allowed_images)
 
     def comparator_settings(self) -> ComparatorDeploymentSettings:
-        return ComparatorDeploymentSettings(image=self.comparator_image, models_pvc=self.models_pvc)
+        return ComparatorDeploymentSettings(image=self.operator_image, models_pvc=self.models_pvc)
 
     def serving_settings(self) -> ServingSettings:
-        return ServingSettings(models_pvc=self.models_pvc)
+        return ServingSettings(models_pvc=self.models_pvc, verifier_image=self.operator_image)

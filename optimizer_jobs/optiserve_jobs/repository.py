@@ -19,11 +19,11 @@ import onnx
 
 from optiserve.api.job import ArtifactRef
 from optiserve.api.spec import DType, TensorSpec, TritonBackend, TritonSpec
+from optiserve.artifact import MANIFEST, ArtifactError, sha256_file, verify_artifact
 from optiserve.golden import GOLDEN_FILE, GoldenSample, write_golden
 from optiserve.resources.triton_config import ModelIO, build_model_config, render_model_config
 from optiserve_jobs.errors import JobError
 
-MANIFEST = "manifest.json"
 READY_REQUEST = "ready_request.json"
 _KSERVE_TYPES = {DType.FLOAT32: "FP32", DType.FLOAT16: "FP16", DType.INT64: "INT64", DType.INT32: "INT32"}
 REPOSITORIES = {TritonBackend.ONNXRUNTIME: "model_repository", TritonBackend.PYTHON: "model_repository_python"}
@@ -42,14 +42,6 @@ class PublishSettings:
     benchmark_batch_sizes: list[int]
     sequence_length: int
     text_inputs: bool
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_model_io(model_path: Path, text_inputs: bool) -> ModelIO:
@@ -143,21 +135,10 @@ def publish(out_dir: Path, model_path: Path, settings: PublishSettings, golden: 
 
 def verify(out_dir: Path) -> dict[str, object]:
     """Check every file against the manifest; raise CorruptRepositoryError naming the first problem."""
-    manifest_path = out_dir / MANIFEST
-    if not manifest_path.is_file():
-        raise CorruptRepositoryError(f"{out_dir}: no {MANIFEST}: the repository was never completely published")
     try:
-        manifest = json.loads(manifest_path.read_text())
-        files: dict[str, dict[str, object]] = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CorruptRepositoryError(f"{manifest_path}: unreadable manifest") from e
-    for relative, expected in files.items():
-        path = out_dir / relative
-        if not path.is_file():
-            raise CorruptRepositoryError(f"{relative}: listed in the manifest but missing")
-        if path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
-            raise CorruptRepositoryError(f"{relative}: sha256 differs from the manifest (truncated or modified)")
-    return manifest  # type: ignore[no-any-return]
+        return verify_artifact(out_dir)
+    except ArtifactError as e:
+        raise CorruptRepositoryError(str(e)) from e
 
 
 def seal(out_dir: Path, model: str) -> None:

@@ -123,7 +123,7 @@ def test_the_operator_reads_the_charts_environment(full_objects: list[Object]) -
     assert settings.namespaces == ("ml", "ml-staging")
     assert settings.job_image == "ghcr.io/optiserve/optimizer-gpu:0.1.0"
     operator_image = operator_container(full_objects)["image"]
-    assert settings.comparator_image == operator_image, "the comparator runs from the operator's own image"
+    assert settings.operator_image == operator_image, "the comparator runs from the operator's own image"
     assert settings.allowed_images == (
         operator_image,
         "ghcr.io/optiserve/optimizer-gpu:0.1.0",
@@ -144,7 +144,7 @@ def test_default_settings_watch_everything_and_allow_any_image(default_objects: 
     assert settings.namespaces == ()
     assert settings.allowed_images == ()
     assert settings.job_image == "ghcr.io/optiserve/optimizer:0.1.0"  # the chart's appVersion
-    assert settings.comparator_image == "ghcr.io/optiserve/operator:0.1.0"
+    assert settings.operator_image == "ghcr.io/optiserve/operator:0.1.0"
 
 
 def test_images_default_to_the_app_version_and_digest_wins() -> None:

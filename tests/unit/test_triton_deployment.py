@@ -18,8 +18,11 @@ GOLDEN = Path(__file__).parent / "golden"
 OWNER = Owner("optiserve.io/v1alpha1", "OptimizedModel", "minilm", "0b7c7d1e-1111-2222-3333-444455556666")
 
 
+SHA = "ab" * 32
+
+
 def _deployment(variant: str = "candidate") -> dict[str, Any]:
-    return build_triton_deployment(OWNER, "ml", Variant(variant, 3, 1), TritonSpec(), ServingSettings())
+    return build_triton_deployment(OWNER, "ml", Variant(variant, 3, 1), TritonSpec(), ServingSettings(), SHA)
 
 
 @pytest.mark.parametrize("kind", ["deployment", "service"])
@@ -65,3 +68,22 @@ def test_restricted_and_read_only_models() -> None:
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
+
+
+def test_the_artifact_is_verified_against_the_jobs_digest_before_triton_starts() -> None:
+    from optiserve.cli import build_parser
+    from optiserve.resources.pod import restricted_security_context
+
+    pod = _deployment()["spec"]["template"]["spec"]
+    (verifier,) = pod["initContainers"]
+    assert verifier["image"] == ServingSettings().verifier_image
+    assert verifier["command"][:3] == ["optiserve", "verify-artifact", "/models/minilm/g3"]
+    args = build_parser().parse_args(verifier["command"][1:])  # the command line the image's CLI accepts
+    assert (str(args.directory), args.sha256) == ("/models/minilm/g3", SHA)
+    assert verifier["volumeMounts"] == [{"name": "models", "mountPath": "/models", "readOnly": True}]
+    assert verifier["securityContext"] == restricted_security_context()
+    assert verifier["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    triton = pod["containers"][0]
+    assert "--model-repository=/models/minilm/g3/model_repository" in triton["args"]
+    without = build_triton_deployment(OWNER, "ml", Variant("candidate", 3, 1), TritonSpec(), ServingSettings())
+    assert "initContainers" not in without["spec"]["template"]["spec"]

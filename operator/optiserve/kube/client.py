@@ -250,7 +250,8 @@ def pod_failure(pods: Iterable[Mapping[str, Any]]) -> str:
     for pod in pods:
         name = _meta(pod).get("name")
         status = pod.get("status") or {}
-        for container in status.get("containerStatuses") or []:
+        # Init containers first: the artifact check runs before Triton and says which file is wrong.
+        for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
             state = container.get("state") or {}
             waiting = state.get("waiting") or {}
             last = (container.get("lastState") or {}).get("terminated") or {}

@@ -5,6 +5,11 @@ exactly the published model at start and never picks up a half-written directory
 Readiness means ready *and warm*: `config.pbtxt` carries `model_warmup` for each preferred batch
 size, the startup probe waits for the model (sized for model load), and the readiness probe sends
 a real inference (the `ready_request.json` the job publishes next to the repositories).
+
+Before Triton starts, an init container (`optiserve verify-artifact`, from the operator's image)
+checks the artifact on the volume against its manifest and the manifest against the digest the
+job reported: a truncated, edited or half-published artifact is never loaded, and the pod's
+status says which file is wrong.
 """
 
 from __future__ import annotations
@@ -34,6 +39,21 @@ class ServingSettings:
     models_pvc: str = "optiserve-models"
     resources: ContainerResources = field(default_factory=lambda: ContainerResources("2", "2Gi", "4", "4Gi"))
     startup_seconds: int = 600
+    verifier_image: str = "ghcr.io/optiserve/operator:0.1.0"
+    """Runs `optiserve verify-artifact` before Triton starts (the operator's own image)."""
+    verifier_resources: ContainerResources = field(default_factory=lambda: ContainerResources("100m", "64Mi", "1", "256Mi"))
+
+
+def _verify_container(repository_dir: str, artifact_sha256: str, settings: ServingSettings) -> dict[str, Any]:
+    return {
+        "name": "verify-artifact",
+        "image": settings.verifier_image,
+        "command": ["optiserve", "verify-artifact", repository_dir, f"--sha256={artifact_sha256}"],
+        "resources": settings.verifier_resources.manifest(),
+        "securityContext": restricted_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}],
+    }
 
 
 def _probes(model: str, repository_dir: str, startup_seconds: int) -> dict[str, Any]:
@@ -58,8 +78,14 @@ def _probes(model: str, repository_dir: str, startup_seconds: int) -> dict[str, 
 
 
 def build_triton_deployment(
-    owner: Owner, namespace: str, variant: Variant, triton: TritonSpec, settings: ServingSettings
+    owner: Owner,
+    namespace: str,
+    variant: Variant,
+    triton: TritonSpec,
+    settings: ServingSettings,
+    artifact_sha256: str | None = None,
 ) -> dict[str, Any]:
+    """``artifact_sha256``: the digest the job reported; with it, the pod verifies the artifact first."""
     model = owner.name
     repository_dir = output_dir(model, variant.generation)
     meta_labels = labels(model, variant.name, variant.generation)
@@ -92,6 +118,7 @@ def build_triton_deployment(
         "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
         **_probes(model, repository_dir, settings.startup_seconds),
     }
+    verifier = _verify_container(repository_dir, artifact_sha256, settings) if artifact_sha256 else None
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -117,6 +144,7 @@ def build_triton_deployment(
                 "spec": {
                     "automountServiceAccountToken": False,
                     "securityContext": restricted_pod_security(TRITON_UID),
+                    **({"initContainers": [verifier]} if verifier else {}),
                     "containers": [container],
                     "volumes": [
                         {"name": "models", "persistentVolumeClaim": {"claimName": settings.models_pvc, "readOnly": True}},

@@ -25,7 +25,11 @@ handler deletes nothing.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
+import functools
 import logging
 import threading
 from collections import OrderedDict
@@ -50,15 +54,28 @@ API_ERROR_RETRY_S = 30.0
 ORPHAN_FINALIZER = "orphan"
 """Set by the API server on a deletion with propagationPolicy Orphan (`kubectl delete --cascade=orphan`)."""
 REMEMBERED_DELETIONS = 10_000
+RESYNC_SHARE = 4
+"""One in this many reconcile threads runs the resync timer (see `split_workers`)."""
 FIELD_MANAGER = "kopf"
 """The field manager of everything the operator writes to its resource (kopf's own, for its
 finalizer and annotations): GitOps tools ignore exactly what it owns (docs/gitops.md)."""
 
 
+def split_workers(workers: int) -> tuple[int, int]:
+    """(threads for change handlers, threads for the resync timer) out of `workers` in all.
+
+    With many resources the timer alone can ask for more reconciles than the operator can run
+    (N / OPTISERVE_RESYNC_SECONDS per second). In one shared pool, every new resource, spec
+    change or deletion would then wait behind a queue of resyncs; in pools of their own, changes
+    never do, and the resync of all resources slows down instead."""
+    resync = max(1, workers // RESYNC_SHARE)
+    return max(1, workers - resync), resync
+
+
 def configure_kopf(settings: kopf.OperatorSettings, workers: int = DEFAULT_RECONCILE_WORKERS) -> None:
     """kopf settings for this operator; called at startup."""
-    # Sync handlers run in this many threads; each reconcile mostly waits on API calls.
-    settings.execution.max_workers = workers
+    # Sync handlers (changes, deletion) run in kopf's executor; each reconcile mostly waits on API calls.
+    settings.execution.max_workers = split_workers(workers)[0]
     # Progress and the last-handled spec go in our own annotations; status stays ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")
@@ -263,9 +280,15 @@ def build_registry(
 
     interval = config.resync_seconds
 
+    resync_pool = concurrent.futures.ThreadPoolExecutor(split_workers(config.reconcile_workers)[1], "optiserve-resync")
+    servers.callback(resync_pool.shutdown, wait=False, cancel_futures=True)
+
     @kopf.timer(API_GROUP, API_VERSION, PLURAL, id="resync", interval=interval, initial_delay=interval, registry=registry)
-    def on_timer(namespace: str | None, body: kopf.Body, **_: Any) -> None:
-        _reconcile(op, TRIGGER_TIMER, namespace, body)
+    async def on_timer(namespace: str | None, body: kopf.Body, **_: Any) -> None:
+        # In the resync pool, not kopf's (see `split_workers`); the context carries kopf's event queue.
+        context = contextvars.copy_context()
+        run = functools.partial(context.run, _reconcile, op, TRIGGER_TIMER, namespace, body)
+        await asyncio.get_running_loop().run_in_executor(resync_pool, run)
 
     @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, id="cleanup", registry=registry)
     def on_delete(namespace: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:

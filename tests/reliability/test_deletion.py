@@ -1,0 +1,74 @@
+"""Deletion in the two places the operator tests elsewhere do not reach: mid-canary, and with the
+operator killed half-way through its cleanup.
+
+Deletion while the Job runs, after promotion, while the operator is down, with a failed delete,
+orphaning and by the garbage collector alone are in tests/component/test_operator_operations.py
+and tests/cluster/test_operator_on_apiserver.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from optiserve.kube.client import DEPLOYMENTS, JOBS, SERVICES
+from tests.reliability.fault_emulator import KillPoint
+from tests.reliability.harness import (
+    MODEL,
+    NAMESPACE,
+    OPTIMIZED_MODELS,
+    Fakes,
+    Life,
+    canary_rollout,
+    emulated_life,
+    first_manifest,
+    report_figure,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def children(life: Life) -> dict[str, list[str]]:
+    selector = f"optiserve.io/model={MODEL}"
+    return {
+        r.kind: sorted(o["metadata"]["name"] for o in life.kube.select(r, NAMESPACE, selector))
+        for r in (JOBS, DEPLOYMENTS, SERVICES)
+    }
+
+
+NOTHING: dict[str, list[str]] = {"Job": [], "Deployment": [], "Service": []}
+
+
+def gone(life: Life) -> bool:
+    return life.kube.get(OPTIMIZED_MODELS, NAMESPACE, MODEL) is None
+
+
+def test_deleting_a_model_mid_canary_removes_every_child_and_releases_the_finalizer() -> None:
+    fakes = Fakes()
+    with emulated_life(fakes.hooks(), candidate_weight=lambda: fakes.router.weight) as (life, _):
+        life.kube.create(OPTIMIZED_MODELS, NAMESPACE, first_manifest())
+        life.until(lambda: life.settled(1), "generation 1 promoted")
+        life.kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"spec": {"rollout": canary_rollout()}})
+        life.until(lambda: (life.status().get("canary") or {}).get("weight"), "the canary sending traffic to the candidate")
+        during = children(life)
+        life.kube.delete(OPTIMIZED_MODELS, NAMESPACE, MODEL)
+        life.until(lambda: gone(life), "the model gone (finalizer released)")
+        left = children(life)
+    assert {f"{MODEL}-baseline", f"{MODEL}-candidate"} <= set(during["Deployment"]), during
+    assert left == NOTHING
+    report_figure("8-deletion", case="mid-canary", children_before=sum(map(len, during.values())), left=0)
+
+
+def test_an_operator_killed_mid_cleanup_finishes_it_after_restart() -> None:
+    with emulated_life() as (life, emulator):
+        life.kube.create(OPTIMIZED_MODELS, NAMESPACE, first_manifest())
+        life.until(lambda: life.settled(1), "generation 1 promoted")
+        before = children(life)
+        killed_after_first_delete = KillPoint("first child deleted by the cleanup", lambda call: call.method == "DELETE")
+        emulator.arm_kill(killed_after_first_delete, life.operators.started[0].who)
+        life.kube.delete(OPTIMIZED_MODELS, NAMESPACE, MODEL)
+        life.until(lambda: gone(life), "the model gone after the restarted operator finished the cleanup")
+        left = children(life)
+    assert emulator.killed_at is not None and life.restarts == 1
+    assert sum(map(len, before.values())) > 1, "something was left for the second incarnation to delete"
+    assert left == NOTHING
+    report_figure("8-deletion", case="killed mid-cleanup", children_before=sum(map(len, before.values())), left=0, restarts=1)

@@ -19,7 +19,8 @@ import onnx
 
 from optiserve.api.job import ArtifactRef
 from optiserve.api.spec import DType, TensorSpec, TritonBackend, TritonSpec
-from optiserve.artifact import MANIFEST, ArtifactError, sha256_file, verify_artifact
+from optiserve.artifact import MANIFEST as MANIFEST  # re-exported: the published layout
+from optiserve.artifact import ArtifactError, sha256_file, verify_artifact
 from optiserve.golden import GOLDEN_FILE, GoldenSample, write_golden
 from optiserve.resources.triton_config import ModelIO, build_model_config, render_model_config
 from optiserve_jobs.errors import JobError

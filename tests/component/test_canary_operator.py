@@ -52,7 +52,7 @@ SECOND = JobResult(
     speedup_p50=2.6,
     size_ratio=0.25,
 )
-QUICK_ROLLOUT = {
+QUICK_ROLLOUT: dict[str, Any] = {
     "steps": [{"weight": 10}, {"weight": 50}, {"weight": 100}],
     "analysis": {
         "interval": "1s",

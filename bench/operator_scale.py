@@ -47,6 +47,7 @@ if str(REPO_ROOT) not in sys.path:
 GROUP, VERSION, PLURAL = "optiserve.io", "v1alpha1", "optimizedmodels"
 NAMESPACE = "scale"
 CREATE_THREADS = 4
+LATE_SPACING_S = 0.5
 TARGET_OBJECTS_PER_S = 20.0
 TARGET_RSS_MB = 150.0
 MB = 1024 * 1024
@@ -153,11 +154,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def operator_process(kubeconfig: Path, log: Path) -> Iterator[tuple[psutil.Process, int]]:
-    """`optiserve operator` with its default settings; yields the process and its metrics port."""
+def operator_process(kubeconfig: Path, log: Path, workers: int | None) -> Iterator[tuple[psutil.Process, int]]:
+    """`optiserve operator` with its default settings (but `workers`); yields the process and its metrics port."""
     metrics_port, health_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "OPTISERVE_"))}
     env["KUBECONFIG"] = str(kubeconfig)
+    if workers is not None:
+        env["OPTISERVE_RECONCILE_WORKERS"] = str(workers)
     command = [
         sys.executable, "-m", "optiserve.cli", "operator", "--all-namespaces",
         "--metrics-port", str(metrics_port), "--health-port", str(health_port), "--bind-address", "127.0.0.1",
@@ -215,6 +218,7 @@ class Progress:
     """What the watch saw: when each object first reached Optimizing."""
 
     wanted: int
+    prefix: str = "model-"
     reached: dict[str, float] = field(default_factory=dict)
     done: threading.Event = field(default_factory=threading.Event)
     failure: BaseException | None = None
@@ -230,7 +234,8 @@ def follow(client: k8s.ApiClient, progress: Progress, stop: threading.Event) -> 
             )
             for event in events:
                 obj = event["object"]
-                if (obj.get("status") or {}).get("phase") == "Optimizing":
+                mine = str(obj["metadata"]["name"]).startswith(progress.prefix)
+                if mine and (obj.get("status") or {}).get("phase") == "Optimizing":
                     progress.reached.setdefault(obj["metadata"]["name"], time.monotonic())
                     if len(progress.reached) >= progress.wanted:
                         progress.done.set()
@@ -249,9 +254,30 @@ def _jobs_created(client: k8s.ApiClient) -> int:
     return len(jobs.items)
 
 
-def run_one(api: Api, objects: int, workdir: Path, steady_s: float, timeout_s: float) -> dict[str, Any]:
+def scrape(metrics_port: int) -> dict[str, float]:
+    """The operator's own counters: reconciles by trigger, and their summed duration."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "optiserve_reconciles_total":
+                key = f"reconciles_{sample.labels['trigger']}_{sample.labels['result']}"
+                found[key] = found.get(key, 0.0) + sample.value
+            elif sample.name in ("optiserve_reconcile_duration_seconds_sum", "optiserve_reconcile_duration_seconds_count"):
+                key = sample.name.removeprefix("optiserve_reconcile_duration_seconds_")
+                found[f"duration_{key}"] = found.get(f"duration_{key}", 0.0) + sample.value
+    return found
+
+
+def run_one(
+    api: Api, objects: int, workdir: Path, steady_s: float, timeout_s: float, workers: int | None, late_objects: int
+) -> dict[str, Any]:
     log = workdir / f"operator-{api.name.split()[0]}.log"
-    with operator_process(api.kubeconfig, log) as (operator, _metrics_port):
+    with operator_process(api.kubeconfig, log, workers) as (operator, metrics_port):
+        load_before = os.getloadavg()[0]
         idle_rss = operator.memory_info().rss / MB
         progress, stop = Progress(objects), threading.Event()
         watcher = threading.Thread(target=follow, args=(api.client, progress, stop), daemon=True)
@@ -291,12 +317,30 @@ def run_one(api: Api, objects: int, workdir: Path, steady_s: float, timeout_s: f
             raise TimeoutError(f"{len(progress.reached)} of {objects} reached Optimizing within {timeout_s:.0f} s")
         reached_at = max(progress.reached.values())
         jobs = _jobs_created(api.client)
+        burst_counts = scrape(metrics_port)
 
         # Steady state: nothing changes, the resync timers keep reconciling every object.
         steady_cpu_before = _cpu_s([operator.pid])
         time.sleep(steady_s)
         steady_cpu = (_cpu_s([operator.pid]) - steady_cpu_before) / steady_s
+        steady_counts = scrape(metrics_port)
+
+        # A busy operator: new models one by one while the timers resync every object.
+        late = Progress(late_objects, prefix="late-")
+        late_watcher = threading.Thread(target=follow, args=(api.client, late, stop), daemon=True)
+        late_watcher.start()
+        time.sleep(1.0)
+        for index in range(late_objects):
+            name = f"late-{index:05d}"
+            created[name] = time.monotonic()
+            customs.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, manifest(name))
+            time.sleep(LATE_SPACING_S)
+        if late_objects and not late.done.wait(timeout_s):
+            raise TimeoutError(f"{len(late.reached)} of {late_objects} late models reached Optimizing")
+        late_latencies = sorted(late.reached[name] - created[name] for name in late.reached) or [0.0]
         stop.set()
+        timer_reconciles = steady_counts.get("reconciles_timer_success", 0.0) - burst_counts.get("reconciles_timer_success", 0.0)
+        mean_reconcile_s = burst_counts.get("duration_sum", 0.0) / max(1.0, burst_counts.get("duration_count", 0.0))
         latencies = sorted(progress.reached[name] - created[name] for name in progress.reached)
         elapsed = reached_at - started
         return {
@@ -312,6 +356,15 @@ def run_one(api: Api, objects: int, workdir: Path, steady_s: float, timeout_s: f
             "operator_rss_peak_mb": round(max(_peak_rss_mb(operator), peak_sampled[0]), 1),
             "operator_rss_after_mb": round(operator.memory_info().rss / MB, 1),
             "operator_cpu_s_burst": round(cpu_burst, 1),
+            "operator_cpu_ms_per_object": round(1000 * cpu_burst / objects, 1),
+            "reconciles_in_burst": int(burst_counts.get("duration_count", 0)),
+            "reconcile_mean_s_in_burst": round(mean_reconcile_s, 3),
+            "timer_reconciles_per_s_steady": round(timer_reconciles / steady_s, 1),
+            "late_models": late_objects,
+            "late_latency_p50_s": round(statistics.median(late_latencies), 2),
+            "late_latency_max_s": round(late_latencies[-1], 2),
+            "reconcile_workers": workers,
+            "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "api_cpu_s_burst": round(api_cpu_burst, 1),
             "operator_cpu_cores_steady": round(steady_cpu, 2),
             "steady_window_s": steady_s,
@@ -322,15 +375,19 @@ def run_one(api: Api, objects: int, workdir: Path, steady_s: float, timeout_s: f
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
         "| API | objects | Jobs | create s | to Optimizing s | objects/s | latency p50 / p95 s "
-        "| operator RSS idle / peak MB | operator CPU s (burst) | API CPU s (burst) | operator cores, steady |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| operator RSS idle / peak MB | operator CPU ms/object | mean reconcile s | API CPU s "
+        "| steady: timer reconciles/s, operator cores | late model latency p50 / max s | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['api']} | {r['objects']} | {r['jobs_created']} | {r['create_s']} | {r['reconciled_s']} "
             f"| **{r['objects_per_s']}** | {r['latency_p50_s']} / {r['latency_p95_s']} "
-            f"| {r['operator_rss_idle_mb']} / **{r['operator_rss_peak_mb']}** | {r['operator_cpu_s_burst']} "
-            f"| {r['api_cpu_s_burst']} | {r['operator_cpu_cores_steady']} |"
+            f"| {r['operator_rss_idle_mb']} / **{r['operator_rss_peak_mb']}** | {r['operator_cpu_ms_per_object']} "
+            f"| {r['reconcile_mean_s_in_burst']} | {r['api_cpu_s_burst']} "
+            f"| {r['timer_reconciles_per_s_steady']}, {r['operator_cpu_cores_steady']} "
+            f"| {r['late_latency_p50_s']} / {r['late_latency_max_s']} "
+            f"| {r['load_average_1m'][0]}-{r['load_average_1m'][1]} |"
         )
     return "\n".join(lines)
 
@@ -341,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api", action="append", choices=["emulator", "apiserver"], help="repeatable (default: both)")
     parser.add_argument("--steady-seconds", type=float, default=30.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for all objects to reach Optimizing")
+    parser.add_argument("--late", type=int, default=20, help="models created one by one after the steady window")
+    parser.add_argument("--workers", type=int, help="OPTISERVE_RECONCILE_WORKERS for the operator (default: its own)")
     parser.add_argument("--out", type=Path, help="also write operator_scale.json and .md here")
     args = parser.parse_args(argv)
     starters = {"emulator": emulator_api, "apiserver": real_api}
@@ -350,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(tmp) / name
             workdir.mkdir()
             with starters[name](workdir) as api:
-                results.append(run_one(api, args.objects, workdir, args.steady_seconds, args.timeout))
+                results.append(run_one(api, args.objects, workdir, args.steady_seconds, args.timeout, args.workers, args.late))
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "targets": {"objects_per_s": TARGET_OBJECTS_PER_S, "rss_mb": TARGET_RSS_MB},

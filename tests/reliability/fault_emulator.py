@@ -7,7 +7,8 @@ On top of `KubeEmulator` (uid, generation, resourceVersion, label selectors), th
 - logs every request (`calls`): who, verb, resource, name, subresource, the body as sent, and the
   HTTP status answered;
 - answers with scripted errors (`inject`): a status, an optional Retry-After, for the first N
-  matching requests, either instead of the request or after committing it (a lost response);
+  matching requests, either instead of the request or after committing it (a lost response),
+  or serves them late;
 - kills an operator incarnation at a kill point (`arm_kill`): once the Nth matching request of
   that incarnation has been served (or committed, with its response lost), every later request
   with its token is refused, as if the process had died there; the test then stops it and starts
@@ -82,14 +83,16 @@ Matcher = Callable[[Call], bool]
 
 @dataclass
 class Fault:
-    """Answer the first `times` matching requests with `status` instead of serving them."""
+    """Answer the first `times` matching requests with `status` instead of serving them; with
+    `status` None, serve them late by `delay_s` (a slow API server)."""
 
     matches: Matcher
-    status: int
+    status: int | None
     times: int = 1
     retry_after_s: float | None = None
     commit: bool = False
     """Serve the request first (the write happens), then answer with the error: a lost response."""
+    delay_s: float = 0.0
     answered: list[Call] = field(default_factory=list)
 
 
@@ -216,6 +219,10 @@ class FaultEmulator(KubeEmulator):
             call.status = 503
             return status_error(503, "connection refused: this operator incarnation was killed")
         fault = self._fault_for(call)
+        if fault is not None and fault.delay_s:
+            await asyncio.sleep(fault.delay_s)
+        if fault is not None and fault.status is None:
+            fault = None  # late, but served
         if fault is not None and not fault.commit:
             call.status = fault.status
             return status_error(fault.status, f"injected fault {fault.status}", fault.retry_after_s)
@@ -227,7 +234,7 @@ class FaultEmulator(KubeEmulator):
             call.status = e.status
             raise
         call.status = response.status
-        if fault is not None:
+        if fault is not None and fault.status is not None:
             call.status = fault.status
             return status_error(fault.status, f"injected fault {fault.status} after the write", fault.retry_after_s)
         return self._maybe_kill(call, response)

@@ -1,5 +1,5 @@
-"""Deletion in the two places the operator tests elsewhere do not reach: mid-canary, and with the
-operator killed half-way through its cleanup.
+"""Deletion in the places the operator tests elsewhere do not reach: mid-canary, with the operator
+killed half-way through its cleanup, and meeting a resync that is still under way.
 
 Deletion while the Job runs, after promotion, while the operator is down, with a failed delete,
 orphaning and by the garbage collector alone are in tests/component/test_operator_operations.py
@@ -8,10 +8,12 @@ and tests/cluster/test_operator_on_apiserver.py.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from optiserve.kube.client import DEPLOYMENTS, JOBS, SERVICES
-from tests.reliability.fault_emulator import KillPoint
+from tests.reliability.fault_emulator import Fault, KillPoint
 from tests.reliability.harness import (
     MODEL,
     NAMESPACE,
@@ -72,3 +74,28 @@ def test_an_operator_killed_mid_cleanup_finishes_it_after_restart() -> None:
     assert sum(map(len, before.values())) > 1, "something was left for the second incarnation to delete"
     assert left == NOTHING
     report_figure("8-deletion", case="killed mid-cleanup", children_before=sum(map(len, before.values())), left=0, restarts=1)
+
+
+def test_a_deletion_meeting_a_resync_under_way_is_not_held_for_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    """kopf stops the timer before it releases the finalizer. A resync under way (here: its read of
+    the model answered 2 s late) cannot stop at once, and kopf checks again only after
+    `settings.background.cancellation_polling`, 60 s by default; `configure_kopf` sets 1 s."""
+    with emulated_life() as (life, emulator):
+        life.kube.create(OPTIMIZED_MODELS, NAMESPACE, first_manifest())
+        life.until(lambda: life.settled(1), "generation 1 promoted")
+        reads = [c for c in emulator.calls if c.who.startswith("operator-") and c.method == "GET" and c.name == MODEL]
+        assert reads, "each reconcile reads its model fresh"
+        slow = emulator.inject(
+            Fault(lambda c: c.who.startswith("operator-") and c.method == "GET" and c.name == MODEL, None, delay_s=2.0)
+        )
+        life.until(lambda: slow.answered, "a resync reading the model (slowly)")
+        deleted = time.monotonic()
+        life.kube.delete(OPTIMIZED_MODELS, NAMESPACE, MODEL)
+        life.until(lambda: gone(life), "the model gone", timeout_s=120)
+        took = time.monotonic() - deleted
+        left = children(life)
+    polls = [r.getMessage() for r in caplog.records if "is still exiting" in r.getMessage()]
+    assert polls, "the deletion met the resync under way"
+    assert all("next check is in 1.0 seconds" in message for message in polls), polls
+    assert left == NOTHING
+    report_figure("8-deletion", case="met a resync under way", gone_after_s=round(took, 1), polls=len(polls))

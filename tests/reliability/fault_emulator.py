@@ -221,11 +221,10 @@ class FaultEmulator(KubeEmulator):
         fault = self._fault_for(call)
         if fault is not None and fault.delay_s:
             await asyncio.sleep(fault.delay_s)
-        if fault is not None and fault.status is None:
-            fault = None  # late, but served
-        if fault is not None and not fault.commit:
-            call.status = fault.status
-            return status_error(fault.status, f"injected fault {fault.status}", fault.retry_after_s)
+        refusal = fault.status if fault is not None else None  # None: served (late, or no fault)
+        if fault is not None and refusal is not None and not fault.commit:
+            call.status = refusal
+            return status_error(refusal, f"injected fault {refusal}", fault.retry_after_s)
         if call.is_write() and call.plural == "deployments":
             self._check_serving(call)
         try:
@@ -234,9 +233,9 @@ class FaultEmulator(KubeEmulator):
             call.status = e.status
             raise
         call.status = response.status
-        if fault is not None and fault.status is not None:
-            call.status = fault.status
-            return status_error(fault.status, f"injected fault {fault.status} after the write", fault.retry_after_s)
+        if fault is not None and refusal is not None:
+            call.status = refusal
+            return status_error(refusal, f"injected fault {refusal} after the write", fault.retry_after_s)
         return self._maybe_kill(call, response)
 
     def _maybe_kill(self, call: Call, response: aiohttp.web.StreamResponse) -> aiohttp.web.StreamResponse:

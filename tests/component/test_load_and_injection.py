@@ -264,7 +264,7 @@ def test_injected_latency_slows_every_answer(servers: dict[str, TritonServer], s
         f"median latency {medians['baseline']:.1f} ms -> {medians['candidate']:.1f} ms at {LATENCY_FACTOR:g}x: ratio {ratio:.2f}"
     )
     # Each answer waits (factor - 1) x its own run time; the transfers (a few ms here) are not
-    # slowed, so the ratio lands below the factor (measured about 3 at 5x).
+    # slowed, so the ratio lands below the factor (measured 3.1 and 4.3 at 5x).
     assert ratio > 2.0
 
 

@@ -95,7 +95,7 @@ def _half_written_manifest(out: Path) -> None:
 
 
 FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
-    "crash-before-manifest": (_crash_while_publishing, "no manifest.json: the repository was never completely published"),
+    "crash-before-manifest": (_crash_while_publishing, "no manifest.json: the artifact was never completely published"),
     "truncated-model": (_truncate(PYTHON_MODEL), f"{PYTHON_MODEL}: sha256 differs"),
     "wrong-sha256": (_wrong_sha256, f"{ONNX_MODEL}: sha256 differs"),
     "missing-config": (_remove(PYTHON_CONFIG), f"{PYTHON_CONFIG}: listed in the manifest but missing"),

@@ -126,8 +126,9 @@ def play_cluster(kube: KubeClient, results: dict[int, JobResult] = RESULTS) -> N
             try:
                 make_ready(kube, deployment)
             except ApiError as e:
+                # 404: gone since the list (the operator retired it), so there is nothing to make ready.
                 if e.status != 404:
-                    raise  # gone since the list (the operator retired it): nothing to make ready
+                    raise
 
 
 @dataclass

@@ -43,7 +43,7 @@ from prometheus_client import start_http_server
 
 from optiserve.api.crd import PLURAL
 from optiserve.api.spec import API_GROUP, API_VERSION
-from optiserve.kube.client import OPTIMIZED_MODELS, AdoptionError, KubeClient, KubeError, TransientError
+from optiserve.kube.client import OPTIMIZED_MODELS, AdoptionError, ApiError, KubeClient, KubeError, TransientError
 from optiserve.observability import TRIGGER_CHANGE, TRIGGER_TIMER, OperatorMetrics
 from optiserve.reconciler import Hooks, reconcile
 from optiserve.settings import DEFAULT_RECONCILE_WORKERS, Settings
@@ -51,6 +51,7 @@ from optiserve.settings import DEFAULT_RECONCILE_WORKERS, Settings
 PREFIX = "optiserve.io"
 ADOPTION_RETRY_S = 60.0
 API_ERROR_RETRY_S = 30.0
+CONFLICT_RETRY_S = 1.0
 ORPHAN_FINALIZER = "orphan"
 """Set by the API server on a deletion with propagationPolicy Orphan (`kubectl delete --cascade=orphan`)."""
 REMEMBERED_DELETIONS = 10_000
@@ -151,6 +152,9 @@ def _retryable(error: KubeError) -> kopf.TemporaryError:
         return kopf.TemporaryError(str(error), delay=error.delay_s)
     if isinstance(error, AdoptionError):
         return kopf.TemporaryError(str(error), delay=ADOPTION_RETRY_S)
+    if isinstance(error, ApiError) and error.status == 409:
+        # A conflict is someone else's write landing first: the next try reads it fresh.
+        return kopf.TemporaryError(str(error), delay=CONFLICT_RETRY_S)
     return kopf.TemporaryError(str(error), delay=API_ERROR_RETRY_S)
 
 

@@ -1,15 +1,21 @@
 """Operator scale: N OptimizedModels reconciled to the Job-created state (phase Optimizing, one
 Job each), against the emulated API (kmock, component tier) and a real kube-apiserver + etcd
-(cluster tier, built by tests/controlplane/build.sh).
+(cluster tier, built by tests/controlplane/build.sh; no controller manager, so no Job runs).
 
 `optiserve operator` runs as its own process, with its default settings (10 s resync), so its
-RSS and CPU are its own; the API runs in another process. The bench creates the objects from 4
-client threads as fast as the API takes them and follows a watch on them: the rate is N divided
-by the time from the first create to the moment the watch has seen the last one reach
-Optimizing. After that, the operator's CPU is measured over a steady window in which nothing
-changes but the resync timers fire. Prints JSON and a markdown table.
+RSS and CPU are its own; the API runs in another process. A watch follows the models.
 
-    .venv/bin/python bench/operator_scale.py --objects 1000 --api emulator --api apiserver
+- `--mode burst`: the operator runs; the models are created from 4 client threads as fast as the
+  API takes them. The rate is N over the time from the first create to the last model seen in
+  Optimizing (so it cannot exceed the create rate, reported beside it).
+- `--mode backlog`: the models exist before the operator starts (kopf's resume path); the rate is
+  N over the time from the operator's launch (Python start-up included) to the last one.
+
+Then, over a steady window, nothing changes but the resync timers fire (operator CPU and timer
+reconciles per second), and `--late` more models are created one by one, 0.5 s apart: how long a
+new model waits in a busy operator. Prints JSON and a markdown table.
+
+    .venv/bin/python bench/operator_scale.py --objects 1000 --api emulator --api apiserver --mode burst
 """
 
 from __future__ import annotations
@@ -154,8 +160,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def operator_process(kubeconfig: Path, log: Path, workers: int | None) -> Iterator[tuple[psutil.Process, int]]:
-    """`optiserve operator` with its default settings (but `workers`); yields the process and its metrics port."""
+def operator_process(kubeconfig: Path, log: Path, workers: int | None) -> Iterator[tuple[psutil.Process, int, float]]:
+    """`optiserve operator` with its default settings (but `workers`); yields the process, its metrics
+    port and when it was launched, once its /healthz answers."""
     metrics_port, health_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "OPTISERVE_"))}
     env["KUBECONFIG"] = str(kubeconfig)
@@ -165,11 +172,12 @@ def operator_process(kubeconfig: Path, log: Path, workers: int | None) -> Iterat
         sys.executable, "-m", "optiserve.cli", "operator", "--all-namespaces",
         "--metrics-port", str(metrics_port), "--health-port", str(health_port), "--bind-address", "127.0.0.1",
     ]  # fmt: skip
+    launched = time.monotonic()
     with log.open("w") as sink:
         popen = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
         _until(lambda: _answers(f"http://127.0.0.1:{health_port}/healthz"), "the operator's /healthz")
-        yield psutil.Process(popen.pid), metrics_port
+        yield psutil.Process(popen.pid), metrics_port, launched
     finally:
         popen.send_signal(signal.SIGTERM)
         try:
@@ -272,119 +280,134 @@ def scrape(metrics_port: int) -> dict[str, float]:
     return found
 
 
-def run_one(
-    api: Api, objects: int, workdir: Path, steady_s: float, timeout_s: float, workers: int | None, late_objects: int
-) -> dict[str, Any]:
-    log = workdir / f"operator-{api.name.split()[0]}.log"
-    with operator_process(api.kubeconfig, log, workers) as (operator, metrics_port):
-        load_before = os.getloadavg()[0]
+@dataclass
+class Sampler:
+    """The operator's peak RSS, sampled while the run lasts (VmHWM is read as well at the end)."""
+
+    process: psutil.Process
+    stop: threading.Event
+    peak_mb: float = 0.0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(psutil.Error):
+                self.peak_mb = max(self.peak_mb, self.process.memory_info().rss / MB)
+            time.sleep(0.2)
+
+
+def create_models(api: Api, names: list[str], created: dict[str, float]) -> None:
+    customs = k8s.CustomObjectsApi(api.client)
+
+    def create(name: str) -> None:
+        created[name] = time.monotonic()
+        customs.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, manifest(name))
+
+    with ThreadPoolExecutor(CREATE_THREADS) as pool:
+        list(pool.map(create, names))
+
+
+def late_models(api: Api, count: int, stop: threading.Event, timeout_s: float) -> list[float]:
+    """Latencies of models created one by one while the timers resync every other object."""
+    late, created = Progress(count, prefix="late-"), {}
+    threading.Thread(target=follow, args=(api.client, late, stop), daemon=True).start()
+    time.sleep(1.0)
+    customs = k8s.CustomObjectsApi(api.client)
+    for index in range(count):
+        name = f"late-{index:05d}"
+        created[name] = time.monotonic()
+        customs.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, manifest(name))
+        time.sleep(LATE_SPACING_S)
+    if count and not late.done.wait(timeout_s):
+        raise TimeoutError(f"{len(late.reached)} of {count} late models reached Optimizing")
+    return sorted(late.reached[name] - created[name] for name in late.reached) or [0.0]
+
+
+def run_one(api: Api, mode: str, objects: int, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """burst: the operator runs, the models are created as fast as the API takes them.
+    backlog: the models exist before the operator starts (kopf's resume path), timed from its launch."""
+    progress, stop = Progress(objects), threading.Event()
+    threading.Thread(target=follow, args=(api.client, progress, stop), daemon=True).start()
+    time.sleep(1.0)  # the watch is open before the first create
+    names = [f"model-{index:05d}" for index in range(objects)]
+    created: dict[str, float] = {}
+    create_s = 0.0
+    if mode == "backlog":
+        before = time.monotonic()
+        create_models(api, names, created)
+        create_s = time.monotonic() - before
+    load_before = os.getloadavg()[0]
+    log = workdir / f"operator-{mode}.log"
+    with operator_process(api.kubeconfig, log, args.workers) as (operator, metrics_port, launched):
         idle_rss = operator.memory_info().rss / MB
-        progress, stop = Progress(objects), threading.Event()
-        watcher = threading.Thread(target=follow, args=(api.client, progress, stop), daemon=True)
-        watcher.start()
-        time.sleep(1.0)  # the watch is open before the first create
-
-        peak_sampled = [idle_rss]
-
-        def sample_rss() -> None:
-            while not stop.is_set():
-                with contextlib.suppress(psutil.Error):
-                    peak_sampled[0] = max(peak_sampled[0], operator.memory_info().rss / MB)
-                time.sleep(0.2)
-
-        sampler = threading.Thread(target=sample_rss, daemon=True)
-        sampler.start()
-
-        created: dict[str, float] = {}
-        customs = k8s.CustomObjectsApi(api.client)
-
-        def create(index: int) -> None:
-            name = f"model-{index:05d}"
-            created[name] = time.monotonic()
-            customs.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, manifest(name))
-
+        sampler = Sampler(operator, stop, idle_rss)
+        threading.Thread(target=sampler.run, daemon=True).start()
         cpu_before, api_cpu_before = _cpu_s([operator.pid]), _cpu_s(api.pids)
-        started = time.monotonic()
-        with ThreadPoolExecutor(CREATE_THREADS) as pool:
-            list(pool.map(create, range(objects)))
-        created_at = time.monotonic()
-        finished = progress.done.wait(timeout_s)
-        ended = time.monotonic()
-        cpu_burst, api_cpu_burst = _cpu_s([operator.pid]) - cpu_before, _cpu_s(api.pids) - api_cpu_before
+        started = launched
+        if mode == "burst":
+            started = time.monotonic()
+            create_models(api, names, created)
+            create_s = time.monotonic() - started
+        finished = progress.done.wait(args.timeout)
+        cpu_run, api_cpu_run = _cpu_s([operator.pid]) - cpu_before, _cpu_s(api.pids) - api_cpu_before
         if progress.failure is not None:
             raise RuntimeError(f"the watch failed: {progress.failure!r}") from progress.failure
         if not finished:
-            raise TimeoutError(f"{len(progress.reached)} of {objects} reached Optimizing within {timeout_s:.0f} s")
-        reached_at = max(progress.reached.values())
+            raise TimeoutError(f"{len(progress.reached)} of {objects} reached Optimizing within {args.timeout:.0f} s")
+        elapsed = max(progress.reached.values()) - started
         jobs = _jobs_created(api.client)
-        burst_counts = scrape(metrics_port)
+        run_counts = scrape(metrics_port)
 
         # Steady state: nothing changes, the resync timers keep reconciling every object.
         steady_cpu_before = _cpu_s([operator.pid])
-        time.sleep(steady_s)
-        steady_cpu = (_cpu_s([operator.pid]) - steady_cpu_before) / steady_s
+        time.sleep(args.steady_seconds)
+        steady_cpu = (_cpu_s([operator.pid]) - steady_cpu_before) / args.steady_seconds
         steady_counts = scrape(metrics_port)
-
-        # A busy operator: new models one by one while the timers resync every object.
-        late = Progress(late_objects, prefix="late-")
-        late_watcher = threading.Thread(target=follow, args=(api.client, late, stop), daemon=True)
-        late_watcher.start()
-        time.sleep(1.0)
-        for index in range(late_objects):
-            name = f"late-{index:05d}"
-            created[name] = time.monotonic()
-            customs.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, manifest(name))
-            time.sleep(LATE_SPACING_S)
-        if late_objects and not late.done.wait(timeout_s):
-            raise TimeoutError(f"{len(late.reached)} of {late_objects} late models reached Optimizing")
-        late_latencies = sorted(late.reached[name] - created[name] for name in late.reached) or [0.0]
+        late_latencies = late_models(api, args.late, stop, args.timeout)
         stop.set()
-        timer_reconciles = steady_counts.get("reconciles_timer_success", 0.0) - burst_counts.get("reconciles_timer_success", 0.0)
-        mean_reconcile_s = burst_counts.get("duration_sum", 0.0) / max(1.0, burst_counts.get("duration_count", 0.0))
-        latencies = sorted(progress.reached[name] - created[name] for name in progress.reached)
-        elapsed = reached_at - started
+        timers = steady_counts.get("reconciles_timer_success", 0.0) - run_counts.get("reconciles_timer_success", 0.0)
+        latencies = sorted(progress.reached[name] - max(created[name], started) for name in progress.reached)
         return {
             "api": api.name,
+            "mode": mode,
             "objects": objects,
             "jobs_created": jobs,
-            "create_s": round(created_at - started, 2),
+            "create_s": round(create_s, 2),
             "reconciled_s": round(elapsed, 2),
             "objects_per_s": round(objects / elapsed, 1),
             "latency_p50_s": round(statistics.median(latencies), 2),
             "latency_p95_s": round(latencies[int(0.95 * (len(latencies) - 1))], 2),
             "operator_rss_idle_mb": round(idle_rss, 1),
-            "operator_rss_peak_mb": round(max(_peak_rss_mb(operator), peak_sampled[0]), 1),
+            "operator_rss_peak_mb": round(max(_peak_rss_mb(operator), sampler.peak_mb), 1),
             "operator_rss_after_mb": round(operator.memory_info().rss / MB, 1),
-            "operator_cpu_s_burst": round(cpu_burst, 1),
-            "operator_cpu_ms_per_object": round(1000 * cpu_burst / objects, 1),
-            "reconciles_in_burst": int(burst_counts.get("duration_count", 0)),
-            "reconcile_mean_s_in_burst": round(mean_reconcile_s, 3),
-            "timer_reconciles_per_s_steady": round(timer_reconciles / steady_s, 1),
-            "late_models": late_objects,
+            "operator_cpu_s": round(cpu_run, 1),
+            "operator_cpu_ms_per_object": round(1000 * cpu_run / objects, 1),
+            "api_cpu_s": round(api_cpu_run, 1),
+            "reconciles": int(run_counts.get("duration_count", 0)),
+            "reconcile_mean_s": round(run_counts.get("duration_sum", 0.0) / max(1.0, run_counts.get("duration_count", 0.0)), 3),
+            "steady_window_s": args.steady_seconds,
+            "timer_reconciles_per_s_steady": round(timers / args.steady_seconds, 1),
+            "operator_cpu_cores_steady": round(steady_cpu, 2),
+            "late_models": args.late,
             "late_latency_p50_s": round(statistics.median(late_latencies), 2),
             "late_latency_max_s": round(late_latencies[-1], 2),
-            "reconcile_workers": workers,
+            "reconcile_workers": args.workers,
             "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "api_cpu_s_burst": round(api_cpu_burst, 1),
-            "operator_cpu_cores_steady": round(steady_cpu, 2),
-            "steady_window_s": steady_s,
-            "burst_wall_s": round(ended - started, 2),
         }
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| API | objects | Jobs | create s | to Optimizing s | objects/s | latency p50 / p95 s "
+        "| API | mode | objects | Jobs | create s | to Optimizing s | objects/s | latency p50 / p95 s "
         "| operator RSS idle / peak MB | operator CPU ms/object | mean reconcile s | API CPU s "
         "| steady: timer reconciles/s, operator cores | late model latency p50 / max s | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['api']} | {r['objects']} | {r['jobs_created']} | {r['create_s']} | {r['reconciled_s']} "
+            f"| {r['api']} | {r['mode']} | {r['objects']} | {r['jobs_created']} | {r['create_s']} | {r['reconciled_s']} "
             f"| **{r['objects_per_s']}** | {r['latency_p50_s']} / {r['latency_p95_s']} "
             f"| {r['operator_rss_idle_mb']} / **{r['operator_rss_peak_mb']}** | {r['operator_cpu_ms_per_object']} "
-            f"| {r['reconcile_mean_s_in_burst']} | {r['api_cpu_s_burst']} "
+            f"| {r['reconcile_mean_s']} | {r['api_cpu_s']} "
             f"| {r['timer_reconciles_per_s_steady']}, {r['operator_cpu_cores_steady']} "
             f"| {r['late_latency_p50_s']} / {r['late_latency_max_s']} "
             f"| {r['load_average_1m'][0]}-{r['load_average_1m'][1]} |"
@@ -398,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api", action="append", choices=["emulator", "apiserver"], help="repeatable (default: both)")
     parser.add_argument("--steady-seconds", type=float, default=30.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for all objects to reach Optimizing")
+    parser.add_argument("--mode", choices=["burst", "backlog"], default="burst", help="see run_one")
     parser.add_argument("--late", type=int, default=20, help="models created one by one after the steady window")
     parser.add_argument("--workers", type=int, help="OPTISERVE_RECONCILE_WORKERS for the operator (default: its own)")
     parser.add_argument("--out", type=Path, help="also write operator_scale.json and .md here")
@@ -409,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(tmp) / name
             workdir.mkdir()
             with starters[name](workdir) as api:
-                results.append(run_one(api, args.objects, workdir, args.steady_seconds, args.timeout, args.workers, args.late))
+                results.append(run_one(api, args.mode, args.objects, workdir, args))
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "targets": {"objects_per_s": TARGET_OBJECTS_PER_S, "rss_mb": TARGET_RSS_MB},

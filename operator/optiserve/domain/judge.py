@@ -22,11 +22,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 from optiserve.domain.analysis import (
     Analysis,
@@ -40,6 +39,15 @@ from optiserve.domain.analysis import (
     Outcome,
     Verdict,
 )
+
+
+def _stats() -> Any:  # scipy ships no type information
+    """scipy.stats, imported on first use: it costs the operator about 60 MB of memory, and only a
+    running canary's judging needs it (an operator managing 1,000 models mostly does not)."""
+    from scipy import stats
+
+    return stats
+
 
 FloatArray = npt.NDArray[np.float64]
 T = TypeVar("T")
@@ -186,7 +194,7 @@ def _latency_shift(check: MetricCheck, baseline: FloatArray, candidate: FloatArr
     beyond the tolerance still fails within one interval.
     """
     tolerance = check.max_relative_increase or 0.0
-    result = stats.mannwhitneyu(candidate, baseline * (1.0 + tolerance), alternative="greater")
+    result = _stats().mannwhitneyu(candidate, baseline * (1.0 + tolerance), alternative="greater")
     p_value = _p(float(result.pvalue))
     baseline_median, candidate_median = float(np.median(baseline)), float(np.median(candidate))
     increase = _relative_increase(baseline_median, candidate_median)
@@ -262,7 +270,7 @@ def _rate(counts: _Counts) -> str:
 
 def _rate_bound(check: MetricCheck, limit: float, candidate: _Counts) -> _Finding:
     """One-sided exact binomial test: is the candidate's rate above ``limit``?"""
-    p_value = _p(float(stats.binomtest(candidate.hits, candidate.total, p=limit, alternative="greater").pvalue))
+    p_value = _p(float(_stats().binomtest(candidate.hits, candidate.total, p=limit, alternative="greater").pvalue))
     failed = p_value < check.alpha
     verdict = f"significantly above (p={p_value:.3g} < {check.alpha})" if failed else f"not shown to exceed (p={p_value:.3g})"
     return _Finding(
@@ -285,9 +293,9 @@ def _rate_increase(check: MetricCheck, baseline: _Counts, candidate: _Counts) ->
     """
     tolerance = check.max_absolute_increase or 0.0
     table = [[candidate.hits, candidate.total - candidate.hits], [baseline.hits, baseline.total - baseline.hits]]
-    fisher = stats.fisher_exact(table, alternative="greater")
+    fisher = _stats().fisher_exact(table, alternative="greater")
     allowed = min(1.0, baseline.rate + tolerance)
-    binomial = stats.binomtest(candidate.hits, candidate.total, p=allowed, alternative="greater")
+    binomial = _stats().binomtest(candidate.hits, candidate.total, p=allowed, alternative="greater")
     p_value = max(_p(float(fisher.pvalue)), _p(float(binomial.pvalue)))
     failed = p_value < check.alpha
     comparison = f"candidate error rate {_rate(candidate)} against the baseline's {_rate(baseline)}"
@@ -362,7 +370,7 @@ def judge_agreement(check: MetricCheck, agreeing: float | None, compared: float 
     if short := _too_few(check, "compared samples", candidate=counts.total):
         return _measurement(check, Outcome.INCONCLUSIVE, short, candidate_samples=counts.total)
     bound = float(check.min or 0.0)
-    result = stats.binomtest(counts.hits, counts.total, p=bound, alternative="less")
+    result = _stats().binomtest(counts.hits, counts.total, p=bound, alternative="less")
     p_value = _p(float(result.pvalue))
     upper = float(result.proportion_ci(confidence_level=1 - check.alpha, method="exact").high)
     failed = p_value < check.alpha

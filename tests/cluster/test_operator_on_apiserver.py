@@ -63,18 +63,31 @@ PASSED = JobResult(
 # --- fixtures ----------------------------------------------------------------------------------------------------
 
 
+def _no_terminating_crd(cluster: Cluster) -> bool:
+    answer = cluster.request("GET", CRD_PATH)
+    return answer.status == 404 or not answer.json()["metadata"].get("deletionTimestamp")
+
+
 @pytest.fixture(scope="module")
 def crd(control_plane: Cluster) -> Iterator[None]:
-    """The generated CRD, Established and served; deleted (and gone) at the end of the module."""
-    until("no CRD left from an earlier module", lambda: control_plane.request("GET", CRD_PATH).status == 404)
-    answer = control_plane.request(
-        "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", yaml.safe_load(CRD_FILE.read_text())
-    )
-    assert answer.status == 201, answer.body.decode()
+    """The generated CRD, Established and served. Created here, and then deleted (and gone) at the
+    end of the module; or, when an earlier module left it installed (as `helm uninstall` does),
+    replaced by the file's and left as found."""
+    until("an earlier module's CRD deletion to finish", lambda: _no_terminating_crd(control_plane), timeout_s=120)
+    ours = yaml.safe_load(CRD_FILE.read_text())
+    existing = control_plane.request("GET", CRD_PATH)
+    if existing.status == 404:
+        answer = control_plane.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", ours)
+        assert answer.status == 201, answer.body.decode()
+    else:
+        ours["metadata"]["resourceVersion"] = existing.json()["metadata"]["resourceVersion"]
+        answer = control_plane.request("PUT", CRD_PATH, ours)
+        assert answer.status == 200, answer.body.decode()
     until(f"{PLURAL} served", lambda: control_plane.request("GET", f"/apis/{API_GROUP}/{API_VERSION}/{PLURAL}").status == 200)
     yield
-    control_plane.request("DELETE", CRD_PATH)
-    until("the CRD deleted", lambda: control_plane.request("GET", CRD_PATH).status == 404)
+    if existing.status == 404:
+        control_plane.request("DELETE", CRD_PATH)
+        until("the CRD deleted", lambda: control_plane.request("GET", CRD_PATH).status == 404, timeout_s=120)
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,8 @@ ORPHAN_FINALIZER = "orphan"
 """Set by the API server on a deletion with propagationPolicy Orphan (`kubectl delete --cascade=orphan`)."""
 REMEMBERED_DELETIONS = 10_000
 RESYNC_SHARE = 4
+WORKERS_PER_THREAD = 4
+"""kopf's per-object workers allowed per reconcile thread (see `configure_kopf`)."""
 """One in this many reconcile threads runs the resync timer (see `split_workers`)."""
 FIELD_MANAGER = "kopf"
 """The field manager of everything the operator writes to its resource (kopf's own, for its
@@ -77,6 +79,12 @@ def configure_kopf(settings: kopf.OperatorSettings, workers: int = DEFAULT_RECON
     """kopf settings for this operator; called at startup."""
     # Sync handlers (changes, deletion) run in kopf's executor; each reconcile mostly waits on API calls.
     settings.execution.max_workers = split_workers(workers)[0]
+    # At most this many objects are processed at once; the rest wait as raw watch events. Without a
+    # limit, an operator (re)starting with 1,000 resources held every body in flight at once: 395 MB
+    # against a real API server, 162 MB with it. A worker that saw no event for 0.5 s exits (kopf's
+    # default 5 s would hold each of the limited slots idle: 6 objects/s).
+    settings.queueing.worker_limit = WORKERS_PER_THREAD * workers
+    settings.queueing.idle_timeout = 0.5
     # Progress and the last-handled spec go in our own annotations; status stays ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")

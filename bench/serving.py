@@ -7,16 +7,16 @@ set round-robin (the validation sentences, one per request, padded to 128 tokens
 benchmark pads them; ``--sequence-length 0`` sends them as they are). The reference is the same
 ONNX file in an ONNX Runtime session called in-process at batch 8 and batch 1, with the same
 intra-op threads and the job benchmark's session options, in a worker process of its own: once
-with the threads spinning (ONNX Runtime's default), once sleeping (as served); the faster one at
+with the threads spinning (ONNX Runtime's default), once sleeping at once; the faster one at
 batch 8 is the reference. Every round runs each in turn, the order rotated; the figures are
 medians over rounds, the ratios are taken within the run.
 
     python bench/serving.py --model-dir out/minilm --out bench/results
     python bench/serving.py --out bench/results          # optimizes MiniLM first (about a minute)
 
-``--with-spinning`` also serves both with ONNX Runtime's intra-op threads spinning (its default
-in-process; the served model lets them sleep). Prints JSON and a markdown table; ``--out DIR`` also
-writes serving.json and serving.md.
+``--compare-spin -1 200`` also serves both with ONNX Runtime's own thread spinning and with a
+200 us spin (the served model's threads sleep at once by default). Prints JSON and a markdown table;
+``--out DIR`` also writes serving.json and serving.md.
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ PYTHON_REPOSITORY = REPOSITORIES[TritonBackend.PYTHON]
 MODEL = "minilm"
 SEQUENCE_LENGTH = 128
 DYNAMIC, STATIC = "triton, dynamic batching", "triton, no dynamic batching"
-SPINNING = ", threads spinning"
 IN_PROCESS = "in-process ONNX Runtime, batch {}"
 SLEEPING = ", threads sleeping"
 
@@ -129,25 +128,33 @@ def _tokenized_validation(count: int) -> list[GoldenSample]:
 class ServerVariant:
     name: str
     dynamic: bool
-    spinning: bool | None = None
-    """ONNX Runtime's intra-op threads spin-wait for work (None: the model's default, off)."""
+    spin_us: int | None = None
+    """The model's ``intra_op_spin_us`` (None: its default)."""
 
     @property
     def directory(self) -> str:
-        return ("dynamic" if self.dynamic else "static") + ("-spinning" if self.spinning else "")
+        spin = "" if self.spin_us is None else f"-spin{self.spin_us}".replace("-1", "default")
+        return ("dynamic" if self.dynamic else "static") + spin
 
 
-def server_variants(with_spinning: bool) -> list[ServerVariant]:
+def spin_label(spin_us: int) -> str:
+    if spin_us < 0:
+        return "ONNX Runtime's own spinning"
+    return "threads sleeping at once" if spin_us == 0 else f"threads spin {spin_us} us"
+
+
+def server_variants(compare_spin: list[int]) -> list[ServerVariant]:
     variants = [ServerVariant(DYNAMIC, dynamic=True), ServerVariant(STATIC, dynamic=False)]
-    if with_spinning:
-        variants += [ServerVariant(DYNAMIC + SPINNING, True, True), ServerVariant(STATIC + SPINNING, False, True)]
+    for spin_us in compare_spin:
+        label = spin_label(spin_us)
+        variants += [ServerVariant(f"{DYNAMIC}, {label}", True, spin_us), ServerVariant(f"{STATIC}, {label}", False, spin_us)]
     return variants
 
 
 def serving_repository(model_dir: Path, destination: Path, settings: ServingSettings, variant: ServerVariant) -> Path:
     """A copy of the published Python-backend repository, with this checkout's model.py.
 
-    The copies differ only in ``dynamic_batching`` (and ``intra_op_spinning`` where asked);
+    The copies differ only in ``dynamic_batching`` (and ``intra_op_spin_us`` where asked);
     instances and threads are set alike on all.
     """
     shutil.copytree(model_dir / PYTHON_REPOSITORY, destination)
@@ -162,8 +169,8 @@ def serving_repository(model_dir: Path, destination: Path, settings: ServingSett
     if settings.preferred_batch_sizes is not None:
         del config.dynamic_batching.preferred_batch_size[:]
         config.dynamic_batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
-    if variant.spinning is not None:
-        config.parameters["intra_op_spinning"].string_value = "1" if variant.spinning else "0"
+    if variant.spin_us is not None:
+        config.parameters["intra_op_spin_us"].string_value = str(variant.spin_us)
     if not variant.dynamic:
         config.ClearField("dynamic_batching")
     (model / "config.pbtxt").write_text(render_model_config(config))
@@ -311,10 +318,6 @@ def ratios(by_variant: dict[str, dict[str, float]]) -> dict[str, float]:
         "dynamic_vs_static_p95": dynamic["p95_ms"] / static["p95_ms"],
         "dynamic_vs_in_process_batch8_throughput": dynamic["sentences_per_s"] / batch8["sentences_per_s"],
     }
-    for name, key in ((DYNAMIC, "dynamic"), (STATIC, "static")):
-        if name + SPINNING in by_variant:
-            spinning = by_variant[name + SPINNING]["sentences_per_s"]
-            ratio[f"{key}_sleeping_vs_spinning_threads_throughput"] = by_variant[name]["sentences_per_s"] / spinning
     return ratio
 
 
@@ -359,13 +362,19 @@ def parse_args() -> argparse.Namespace:
         default=SEQUENCE_LENGTH,
         help=f"pad every sentence to this many tokens (default {SEQUENCE_LENGTH}, as the job's benchmark); 0: as they are",
     )
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (server and in-process)")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads per served instance")
+    parser.add_argument("--reference-threads", type=int, default=2, help="ONNX Runtime intra-op threads in-process")
     parser.add_argument("--iterations", type=int, default=40, help="in-process runs at batch 8 per round (8x that at batch 1)")
     parser.add_argument("--instances", type=int, help="override the repository's instance count (both servers)")
     parser.add_argument("--max-queue-delay-us", type=int, help="override max_queue_delay_microseconds")
     parser.add_argument("--preferred", type=int, nargs="*", help="override preferred_batch_size")
     parser.add_argument(
-        "--with-spinning", action="store_true", help="also serve both with ONNX Runtime's threads spinning (intra_op_spinning=1)"
+        "--compare-spin",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="US",
+        help="also serve both with the model's intra_op_spin_us at these values (-1: ONNX Runtime's own spinning, 0: none)",
     )
     return parser.parse_args()
 
@@ -381,15 +390,17 @@ def main() -> None:
         model_dir = optimized_model_dir(args.model_dir, work)
         samples = golden_samples(model_dir, args.samples, args.sequence_length)
         onnx_path = model_dir / PYTHON_REPOSITORY / MODEL / "1" / "model.onnx"
-        variants = server_variants(args.with_spinning)
+        variants = server_variants(args.compare_spin)
         repositories = {v.name: serving_repository(model_dir, work / v.directory, settings, v) for v in variants}
         config_text = {name: (repo / MODEL / "config.pbtxt").read_text() for name, repo in repositories.items()}
         running = {v.name: servers.enter_context(started(repositories[v.name], work / f"{v.directory}.log")) for v in variants}
 
         measure: dict[str, Callable[[], Rows]] = {
-            "in-process": functools.partial(in_process_round, onnx_path, samples, args.threads, args.iterations, spinning=True),
+            "in-process": functools.partial(
+                in_process_round, onnx_path, samples, args.reference_threads, args.iterations, spinning=True
+            ),
             "in-process, sleeping": functools.partial(
-                in_process_round, onnx_path, samples, args.threads, args.iterations, spinning=False
+                in_process_round, onnx_path, samples, args.reference_threads, args.iterations, spinning=False
             ),
         }
         for variant in variants:
@@ -401,7 +412,13 @@ def main() -> None:
         "machine": machine_report().model_dump(),
         "load_average_before": load_before,
         "load_average_after": load_average(),
-        "settings": asdict(settings) | {"concurrency": args.concurrency, "seconds": args.seconds, "rounds": args.rounds},
+        "settings": asdict(settings)
+        | {
+            "reference_threads": args.reference_threads,
+            "concurrency": args.concurrency,
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+        },
         "samples": len(samples),
         "sequence_length": args.sequence_length or "as sent (golden set)",
         "medians": by_variant,

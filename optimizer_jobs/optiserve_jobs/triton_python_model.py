@@ -10,13 +10,17 @@ Model config ``parameters`` understood by :class:`TritonPythonModel`:
     ONNX file name, relative to the version directory (default ``model.onnx``).
 ``intra_op_threads``
     onnxruntime intra-op thread count; ``0`` keeps onnxruntime's default.
-``intra_op_spinning``
-    ``1`` lets onnxruntime's idle intra-op threads spin-wait for work (its
-    default), ``0`` (our default) makes them sleep. In a server the cores are
-    shared with Triton's own threads, the client connections and the other
-    instances; spinning threads take the cores those need, and ONNX Runtime's
-    parallel sections then wait on threads that were preempted. Measured on
-    2 shared cores (docs/benchmarks.md): spinning halved the served throughput.
+``intra_op_spin_us``
+    How long, in microseconds, an idle onnxruntime intra-op thread spins for
+    work before it sleeps: ``0`` (the default) sleeps at once, ``-1`` keeps
+    onnxruntime's own spinning. A server shares its cores with Triton's
+    threads, the client connections and other processes; threads that spin
+    on after a run take the cores those need, and a parallel section then
+    waits on threads that were preempted. Measured on 2 cores
+    (docs/benchmarks.md), with dynamic batching: with two busy processes
+    beside it, onnxruntime's own spinning lost 43 % of the throughput and a
+    200 us spin 19 %; on a quiet machine sleeping at once cost 5 %. A
+    dedicated machine serving batch 1 gains from a short spin.
 ``pad_inputs``
     Comma-separated input names whose axis 1 has a variable length (token
     ids, attention masks). Requests that are run together get these inputs
@@ -249,6 +253,24 @@ def add_relative_noise(output: np.ndarray, scale: float, rng: np.random.Generato
     return (rows + noise).astype(output.dtype).reshape(output.shape)
 
 
+DEFAULT_SPIN_US = 0
+
+
+def spin_config_entries(spin_us: str) -> dict[str, str]:
+    """onnxruntime session config entries for the ``intra_op_spin_us`` parameter."""
+    try:
+        value = int(spin_us)
+    except ValueError:
+        raise ValueError(f"parameters.intra_op_spin_us: expected microseconds (or 0, or -1), got {spin_us!r}") from None
+    if value < -1:
+        raise ValueError(f"parameters.intra_op_spin_us: {value} is below -1")
+    if value == -1:
+        return {}
+    if value == 0:
+        return {"session.intra_op.allow_spinning": "0"}
+    return {"session.intra_op.allow_spinning": "1", "session.intra_op.spin_duration_us": str(value)}
+
+
 def _parameter(config: Mapping[str, Any], key: str, default: str) -> str:
     """Read a string ``parameters`` entry of a Triton model config (JSON form)."""
     entry = config.get("parameters", {}).get(key)
@@ -294,10 +316,8 @@ class TritonPythonModel:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        spinning = _parameter(config, "intra_op_spinning", "0")
-        if spinning not in ("0", "1"):
-            raise ValueError(f"parameters.intra_op_spinning: expected 0 or 1, got {spinning!r}")
-        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        for key, value in spin_config_entries(_parameter(config, "intra_op_spin_us", str(DEFAULT_SPIN_US))).items():
+            options.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(
             str(model_dir / onnx_file),
             sess_options=options,

@@ -16,6 +16,7 @@ medians over rounds, the ratios are taken within the run.
 
 ``--compare-spin -1 200`` also serves both with ONNX Runtime's own thread spinning and with a
 200 us spin (the served model's threads sleep at once by default). Prints JSON and a markdown table;
+``--busy 2`` keeps two processes spinning while it measures, as other work on a shared machine.
 ``--out DIR`` also writes serving.json and serving.md.
 """
 
@@ -48,6 +49,7 @@ from optiserve.api.spec import TritonBackend
 from optiserve.golden import GOLDEN_FILE, GoldenSample, load_golden
 from optiserve.local.load import LoadConfig, run_load
 from optiserve.local.load_clients import LoadTarget
+from optiserve.local.processes import stop_process_group
 from optiserve.local.triton import TritonServer, find_triton_install
 from optiserve.resources.triton_config import parse_model_config, render_model_config
 from optiserve_jobs import triton_python_model
@@ -278,6 +280,17 @@ def _stack(samples: list[GoldenSample]) -> dict[str, np.ndarray]:
 
 
 @contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """``count`` processes that only spin, each in a session of its own like another user's job."""
+    processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for process in processes:
+            stop_process_group(process, 5.0, "busy loop")
+
+
+@contextmanager
 def started(repository: Path, log_path: Path) -> Iterator[TritonServer]:
     with TritonServer(repository, install=find_triton_install(), log_path=log_path, summary_latencies=False) as server:
         server.wait_model_ready(MODEL, timeout_s=180)
@@ -364,6 +377,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads per served instance")
     parser.add_argument("--reference-threads", type=int, default=2, help="ONNX Runtime intra-op threads in-process")
+    parser.add_argument("--busy", type=int, default=0, help="processes that only spin while measuring (a shared machine)")
     parser.add_argument("--iterations", type=int, default=40, help="in-process runs at batch 8 per round (8x that at batch 1)")
     parser.add_argument("--instances", type=int, help="override the repository's instance count (both servers)")
     parser.add_argument("--max-queue-delay-us", type=int, help="override max_queue_delay_microseconds")
@@ -405,7 +419,8 @@ def main() -> None:
         }
         for variant in variants:
             measure[variant.name] = functools.partial(serve_variant, variant.name, running[variant.name], samples, load)
-        per_round = run_rounds(args.rounds, measure, progress)
+        with busy_processes(args.busy):
+            per_round = run_rounds(args.rounds, measure, progress)
     by_variant = {name: medians(rounds) for name, rounds in per_round.items()}
     ratio = ratios(by_variant)
     result: dict[str, Any] = {
@@ -415,6 +430,7 @@ def main() -> None:
         "settings": asdict(settings)
         | {
             "reference_threads": args.reference_threads,
+            "busy_processes": args.busy,
             "concurrency": args.concurrency,
             "seconds": args.seconds,
             "rounds": args.rounds,

@@ -347,18 +347,27 @@ def markdown(by_variant: dict[str, dict[str, float]], ratio: dict[str, float]) -
         "",
         "| target | measured | |",
         "|---|---|---|",
-        _target_row("dynamic batching >= 1.3x throughput", ratio["dynamic_vs_static_throughput"], 1.3, "x"),
-        _target_row("dynamic batching p95 no worse (ratio <= 1)", 1 / ratio["dynamic_vs_static_p95"], 1.0, "x better"),
         _target_row(
-            ">= 90 % of the faster in-process batch-8 throughput", ratio["dynamic_vs_in_process_batch8_throughput"], 0.9, ""
+            "dynamic batching >= 1.3x throughput",
+            f"{ratio['dynamic_vs_static_throughput']:.2f}x",
+            ratio["dynamic_vs_static_throughput"] >= 1.3,
+        ),
+        _target_row(
+            "dynamic batching p95 no worse",
+            f"{ratio['dynamic_vs_static_p95']:.2f}x the static p95",
+            ratio["dynamic_vs_static_p95"] <= 1.0,
+        ),
+        _target_row(
+            ">= 90 % of the faster in-process batch-8 throughput",
+            f"{ratio['dynamic_vs_in_process_batch8_throughput']:.0%}",
+            ratio["dynamic_vs_in_process_batch8_throughput"] >= 0.9,
         ),
     ]
     return "\n".join(lines)
 
 
-def _target_row(target: str, value: float, minimum: float, unit: str) -> str:
-    shown = f"{value:.0%}" if unit == "" else f"{value:.2f}{unit}"
-    return f"| {target} | {shown} | {'met' if value >= minimum else 'missed'} |"
+def _target_row(target: str, measured: str, met: bool) -> str:
+    return f"| {target} | {measured} | {'met' if met else 'missed'} |"
 
 
 def parse_args() -> argparse.Namespace:

@@ -16,11 +16,13 @@ Model config ``parameters`` understood by :class:`TritonPythonModel`:
     onnxruntime's own spinning. A server shares its cores with Triton's
     threads, the client connections and other processes; threads that spin
     on after a run take the cores those need, and a parallel section then
-    waits on threads that were preempted. Measured on 2 cores
-    (docs/benchmarks.md), with dynamic batching: with two busy processes
-    beside it, onnxruntime's own spinning lost 43 % of the throughput and a
-    200 us spin 19 %; on a quiet machine sleeping at once cost 5 %. A
-    dedicated machine serving batch 1 gains from a short spin.
+    waits on threads that were preempted. Measured on 2 cores with dynamic
+    batching (docs/benchmarks.md): beside two busy processes, sleeping at once
+    served 1.29x what a 200 us spin did and 1.75x onnxruntime's own spinning;
+    on a quiet machine a 200 us spin served 1.21x what sleeping did. Sleeping
+    is the default because OptiServe's servers share their cores (two
+    variants side by side in a canary, CPU limits in a cluster); with cores
+    of its own, set 200.
 ``pad_inputs``
     Comma-separated input names whose axis 1 has a variable length (token
     ids, attention masks). Requests that are run together get these inputs

@@ -9,15 +9,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from optiserve.local.processes import stop_process_group
+from optiserve.local.processes import stop_process_group, wait_http_ready
 from optiserve.local.triton import free_port
 
 _LOOPBACK = "127.0.0.1"
@@ -98,26 +95,12 @@ class ComparatorProcess:
             self._process = subprocess.Popen(
                 self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            code = self._process.poll()
-            if code is not None:
-                tail = self.log_tail()
-                self.stop()
-                raise RuntimeError(f"the comparator exited with code {code}:\n{tail}")
-            if self._healthy():
-                return self
-            time.sleep(0.2)
-        tail = self.log_tail()
-        self.stop()
-        raise RuntimeError(f"the comparator was not healthy within {timeout_s:.0f}s:\n{tail}")
-
-    def _healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:  # noqa: S310 - http://127.0.0.1
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+            wait_http_ready(self._process, f"{self.url}/healthz", timeout_s, "the comparator", self.log_tail)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None

@@ -7,6 +7,10 @@ import logging
 import os
 import signal
 import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -32,3 +36,25 @@ def stop_process_group(process: subprocess.Popen[bytes], grace_s: float, name: s
             _signal_group(pgid, signal.SIGKILL)
             process.wait()
     _signal_group(pgid, signal.SIGKILL)  # children can outlive the leader by a moment
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether GET `url` (an http:// URL on 127.0.0.1) answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - built from http://127.0.0.1
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_http_ready(process: subprocess.Popen[bytes], url: str, timeout_s: float, name: str, log_tail: Callable[[], str]) -> None:
+    """Until `url` answers 200; RuntimeError with the log's tail if the process exits first or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        code = process.poll()
+        if code is not None:
+            raise RuntimeError(f"{name} exited with code {code}:\n{log_tail()}")
+        if http_ok(url):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} was not ready within {timeout_s:.0f}s:\n{log_tail()}")

@@ -15,7 +15,7 @@ from typing import Self
 
 import yaml
 
-from optiserve.local.processes import stop_process_group
+from optiserve.local.processes import stop_process_group, wait_http_ready
 from optiserve.local.triton import free_port
 
 
@@ -108,18 +108,15 @@ class PrometheusServer:
             )
 
     def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process is None or self._process.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {(self._workdir / 'prometheus.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:  # noqa: S310 - built from http://127.0.0.1
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)
-        self.stop_process()
-        raise RuntimeError(f"prometheus not ready within {timeout_s:.0f}s")
+        assert self._process is not None
+        try:
+            wait_http_ready(self._process, f"{self.url}/-/ready", timeout_s, "prometheus", self._log_tail)
+        except RuntimeError:
+            self.stop_process()
+            raise
+
+    def _log_tail(self) -> str:
+        return (self._workdir / "prometheus.log").read_text(errors="replace")[-2000:]
 
     def wait_scraped(self, timeout_s: float = 30.0) -> None:
         """Until every target has been scraped once: counter increases need a sample before them."""

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from optiserve.local.processes import stop_process_group
+from optiserve.local.processes import http_ok, stop_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ class TritonServer:
         while True:
             self._check_alive("while starting")
             # Metrics start last; a port clash there ends the server after HTTP is up.
-            if self._http_ok(f"http://{self.http_url}/v2/health/ready") and self._http_ok(self.metrics_url):
+            if http_ok(f"http://{self.http_url}/v2/health/ready") and http_ok(self.metrics_url):
                 self._check_alive("while starting")
                 logger.info("Triton ready (http %s, grpc %s)", self.http_url, self.grpc_url)
                 return
@@ -363,7 +363,7 @@ class TritonServer:
         deadline = time.monotonic() + timeout_s
         while True:
             self._check_alive(f"while waiting for model {name!r}")
-            if self._http_ok(f"http://{self.http_url}/v2/models/{quoted}/ready"):
+            if http_ok(f"http://{self.http_url}/v2/models/{quoted}/ready"):
                 return
             reason = self._model_unavailable_reason(name)
             if reason is not None:
@@ -418,15 +418,6 @@ class TritonServer:
             failures = "; ".join(load_failures(self._log_text()))
             cause = f": {failures}" if failures else ""
             raise TritonStartError(f"tritonserver exited with code {code} {when}{cause}\n{self.log_tail()}")
-
-    @staticmethod
-    def _http_ok(url: str) -> bool:
-        """Whether GET ``url`` (an http:// URL of this server) answers 200."""
-        try:
-            with urllib.request.urlopen(url, timeout=2.0) as response:  # noqa: S310 - built from http://127.0.0.1
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
 
     def _model_unavailable_reason(self, name: str) -> str | None:
         """The load error of ``name`` from ``/v2/repository/index``, if it has one."""

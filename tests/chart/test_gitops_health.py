@@ -26,6 +26,7 @@ from lupa import LuaRuntime
 from optiserve.api.job import ArtifactRef, JobResult
 from optiserve.api.status import Phase
 from optiserve.domain.lifecycle import CandidateObservation, Decision, JobObservation, JobState, Observed, decide
+from optiserve.merge_patch import apply_merge_patch
 from optiserve.status_writer import build_status
 from tests.chart.helm import CHART
 
@@ -54,17 +55,7 @@ def health(obj: Mapping[str, Any]) -> dict[str, str]:
     return answer
 
 
-def merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch, as the API server applies the operator's status patch."""
-    merged = dict(base)
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+merge = apply_merge_patch  # as the API server applies the operator's status patch
 
 
 class Model:

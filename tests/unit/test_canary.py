@@ -152,6 +152,7 @@ def test_abort_rolls_back_from_any_step() -> None:
     assert progress.state is RolloutState.ROLLED_BACK
     assert progress.weight == 0
     assert "abort" in progress.reason
+    assert progress.aborted
 
 
 def test_progress_deadline_rolls_back_a_stuck_rollout() -> None:

@@ -97,6 +97,7 @@ class CanaryProgress(DomainModel):
     state: RolloutState = RolloutState.PROGRESSING
     reason: str = ""
     decision_time_s: float | None = Field(default=None, description="When the final decision was made (s after started_at).")
+    aborted: bool = Field(default=False, description="Rolled back by a person (the abort annotation), not by the judge.")
     tallies: dict[str, MetricTally] = Field(default_factory=dict)
     history: tuple[IntervalRecord, ...] = ()
 
@@ -173,7 +174,8 @@ def _next_step(plan: CanaryPlan, progress: CanaryProgress, now: datetime, reason
 def _signals(plan: CanaryPlan, progress: CanaryProgress, now: datetime, signals: Signals) -> CanaryProgress | None:
     at_s = elapsed_s(progress, now)
     if signals.aborted:
-        return _final(progress, RolloutState.ROLLED_BACK, "aborted by the optiserve.io/abort annotation", at_s, 0)
+        aborted = progress.model_copy(update={"aborted": True})
+        return _final(aborted, RolloutState.ROLLED_BACK, "aborted by the optiserve.io/abort annotation", at_s, 0)
     # Approval counts only once the rollout waits for it: a digest committed early, or an
     # annotation left on the resource, never skips the analysis of a running step.
     waiting = progress.state in (RolloutState.AWAITING_PROMOTION, RolloutState.HELD)

@@ -218,7 +218,7 @@ def _canary_decision(progress: CanaryProgress, result: JobResult, steps: int, po
             canary=progress,
         )
     if state is RolloutState.ROLLED_BACK:
-        reason = "Aborted" if "abort" in progress.reason else "CanaryFailed"
+        reason = "Aborted" if progress.aborted else "CanaryFailed"
         return Decision(
             Phase.ROLLED_BACK,
             reason,

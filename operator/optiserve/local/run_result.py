@@ -42,7 +42,7 @@ def _final_step_result(state: RolloutState, aborted: bool) -> StepResult:
 def _steps(run: CanaryRun, end_s: float) -> tuple[StepReport, ...]:
     steps = []
     reached = len(run.step_starts)
-    aborted = "abort" in run.progress.reason
+    aborted = run.progress.aborted
     for index, step in enumerate(run.plan.steps, start=1):
         if index > reached:
             steps.append(StepReport(index=index, weight=step.weight, result=StepResult.NOT_REACHED))

@@ -21,10 +21,10 @@ from optiserve.local.nginx import NginxServer
 from optiserve.local.prometheus import PrometheusServer
 from optiserve.local.triton import TritonServer, TritonStartError
 from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
+from optiserve.resources.triton_deployment import READY_REQUEST
 
 REPOSITORY = "model_repository_python"
 """The CPU tritonserver here has the Python backend only (see docs/local-mode.md)."""
-READY_REQUEST = "ready_request.json"
 SCRAPE_INTERVAL_S = 1.0
 Progress = Callable[[str], None]
 

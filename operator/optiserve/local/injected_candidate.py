@@ -18,9 +18,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from optiserve.golden import GOLDEN_FILE, GoldenSample, load_golden
+from optiserve.local.canary_servers import REPOSITORY
 from optiserve.local.inject import Injection, inject_in_place, parse_injections
 
-REPOSITORY = "model_repository_python"
 TIMING_SAMPLES = 16
 TIMING_ROUNDS = 3
 

@@ -17,7 +17,7 @@ controlplane:
 # and candidate on tritonserver, canary through nginx judged on Prometheus, promote; report in $(OUT)/minilm.
 # Exit code 0: promoted; 2: rolled back.
 demo: setup
-	$(VENV)/bin/optiserve run -f examples/minilm/optimizedmodel.yaml --report $(OUT)/minilm --job-cache $(OUT)/job-cache
+	$(VENV)/bin/optiserve run -f examples/minilm/optimizedmodel.yaml --report $(OUT)/demo --job-cache $(OUT)/job-cache
 
 lint: setup
 	$(VENV)/bin/ruff check .

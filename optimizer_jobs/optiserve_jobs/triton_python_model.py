@@ -22,7 +22,7 @@ Model config ``parameters`` understood by :class:`TritonPythonModel`:
     on a quiet machine a 200 us spin served 1.21x what sleeping did. Sleeping
     is the default because OptiServe's servers share their cores (two
     variants side by side in a canary, CPU limits in a cluster); with cores
-    of its own, set 200.
+    of its own, set 200 (``spec.serving.triton.intraOpSpinMicroseconds``).
 ``pad_inputs``
     Comma-separated input names whose axis 1 has a variable length (token
     ids, attention masks). Requests that are run together get these inputs
@@ -331,8 +331,9 @@ class TritonPythonModel:
         self.noise_rng = np.random.default_rng(NOISE_SEED)
         if self.injection.active:
             logger.warning("injecting regressions on purpose: %s", self.injection)
-        # Keep the family alive as long as its metric: Triton refuses to count into an orphan.
-        self.failure_family, self.failures = _failure_counter(args)
+        # Keep each family alive as long as its metric: Triton refuses to count into an orphan.
+        self.failure_family, self.failures = _counter(args, FAILURE_METRIC, FAILURE_HELP)
+        self.run_family, self.run_microseconds = _counter(args, RUN_TIME_METRIC, RUN_TIME_HELP)
         session_inputs = {node.name for node in self.session.get_inputs()}
         if session_inputs != set(self.input_names):
             raise ValueError(
@@ -384,6 +385,8 @@ class TritonPythonModel:
         failed = sum(1 for response in responses if response.has_error())
         if failed and self.failures is not None:
             self.failures.increment(failed)
+        if self.run_seconds and self.run_microseconds is not None:
+            self.run_microseconds.increment(self.run_seconds * 1e6)
         return responses
 
     def _read_inputs(self, request: Any) -> dict[str, np.ndarray]:
@@ -436,10 +439,12 @@ class TritonPythonModel:
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
 
     def finalize(self) -> None:
-        """Release the onnxruntime session, and the failure metric before its family."""
+        """Release the onnxruntime session, and each metric before its family."""
         self.session = None
         self.failures = None
         self.failure_family = None
+        self.run_microseconds = None
+        self.run_family = None
 
 
 _TRITON_TO_NUMPY: dict[str, Any] = {
@@ -472,20 +477,25 @@ def _error_response(message: str) -> Any:
 
 
 FAILURE_METRIC = "optiserve_request_failure_total"
+FAILURE_HELP = "Requests the OptiServe Python-backend model answered with an error"
+RUN_TIME_METRIC = "optiserve_onnxruntime_run_duration_us"
+RUN_TIME_HELP = (
+    "Cumulative microseconds the OptiServe Python-backend model spent inside ONNX Runtime's session.run; "
+    "nv_inference_compute_infer_duration_us minus this is what the model and the backend stub add"
+)
 
 
-def _failure_counter(args: Mapping[str, str]) -> tuple[Any, Any]:
-    """A counter of requests this model answered with an error, exported on Triton's /metrics.
+def _counter(args: Mapping[str, str], name: str, description: str) -> tuple[Any, Any]:
+    """A counter of this model instance's, exported on Triton's /metrics with Triton's own metrics.
 
-    Triton 2.51 counts a Python-backend request that got an error *response* as a success and
-    leaves `nv_inference_request_failure` at 0 (measured), so the canary's error rate needs this.
+    `optiserve_request_failure_total`: Triton 2.51 counts a Python-backend request that got an
+    error *response* as a success and leaves `nv_inference_request_failure` at 0 (measured), so
+    the canary's error rate needs it. `optiserve_onnxruntime_run_duration_us`: Triton's compute
+    time covers the whole `execute` and the round trip to the backend stub; this is the ONNX
+    Runtime part of it, so the serving overhead can be read off a running server.
     """
     family_type = getattr(pb_utils, "MetricFamily", None)
     if family_type is None:  # a Triton without custom metrics
         return None, None
-    family = family_type(
-        name=FAILURE_METRIC,
-        description="Requests the OptiServe Python-backend model answered with an error",
-        kind=family_type.COUNTER,
-    )
+    family = family_type(name=name, description=description, kind=family_type.COUNTER)
     return family, family.Metric(labels={"model": str(args["model_name"]), "version": str(args["model_version"])})

@@ -41,6 +41,7 @@ import attrs
 import jsonpatch
 import jsonpointer
 import kmock
+import pytest
 from kmock._internal import k8s_dicts  # the stored-object type, for the fast paths
 
 ALL_VERBS = frozenset({"list", "watch", "get", "patch", "create", "update", "delete"})
@@ -317,3 +318,25 @@ def serve_emulator(
         thread.join(timeout=timeout_s)
         if not thread.is_alive():
             loop.close()
+
+
+def emulator_fixtures(resources: Mapping[str, kmock.ResourceInfo]) -> tuple[Any, Any]:
+    """The `emulator` and `kube` fixtures of a test module: an emulator declaring `resources`,
+    and the test's own client of it (the test plays the user and the cluster's controllers).
+
+    Use as ``emulator, kube = emulator_fixtures(DISCOVERY)`` at module level.
+    """
+    from optiserve.kube.client import KubeClient
+
+    @pytest.fixture
+    def emulator() -> Iterator[RunningEmulator]:
+        with serve_emulator(resources) as running:
+            yield running
+
+    @pytest.fixture
+    def kube(emulator: RunningEmulator) -> Iterator[KubeClient]:
+        client = KubeClient.for_host(emulator.url)
+        yield client
+        client.close()
+
+    return emulator, kube

@@ -30,7 +30,7 @@ from optiserve.handlers import build_registry
 from optiserve.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, KubeClient, Resource
 from optiserve.resources.job import restricted_security_context
 from optiserve.settings import Settings
-from tests.component.kube_emulator import RunningEmulator, resource_info, serve_emulator
+from tests.component.kube_emulator import RunningEmulator, emulator_fixtures, resource_info
 from tests.conftest import REPO_ROOT
 
 NAMESPACE = "ml"
@@ -84,18 +84,7 @@ def minilm_manifest() -> dict[str, Any]:
     return dict(document)
 
 
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    with serve_emulator(DISCOVERY) as running:
-        yield running
-
-
-@pytest.fixture
-def kube(emulator: RunningEmulator) -> Iterator[KubeClient]:
-    """The test's own client: it plays the user and the cluster's controllers."""
-    client = KubeClient.for_host(emulator.url)
-    yield client
-    client.close()
+emulator, kube = emulator_fixtures(DISCOVERY)
 
 
 OperatorFactory = Callable[[], contextlib.AbstractContextManager[KopfRunner]]

@@ -25,7 +25,7 @@ from optiserve.handlers import build_registry
 from optiserve.kube.client import DEPLOYMENTS, JOBS, SERVICES, KubeClient
 from optiserve.observability import parse_time
 from optiserve.settings import Settings
-from tests.component.kube_emulator import RunningEmulator, serve_emulator
+from tests.component.kube_emulator import RunningEmulator, emulator_fixtures
 from tests.component.test_operator import (
     DISCOVERY,
     MODEL,
@@ -51,17 +51,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    with serve_emulator(DISCOVERY) as running:
-        yield running
-
-
-@pytest.fixture
-def kube(emulator: RunningEmulator) -> Iterator[KubeClient]:
-    client = KubeClient.for_host(emulator.url)
-    yield client
-    client.close()
+emulator, kube = emulator_fixtures(DISCOVERY)
 
 
 @pytest.fixture

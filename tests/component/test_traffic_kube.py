@@ -22,7 +22,7 @@ from optiserve.providers.traffic_factory import RouterContext, router_for
 from optiserve.providers.traffic_replicas import ReplicaRouter
 from optiserve.resources.pod import Owner
 from optiserve.resources.triton_deployment import ServingSettings, Variant, build_triton_deployment
-from tests.component.kube_emulator import RunningEmulator, resource_info, serve_emulator
+from tests.component.kube_emulator import RunningEmulator, emulator_fixtures, resource_info
 
 NAMESPACE = "ml"
 OWNER = Owner("optiserve.io/v1alpha1", "OptimizedModel", "minilm", "0b7c7d1e-1111-2222-3333-444455556666")
@@ -51,18 +51,7 @@ USER_ROUTE: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    with serve_emulator(DISCOVERY) as running:
-        yield running
-
-
-@pytest.fixture
-def kube(emulator: RunningEmulator) -> Iterator[KubeClient]:
-    """The test's own client: it plays the user and the cluster."""
-    client = KubeClient.for_host(emulator.url)
-    yield client
-    client.close()
+emulator, kube = emulator_fixtures(DISCOVERY)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from optiserve.local.triton import (
     TritonStartError,
     find_triton_install,
 )
-from tests.component.triton_helpers import model_counters, settled_counters
+from tests.component.triton_helpers import infer_grpc, model_counters, model_metric, settled_counters
 
 MODEL_PY = Path(triton_python_model.__file__)
 
@@ -255,6 +255,22 @@ def test_concurrent_http_requests_are_merged(server: TritonServer) -> None:
     execs_after, success_after = settled_counters(server, LINEAR, success_before + REQUESTS)
     assert success_after - success_before == REQUESTS
     assert execs_after - execs_before < success_after - success_before, "no batch was merged"
+
+
+def test_onnxruntime_time_is_exported_within_tritons_compute_time(server: TritonServer) -> None:
+    """The model's ONNX Runtime counter grows with the load and stays below Triton's compute
+    time for the same executions (which also covers the model's code and the stub round trip)."""
+    metric = triton_python_model.RUN_TIME_METRIC
+    onnx_before = model_metric(server, metric, LINEAR)
+    compute_before = model_metric(server, "nv_inference_compute_infer_duration_us", LINEAR)
+    _, success_before = model_counters(server, LINEAR)
+    for x in linear_inputs(8):
+        infer_grpc(server.grpc_url, LINEAR, {"X": x}, "Y")
+    settled_counters(server, LINEAR, success_before + 8)
+    onnx_spent = model_metric(server, metric, LINEAR) - onnx_before
+    compute_spent = model_metric(server, "nv_inference_compute_infer_duration_us", LINEAR) - compute_before
+    assert onnx_spent > 0
+    assert onnx_spent < compute_spent
 
 
 def test_concurrent_grpc_variable_length_requests_are_merged(server: TritonServer) -> None:

@@ -34,16 +34,18 @@ def infer_grpc(url: str, model: str, inputs: dict[str, np.ndarray], output: str)
     return _infer(grpcclient, url, model, inputs, output)
 
 
-def model_counters(server: TritonServer, model: str) -> tuple[float, float]:
-    """(executions, successful requests) of ``model`` from Triton's /metrics."""
+def model_metric(server: TritonServer, name: str, model: str) -> float:
+    """The value of metric ``name`` for ``model`` on Triton's /metrics (Triton's own or the model's)."""
     with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
         text = response.read().decode()
-    values = {}
-    for metric in ("nv_inference_exec_count", "nv_inference_request_success"):
-        match = re.search(rf'^{metric}\{{[^}}]*model="{model}"[^}}]*\}} (\S+)$', text, re.MULTILINE)
-        assert match, f"{metric} for {model} missing from /metrics"
-        values[metric] = float(match.group(1))
-    return values["nv_inference_exec_count"], values["nv_inference_request_success"]
+    match = re.search(rf'^{name}\{{[^}}]*model="{model}"[^}}]*\}} (\S+)$', text, re.MULTILINE)
+    assert match, f"{name} for {model} missing from /metrics"
+    return float(match.group(1))
+
+
+def model_counters(server: TritonServer, model: str) -> tuple[float, float]:
+    """(executions, successful requests) of ``model`` from Triton's /metrics."""
+    return model_metric(server, "nv_inference_exec_count", model), model_metric(server, "nv_inference_request_success", model)
 
 
 def settled_counters(server: TritonServer, model: str, min_success: float, timeout_s: float = 15.0) -> tuple[float, float]:

@@ -62,3 +62,22 @@ def test_preferred_sizes_never_exceed_max_batch() -> None:
     triton = TritonSpec.model_validate({"maxBatchSize": 8, "dynamicBatching": {"preferredBatchSizes": [4, 8, 64]}})
     config = parse_model_config(_render(TritonBackend.PYTHON, triton))
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+
+
+def test_spin_setting_reaches_the_python_model_and_is_left_out_by_default() -> None:
+    spinning = TritonSpec.model_validate({"backend": "python", "intraOpThreads": 2, "intraOpSpinMicroseconds": 200})
+    config = parse_model_config(_render(TritonBackend.PYTHON, spinning))
+    assert config.parameters["intra_op_spin_us"].string_value == "200"
+    default = parse_model_config(_render(TritonBackend.PYTHON))
+    assert "intra_op_spin_us" not in default.parameters
+
+
+@pytest.mark.parametrize("value", [-2, 100_001])
+def test_spin_setting_out_of_range_names_the_field(value: int) -> None:
+    with pytest.raises(ValueError, match="intraOpSpinMicroseconds"):
+        TritonSpec.model_validate({"backend": "python", "intraOpSpinMicroseconds": value})
+
+
+def test_spin_setting_is_refused_for_the_onnxruntime_backend() -> None:
+    with pytest.raises(ValueError, match="intraOpSpinMicroseconds: only the python backend"):
+        TritonSpec.model_validate({"backend": "onnxruntime", "intraOpSpinMicroseconds": 200})

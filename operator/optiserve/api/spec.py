@@ -276,6 +276,25 @@ class TritonSpec(ApiModel):
     instance_group: InstanceGroup = Field(default_factory=InstanceGroup, description="instance_group settings.")
     response_cache: bool = Field(default=False, description="Enable Triton's response cache for this model.")
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads (0: runtime default).")
+    intra_op_spin_microseconds: int | None = Field(
+        default=None,
+        ge=-1,
+        le=100_000,
+        description=(
+            "Python backend only: how long an idle ONNX Runtime intra-op thread spins before it sleeps "
+            "(0, the default: sleep at once, for servers that share their cores; -1: ONNX Runtime's own "
+            "spinning; 200 served 1.2x on dedicated cores, docs/benchmarks.md)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_spin_backend(self) -> TritonSpec:
+        if self.intra_op_spin_microseconds is not None and self.backend is not TritonBackend.PYTHON:
+            raise ValueError(
+                "intraOpSpinMicroseconds: only the python backend takes it "
+                f"(backend is {self.backend.value}; Triton's onnxruntime backend has no such model parameter)"
+            )
+        return self
 
 
 class ServingSpec(ApiModel):

@@ -11,10 +11,9 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from optiserve.local.processes import stop_process_group, wait_http_ready
+from optiserve.local.processes import WorkdirProcess, wait_http_ready
 from optiserve.local.triton import free_port
 
 _LOOPBACK = "127.0.0.1"
@@ -47,14 +46,15 @@ class ComparatorArgs:
         return flags + [f"{flag}={value}" for flag, value in optional.items() if value is not None]
 
 
-class ComparatorProcess:
+class ComparatorProcess(WorkdirProcess):
     """Use as a context manager, or call `start` and `stop`; `metrics_url` is what Prometheus scrapes."""
+
+    process_name = "comparator"
 
     def __init__(self, args: ComparatorArgs) -> None:
         self.args = args
         self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
-        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        super().__init__()
 
     @property
     def address(self) -> str:
@@ -101,20 +101,3 @@ class ComparatorProcess:
             self.stop()
             raise
         return self
-
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            stop_process_group(process, 10.0, "comparator")
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
-            self._tmpdir = None
-
-    def __enter__(self) -> Self:
-        return self.start() if self._process is None else self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
-        self.stop()

@@ -7,10 +7,13 @@ import logging
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from types import TracebackType
+from typing import ClassVar, Self
 
 logger = logging.getLogger(__name__)
 
@@ -58,3 +61,37 @@ def wait_http_ready(process: subprocess.Popen[bytes], url: str, timeout_s: float
             return
         time.sleep(0.2)
     raise RuntimeError(f"{name} was not ready within {timeout_s:.0f}s:\n{log_tail()}")
+
+
+class WorkdirProcess:
+    """A child process with a temporary directory of its own (configuration, log, data).
+
+    Subclasses set `_process` and `_tmpdir` in `start`; `stop`, or the end of a `with` block,
+    stops the whole process group and removes the directory.
+    """
+
+    process_name: ClassVar[str] = "child process"
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+
+    def start(self, timeout_s: float = 60.0) -> Self:
+        raise NotImplementedError
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            stop_process_group(process, 10.0, self.process_name)
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def __enter__(self) -> Self:
+        return self.start() if self._process is None else self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.stop()

@@ -10,12 +10,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import yaml
 
-from optiserve.local.processes import stop_process_group, wait_http_ready
+from optiserve.local.processes import WorkdirProcess, stop_process_group, wait_http_ready
 from optiserve.local.triton import free_port
 
 
@@ -23,17 +22,18 @@ class PrometheusNotInstalledError(RuntimeError):
     pass
 
 
-class PrometheusServer:
+class PrometheusServer(WorkdirProcess):
     """Scrapes `targets` (label values -> 'host:port') every `scrape_interval_s`; each target gets
     the label `variant` (or `label`) with its key, which is how variants are told apart."""
+
+    process_name = "prometheus"
 
     def __init__(self, targets: dict[str, str], *, scrape_interval_s: float = 1.0, label: str = "variant") -> None:
         self.targets = targets
         self.scrape_interval_s = scrape_interval_s
         self.label = label
         self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
-        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        super().__init__()
 
     @property
     def url(self) -> str:
@@ -78,9 +78,6 @@ class PrometheusServer:
         self._launch()
         self._wait_ready(timeout_s)
         return self
-
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     @property
     def _workdir(self) -> Path:
@@ -128,17 +125,3 @@ class PrometheusServer:
                 return
             time.sleep(0.2)
         raise RuntimeError(f"prometheus did not scrape all {len(self.targets)} targets within {timeout_s:.0f}s")
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            stop_process_group(process, 10.0, "prometheus")
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
-            self._tmpdir = None
-
-    def __enter__(self) -> Self:
-        return self.start() if self._process is None else self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
-        self.stop()

@@ -56,6 +56,8 @@ def _parameters(backend: TritonBackend, triton: TritonSpec, io: ModelIO) -> dict
     if backend is TritonBackend.PYTHON:
         values["onnx_file"] = "model.onnx"
         values["intra_op_threads"] = str(triton.intra_op_threads)
+        if triton.intra_op_spin_microseconds is not None:
+            values["intra_op_spin_us"] = str(triton.intra_op_spin_microseconds)
         if io.text_inputs:
             values["pad_inputs"] = ",".join(spec.name for spec in io.inputs)
     elif triton.intra_op_threads:

@@ -271,16 +271,21 @@ def pod_failure(pods: Iterable[Mapping[str, Any]]) -> str:
     return ""
 
 
-def _classify(error: ApiException, what: str) -> KubeError:
-    status = int(error.status or 0)
-    message = str(error.reason or "")
+def _api_message(error: ApiException) -> str:
+    """The API server's own `message` from a Status body, else the HTTP reason."""
     try:
         body = json.loads(error.body) if error.body else {}
-        message = str(body.get("message") or message) if isinstance(body, dict) else message
     except ValueError:
-        pass
-    text = f"{what}: HTTP {status} {message}".strip()
-    if status == 0 or status == 429 or status >= 500:
+        body = {}
+    return str(body.get("message") or error.reason or "") if isinstance(body, dict) else str(error.reason or "")
+
+
+def classify_api_error(error: ApiException, what: str, *, conflict_is_transient: bool = False) -> KubeError:
+    """A `TransientError` (connection, 429, 5xx, and 409 where asked; retried after `Retry-After`)
+    or an `ApiError` carrying the status; the text names `what` was being done."""
+    status = int(error.status or 0)
+    text = f"{what}: HTTP {status} {_api_message(error)}".strip()
+    if status in (0, 429) or status >= 500 or (status == 409 and conflict_is_transient):
         retry_after = (error.headers or {}).get("Retry-After")
         try:
             delay = float(retry_after) if retry_after else DEFAULT_RETRY_S
@@ -359,7 +364,7 @@ class KubeClient:
             response.read()  # type: ignore[no-untyped-call]
             return self._api.response_deserialize(response, {"2XX": "object"}).data
         except ApiException as e:
-            raise _classify(e, what) from e
+            raise classify_api_error(e, what) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise TransientError(f"{what}: {e}") from e
 

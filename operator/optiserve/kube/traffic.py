@@ -15,7 +15,6 @@ are `TransientError`; other refusals `ApiError` with the HTTP status.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -23,7 +22,7 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from optiserve.kube.client import DEFAULT_RETRY_S, ApiError, KubeError, TransientError
+from optiserve.kube.client import ApiError, TransientError, classify_api_error
 from optiserve.resources.httproute import GATEWAY_GROUP
 
 MERGE_PATCH: Final = "application/merge-patch+json"
@@ -40,27 +39,6 @@ class Replicas:
     ready: int
 
 
-def _message(error: ApiException) -> str:
-    try:
-        body = json.loads(error.body) if error.body else {}
-    except ValueError:
-        body = {}
-    return str(body.get("message") or error.reason or "") if isinstance(body, dict) else str(error.reason or "")
-
-
-def _translate(error: ApiException, what: str, conflict_is_transient: bool = False) -> KubeError:
-    status = int(error.status or 0)
-    text = f"{what}: HTTP {status} {_message(error)}".strip()
-    if status in (0, 429) or status >= 500 or (status == 409 and conflict_is_transient):
-        retry_after = (error.headers or {}).get("Retry-After")
-        try:
-            delay = float(retry_after) if retry_after else DEFAULT_RETRY_S
-        except ValueError:
-            delay = DEFAULT_RETRY_S
-        return TransientError(text, delay_s=delay)
-    return ApiError(text, status)
-
-
 class TrafficApi:
     """Reads and writes what decides the split; keeps no state besides the API connection."""
 
@@ -74,7 +52,7 @@ class TrafficApi:
         try:
             return method(*args, _request_timeout=self._timeout, **kwargs)
         except ApiException as e:
-            raise _translate(e, what, conflict_is_transient) from e
+            raise classify_api_error(e, what, conflict_is_transient=conflict_is_transient) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise TransientError(f"{what}: {e}") from e
 

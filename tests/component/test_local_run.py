@@ -38,6 +38,10 @@ def _command(report: Path, cache: Path, *extra: str) -> list[str]:
     return [*run, "--job-cache", str(cache), "--no-live", *extra]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _servers_started_by(pid: int) -> list[psutil.Process]:
     """The server processes (tritonserver, nginx, Prometheus, backend stubs) below process `pid`."""
     return [
@@ -143,7 +147,15 @@ def test_ctrl_c_stops_every_process_and_still_writes_the_report(tmp_path: Path, 
     report_dir = tmp_path / "report"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        _command(report_dir, job_cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        _command(report_dir, job_cache),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        # A test run started in the background of a non-interactive shell (`make test &`) inherits
+        # SIGINT ignored, and Python then installs no KeyboardInterrupt handler: give the child
+        # the default disposition a terminal's Ctrl-C meets.
+        preexec_fn=_default_sigint,
     )
     assert process.stdout is not None
     deadline = time.monotonic() + RUN_TIMEOUT_S

@@ -27,7 +27,7 @@ from optiserve.api.status import Phase
 from optiserve.canary_reconcile import SIGNAL_ANNOTATIONS, CanaryInputs, MetricsFactory, canary_decision_for, prometheus_metrics
 from optiserve.domain.lifecycle import TERMINAL, Child, Decision, JobObservation, Observed, decide
 from optiserve.domain.pipeline_generation import described_generation, pipeline_generation, spec_digest
-from optiserve.kube.client import ARTIFACT_ANNOTATION, BASELINE, CANDIDATE, KubeClient, TransientError
+from optiserve.kube.client import ARTIFACT_ANNOTATION, BASELINE, CANDIDATE, KubeClient, TransientError, deployment_ready
 from optiserve.merge_patch import apply_merge_patch
 from optiserve.providers.traffic import PermanentTrafficError, TrafficError, TrafficRouter, TransientTrafficError, verify
 from optiserve.providers.traffic_factory import RouterContext, router_for
@@ -133,11 +133,17 @@ def _act(
     if decision.remove_stale:
         kube.remove_stale(namespace, owner.name, generation)
     serve = decision.promote or (promoted if Child.BASELINE in decision.want else None)
+    baseline_still_ready = True
     if manifest is not None and serve is not None:
         variant = Variant(BASELINE, generation, manifest.spec.serving.replicas)
         for child in _triton_manifests(owner, namespace, variant, manifest, serve, settings):
-            kube.ensure(child, scale_owned)
-    if decision.retire_candidate:
+            written = kube.ensure(child, scale_owned)
+            if written.get("kind") == "Deployment":
+                baseline_still_ready = deployment_ready(written)
+    # The decision saw the baseline before this reconcile wrote it: a write that changed what it
+    # serves (a promotion repeated after its status write was lost) starts a new rollout of the
+    # baseline, and the candidate stays until a later reconcile sees that rollout ready.
+    if decision.retire_candidate and baseline_still_ready:
         kube.retire_candidate(namespace, owner.name)
 
 

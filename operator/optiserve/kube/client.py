@@ -133,7 +133,7 @@ class BaselineState:
     ready: bool = False
 
 
-def _deployment_ready(deployment: Object) -> bool:
+def deployment_ready(deployment: Object) -> bool:
     """At least one ready replica of the Deployment's current spec."""
     status = deployment.get("status") or {}
     current = int(status.get("observedGeneration") or 0) >= int(_meta(deployment).get("generation") or 0)
@@ -434,7 +434,7 @@ class KubeClient:
             return None
         meta = _meta(deployment)
         generation = _generation(deployment)
-        ready = _deployment_ready(deployment)
+        ready = deployment_ready(deployment)
         failure = ""
         if not ready:
             match = dict(((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
@@ -454,7 +454,7 @@ class KubeClient:
         if baseline is None:
             return None
         sha256 = str((_meta(baseline).get("annotations") or {}).get(ARTIFACT_ANNOTATION, ""))
-        return BaselineState(generation=_generation(baseline), artifact_sha256=sha256, ready=_deployment_ready(baseline))
+        return BaselineState(generation=_generation(baseline), artifact_sha256=sha256, ready=deployment_ready(baseline))
 
     def remove_annotations(self, namespace: str, model: str, keys: Iterable[str]) -> None:
         """Drop one-shot annotations (promote, abort) from the OptimizedModel once acted on."""

@@ -34,18 +34,26 @@ def infer_grpc(url: str, model: str, inputs: dict[str, np.ndarray], output: str)
     return _infer(grpcclient, url, model, inputs, output)
 
 
-def model_metric(server: TritonServer, name: str, model: str) -> float:
-    """The value of metric ``name`` for ``model`` on Triton's /metrics (Triton's own or the model's)."""
+def _metrics_text(server: TritonServer) -> str:
     with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
+        return str(response.read().decode())
+
+
+def _value(text: str, name: str, model: str) -> float:
     match = re.search(rf'^{name}\{{[^}}]*model="{model}"[^}}]*\}} (\S+)$', text, re.MULTILINE)
     assert match, f"{name} for {model} missing from /metrics"
     return float(match.group(1))
 
 
+def model_metric(server: TritonServer, name: str, model: str) -> float:
+    """The value of metric ``name`` for ``model`` on Triton's /metrics (Triton's own or the model's)."""
+    return _value(_metrics_text(server), name, model)
+
+
 def model_counters(server: TritonServer, model: str) -> tuple[float, float]:
-    """(executions, successful requests) of ``model`` from Triton's /metrics."""
-    return model_metric(server, "nv_inference_exec_count", model), model_metric(server, "nv_inference_request_success", model)
+    """(executions, successful requests) of ``model``, from one read of Triton's /metrics."""
+    text = _metrics_text(server)
+    return _value(text, "nv_inference_exec_count", model), _value(text, "nv_inference_request_success", model)
 
 
 def settled_counters(server: TritonServer, model: str, min_success: float, timeout_s: float = 15.0) -> tuple[float, float]:

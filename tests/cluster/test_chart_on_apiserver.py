@@ -46,6 +46,7 @@ RESTRICTED = {
 }
 VALUES = {"watchNamespaces": [WATCHED]}
 WAIT_S = 60.0
+LAST_HANDLED = "optiserve.io/last-handled-configuration"
 
 T = TypeVar("T")
 
@@ -240,10 +241,12 @@ def test_operator_reconciles_under_the_charts_rbac(control_plane: Cluster, insta
         job = until(
             "the operator to create the optimization Job", lambda: _job(control_plane, "minilm-optimize-g1"), detail=operator.tail
         )
+        # The handler writes status itself; kopf's own patch (its last-handled annotation) lands after.
         model = until(
-            "status phase Optimizing",
+            "status phase Optimizing and kopf's last-handled annotation",
             lambda: (
                 (m := control_plane.request("GET", _models_path("minilm")).json()).get("status", {}).get("phase") == "Optimizing"
+                and LAST_HANDLED in (m["metadata"].get("annotations") or {})
                 and m
             ),
             detail=operator.tail,

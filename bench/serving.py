@@ -49,7 +49,7 @@ from optiserve.api.spec import TritonBackend
 from optiserve.golden import GOLDEN_FILE, GoldenSample, load_golden
 from optiserve.local.load import LoadConfig, run_load
 from optiserve.local.load_clients import LoadTarget
-from optiserve.local.processes import stop_process_group
+from optiserve.local.processes import busy_processes
 from optiserve.local.triton import TritonServer, find_triton_install
 from optiserve.resources.triton_config import parse_model_config, render_model_config
 from optiserve_jobs import triton_python_model
@@ -301,17 +301,6 @@ def _stack(samples: list[GoldenSample]) -> dict[str, np.ndarray]:
 
 
 # -- the run -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def busy_processes(count: int) -> Iterator[None]:
-    """``count`` processes that only spin, each in a session of its own like another user's job."""
-    processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(count)]
-    try:
-        yield
-    finally:
-        for process in processes:
-            stop_process_group(process, 5.0, "busy loop")
 
 
 @contextmanager

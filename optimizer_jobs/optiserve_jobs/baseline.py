@@ -18,6 +18,7 @@ from optiserve_jobs import repository
 from optiserve_jobs.datasets import Dataset, load_dataset
 from optiserve_jobs.errors import JobError
 from optiserve_jobs.golden_set import golden_samples
+from optiserve_jobs.interference import benchmark_threads
 from optiserve_jobs.job import NUMERICAL_CHECK_SAMPLES, job_source_is_text
 from optiserve_jobs.passes import PassContext, PassStatus, build_pass
 from optiserve_jobs.source_model import load_source_model
@@ -47,7 +48,7 @@ def publish_baseline(request: JobRequest, out_dir: Path) -> ArtifactRef:
                 work_dir=work_dir,
                 source=source,
                 base_dir=base_dir,
-                threads=request.benchmark.threads,
+                threads=benchmark_threads(request.benchmark.threads),
                 sample=validation.take(NUMERICAL_CHECK_SAMPLES),
                 load_dataset=dataset,
             )

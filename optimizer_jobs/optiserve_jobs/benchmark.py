@@ -4,6 +4,11 @@ Two ONNX Runtime sessions in one process with thread spinning on slow each other
 PyTorch's OpenMP pool competes with ONNX Runtime's; so each variant runs in its own worker
 process, and the parent asks one worker at a time for a round of timed runs (A, B, A, B, ...),
 which also spreads any drift of the machine evenly over the variants.
+
+Each round also records how long the worker's threads waited for a CPU (the kernel's run-queue
+delay): a round that waited too long measured the machine, not the model, and the parent measures
+again, within the spec's budget, until it has enough undisturbed pairs whose speedups agree
+(`optiserve_jobs.stability`).
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from typing import Any
 import numpy as np
 
 from optiserve.api.spec import BenchmarkSpec
+from optiserve_jobs.interference import benchmark_threads, run_queue_wait_ns
 from optiserve_jobs.profiling import profile_operators
 from optiserve_jobs.runners import VariantSpec
+from optiserve_jobs.stability import Round, SpeedEvidence, clean_pairs, speed_evidence
 
 
 @dataclass
@@ -33,6 +40,11 @@ class BatchTiming:
     p99_ms: float
     throughput_per_s: float
     samples: int
+    rounds: int = 0
+    """Rounds timed, disturbed ones included."""
+    disturbed_rounds: int = 0
+    """Rounds of this variant whose threads waited for a CPU beyond the limit."""
+    median_wait_fraction: float | None = None
 
 
 @dataclass
@@ -44,6 +56,8 @@ class VariantBenchmark:
     model_rss_bytes: int
     batches: list[BatchTiming] = field(default_factory=list)
     top_operators: list[dict[str, float | str]] = field(default_factory=list)
+    rounds: dict[int, list[Round]] = field(default_factory=dict)
+    """Every timed round by batch size, index-aligned across the variants of one run."""
 
     def timing(self, batch_size: int) -> BatchTiming:
         return next(b for b in self.batches if b.batch_size == batch_size)
@@ -67,6 +81,23 @@ def _peak_rss_bytes() -> int:
     return _rss_bytes()
 
 
+def _timed_round(
+    run: Callable[[dict[str, np.ndarray]], Any], feed: dict[str, np.ndarray], iterations: int, threads: int
+) -> Round:
+    waited_before, started = run_queue_wait_ns(), time.perf_counter()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        run(feed)
+        times.append(time.perf_counter() - start)
+    wall_ns = (time.perf_counter() - started) * 1e9
+    waited_after = run_queue_wait_ns()
+    wait = None
+    if waited_before is not None and waited_after is not None and wall_ns > 0:
+        wait = (waited_after - waited_before) / (wall_ns * max(1, threads))
+    return Round(tuple(times), wait)
+
+
 def _worker(conn: Connection, variant: VariantSpec, threads: int, inputs: dict[int, dict[str, np.ndarray]]) -> None:
     """Runs in the child: build the runner once, then answer timing requests until told to stop."""
     try:
@@ -81,12 +112,7 @@ def _worker(conn: Connection, variant: VariantSpec, threads: int, inputs: dict[i
                 batch, warmup, iterations = args
                 for _ in range(warmup):
                     runner.run(inputs[batch])
-                times = []
-                for _ in range(iterations):
-                    start = time.perf_counter()
-                    runner.run(inputs[batch])
-                    times.append(time.perf_counter() - start)
-                conn.send(("times", times))
+                conn.send(("times", _timed_round(runner.run, inputs[batch], iterations, threads)))
             elif command == "profile":
                 conn.send(("profile", profile_operators(variant.onnx_path, threads, inputs[args[0]], args[1])))
             elif command == "rss":
@@ -133,9 +159,12 @@ class _Worker:
             self.process.join()
 
 
-def _summarize(batch: int, rounds: list[list[float]]) -> BatchTiming:
-    pooled = np.asarray([t for r in rounds for t in r]) * 1000.0
-    p50 = statistics.median(float(np.median(r)) * 1000.0 for r in rounds)
+def _summarize(batch: int, rounds: list[Round], clean: list[int], max_wait_fraction: float) -> BatchTiming:
+    """Percentiles over the undisturbed pairs' rounds (every round when none was undisturbed)."""
+    judged = [rounds[i] for i in clean] or rounds
+    pooled = np.asarray([t for r in judged for t in r.times_s]) * 1000.0
+    p50 = statistics.median(r.median_s * 1000.0 for r in judged)
+    waits = [r.wait_fraction for r in rounds if r.wait_fraction is not None]
     return BatchTiming(
         batch_size=batch,
         p50_ms=p50,
@@ -143,7 +172,58 @@ def _summarize(batch: int, rounds: list[list[float]]) -> BatchTiming:
         p99_ms=float(np.percentile(pooled, 99)),
         throughput_per_s=batch * 1000.0 / p50,
         samples=len(pooled),
+        rounds=len(rounds),
+        disturbed_rounds=sum(r.disturbed(max_wait_fraction) for r in rounds),
+        median_wait_fraction=statistics.median(waits) if waits else None,
     )
+
+
+def evidence(baseline: VariantBenchmark, candidate: VariantBenchmark, batch: int, spec: BenchmarkSpec) -> SpeedEvidence:
+    """The paired speedup of `candidate` over `baseline` at `batch`, from one run's rounds."""
+    return speed_evidence(
+        baseline.rounds[batch],
+        candidate.rounds[batch],
+        batch,
+        needed=spec.repeats,
+        max_wait_fraction=spec.stability.max_wait_fraction,
+        max_spread=spec.stability.max_ratio_spread,
+    )
+
+
+def _settled(rounds: list[list[Round]], batch: int, spec: BenchmarkSpec) -> bool:
+    """Every variant's paired speedup over the first one can carry a verdict."""
+    stability = spec.stability
+    return (
+        all(
+            speed_evidence(
+                rounds[0],
+                other,
+                batch,
+                needed=spec.repeats,
+                max_wait_fraction=stability.max_wait_fraction,
+                max_spread=stability.max_ratio_spread,
+            ).stable
+            for other in rounds[1:]
+        )
+        and len(clean_pairs(rounds, stability.max_wait_fraction)) >= spec.repeats
+    )
+
+
+def _time_batch(workers: list[_Worker], batch: int, spec: BenchmarkSpec, on_progress: Callable[[str], None]) -> list[list[Round]]:
+    """Paired rounds at one batch size: `repeats` of them, then more while they are disturbed or
+    disagree, up to `repeats x stability.budget`."""
+    for worker in workers:
+        worker.ask("time", batch, spec.warmup, 1)  # warm-up round per batch size
+    rounds: list[list[Round]] = [[] for _ in workers]
+    limit = spec.repeats * spec.stability.budget
+    for pair in range(limit):
+        if pair >= spec.repeats and _settled(rounds, batch, spec):
+            break
+        extra = "" if pair < spec.repeats else " (re-measuring: disturbed or spread rounds)"
+        on_progress(f"batch {batch}: round {pair + 1}/{spec.repeats}{extra}")
+        for index, worker in enumerate(workers):
+            rounds[index].append(worker.ask("time", batch, 0, spec.iterations))
+    return rounds
 
 
 def run_benchmark(
@@ -153,29 +233,25 @@ def run_benchmark(
     on_progress: Callable[[str], None] = lambda _: None,
 ) -> list[VariantBenchmark]:
     """Time each (variant, runtime, model file) at each batch size; alternate variants every round."""
+    threads = benchmark_threads(spec.threads)
     workers = []
     try:
         for variant, _, _ in variants:
             on_progress(f"loading {variant.name}")
-            workers.append(_Worker(variant, spec.threads, inputs))
-        rounds: dict[tuple[int, int], list[list[float]]] = {}
-        for batch in spec.batch_sizes:
-            for index, worker in enumerate(workers):
-                worker.ask("time", batch, spec.warmup, 1)  # warm-up round per batch size
-                rounds[(index, batch)] = []
-            for repeat in range(spec.repeats):
-                on_progress(f"batch {batch}: repeat {repeat + 1}/{spec.repeats}")
-                for index, worker in enumerate(workers):
-                    rounds[(index, batch)].append(worker.ask("time", batch, 0, spec.iterations))
+            workers.append(_Worker(variant, threads, inputs))
+        by_batch = {batch: _time_batch(workers, batch, spec, on_progress) for batch in spec.batch_sizes}
+        clean = {batch: clean_pairs(rounds, spec.stability.max_wait_fraction) for batch, rounds in by_batch.items()}
         results = []
         for index, ((variant, runtime, model_file), worker) in enumerate(zip(variants, workers, strict=True)):
+            mine = {batch: rounds[index] for batch, rounds in by_batch.items()}
             result = VariantBenchmark(
                 name=variant.name,
                 runtime=runtime,
                 model_bytes=model_file.stat().st_size if model_file.is_file() else _dir_size(model_file),
                 peak_rss_bytes=int(worker.ask("rss")),
                 model_rss_bytes=worker.model_rss_bytes,
-                batches=[_summarize(b, rounds[(index, b)]) for b in spec.batch_sizes],
+                batches=[_summarize(b, mine[b], clean[b], spec.stability.max_wait_fraction) for b in spec.batch_sizes],
+                rounds=mine,
             )
             if spec.profile and variant.onnx_path is not None:
                 on_progress(f"profiling {variant.name}")

@@ -14,10 +14,11 @@ import onnx
 from optiserve.api.job import JobRequest, JobResult
 from optiserve.api.spec import ExportPass, ModelFormat
 from optiserve_jobs import repository
-from optiserve_jobs.benchmark import VariantBenchmark, run_benchmark
+from optiserve_jobs.benchmark import VariantBenchmark, evidence, run_benchmark
 from optiserve_jobs.datasets import Dataset, load_dataset
 from optiserve_jobs.errors import JobError, SourceError
 from optiserve_jobs.golden_set import golden_samples
+from optiserve_jobs.interference import benchmark_threads
 from optiserve_jobs.passes import PassContext, PassOutcome, PassStatus, build_pass
 from optiserve_jobs.report import (
     AccuracyReport,
@@ -26,13 +27,15 @@ from optiserve_jobs.report import (
     GateReport,
     PassReport,
     Report,
+    SpeedReport,
     VariantReport,
     machine_report,
     write_report,
 )
 from optiserve_jobs.runners import OrtRunner, VariantSpec
 from optiserve_jobs.source_model import SourceModel, load_source_model
-from optiserve_jobs.validate import accuracy, evaluate_gates, fidelity, run_all
+from optiserve_jobs.stability import SpeedEvidence
+from optiserve_jobs.validate import Gate, accuracy, evaluate_gates, fidelity, run_all
 
 Progress = Callable[[str], None]
 NUMERICAL_CHECK_SAMPLES = 8
@@ -45,6 +48,7 @@ class _Job:
         self.work_dir = work_dir
         self.progress = progress
         self.base_dir = Path(request.base_dir) if request.base_dir else None
+        self.threads = benchmark_threads(request.benchmark.threads)
         self.report = Report(model=request.name, passed=False)
 
     def dataset(self, source: SourceModel, uri: str, limit: int) -> Dataset:
@@ -76,9 +80,10 @@ class _Job:
             work_dir=self.work_dir,
             source=source,
             base_dir=self.base_dir,
-            threads=self.request.benchmark.threads,
+            threads=self.threads,
             sample=validation.take(NUMERICAL_CHECK_SAMPLES),
             load_dataset=lambda uri, limit: self.dataset(source, uri, limit),
+            log_dir=self.out_dir / "logs",
         )
         current = source.path
         for index, config in enumerate(configs):
@@ -112,8 +117,8 @@ class _Job:
             base_dir=self.base_dir,
         )
         self.progress(f"validating on {len(validation)} samples")
-        baseline_out = run_all(baseline_variant.build(bench.threads), validation)
-        candidate_out = run_all(OrtRunner(candidate, threads=bench.threads), validation)
+        baseline_out = run_all(baseline_variant.build(self.threads), validation)
+        candidate_out = run_all(OrtRunner(candidate, threads=self.threads), validation)
         found = fidelity(source.spec.task, baseline_out, candidate_out)
         self.report.fidelity = FidelityReport(**asdict(found))
         accuracy_pair = None
@@ -128,24 +133,47 @@ class _Job:
                 (VariantSpec("candidate", onnx_path=candidate), "onnxruntime", candidate),
             ],
             {b: validation.repeat_to(b) for b in bench.batch_sizes},
-            bench,
+            bench.model_copy(update={"threads": self.threads}),
             self.progress,
         )
         self.report.benchmark = BenchmarkReport(
-            threads=bench.threads,
+            threads=self.threads,
             batch_sizes=bench.batch_sizes,
             machine=machine_report(),
             variants=[_variant_report(r) for r in results],
         )
-        first = bench.batch_sizes[0]
-        self.report.speedup_p50 = results[0].timing(first).p50_ms / results[1].timing(first).p50_ms
-        gates = evaluate_gates(spec, found, accuracy_pair, self.report.speedup_p50, self.report.size_ratio)
+        speed = evidence(results[0], results[1], bench.batch_sizes[0], bench)
+        self.report.speed = _speed_report(speed)
+        self.report.speedup_p50 = speed.median_ratio
+        gates = evaluate_gates(spec, found, accuracy_pair, speed, self.report.size_ratio)
         self.report.gates = [GateReport(**asdict(g)) for g in gates]
-        failed = [g for g in gates if not g.passed]
-        if failed:
-            raise JobError(
-                "gate failed: " + "; ".join(f"{g.name} = {_fmt(g.value)}, needs {g.comparison} {g.threshold:g}" for g in failed)
-            )
+        _raise_on_failed(gates)
+
+
+def _raise_on_failed(gates: list[Gate]) -> None:
+    """A failed gate fails the job; a speed gate the machine was too busy to judge fails it as
+    inconclusive, naming the machine, never as a verdict on the model."""
+    failed = [g for g in gates if not g.passed and not g.inconclusive]
+    if failed:
+        raise JobError(
+            "gate failed: " + "; ".join(f"{g.name} = {_fmt(g.value)}, needs {g.comparison} {g.threshold:g}" for g in failed)
+        )
+    undecided = [g for g in gates if g.inconclusive]
+    if undecided:
+        raise JobError("inconclusive: " + "; ".join(f"{g.name} not judged: {g.detail}" for g in undecided))
+
+
+def _speed_report(speed: SpeedEvidence) -> SpeedReport:
+    return SpeedReport(
+        batch_size=speed.batch_size,
+        ratios=[round(r, 4) for r in speed.ratios],
+        pairs=speed.pairs,
+        needed=speed.needed,
+        spread=speed.spread,
+        stable=speed.stable,
+        median_wait_fraction=speed.median_wait_fraction,
+        reason=speed.why_unstable(),
+    )
 
 
 def _fmt(value: float | None) -> str:
@@ -159,7 +187,9 @@ def _model_bytes(path: Path) -> int:
 
 
 def _variant_report(result: VariantBenchmark) -> VariantReport:
-    return VariantReport.model_validate(asdict(result))
+    fields = asdict(result)
+    fields.pop("rounds")  # the raw rounds stay in the job; the report has their summary and the speed evidence
+    return VariantReport.model_validate(fields)
 
 
 def run_job(request: JobRequest, out_dir: Path, progress: Progress = lambda _: None) -> tuple[Report, JobResult]:

@@ -10,9 +10,12 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from optiserve.api.job import ArtifactRef
+from optiserve_jobs.interference import cpu_allowance
 
 REPORT_SCHEMA = "optiserve.io/report/v1"
-_INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "fma", "f16c")
+_INTERESTING_FLAGS = (
+    "avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "avx512_bf16", "fma", "f16c",
+)  # fmt: skip
 
 
 class GateReport(BaseModel):
@@ -21,6 +24,8 @@ class GateReport(BaseModel):
     value: float | None
     threshold: float
     comparison: str
+    inconclusive: bool = False
+    detail: str = ""
 
 
 class PassReport(BaseModel):
@@ -49,6 +54,9 @@ class BatchReport(BaseModel):
     p99_ms: float
     throughput_per_s: float
     samples: int
+    rounds: int = 0
+    disturbed_rounds: int = 0
+    median_wait_fraction: float | None = None
 
 
 class VariantReport(BaseModel):
@@ -65,6 +73,26 @@ class MachineReport(BaseModel):
     cpu: str
     cpu_flags: list[str]
     logical_cpus: int
+    """The machine's (the node's) logical CPUs."""
+    affinity_cpus: int | None = None
+    """CPUs in the job's affinity mask (a container's cpuset)."""
+    quota_cpus: float | None = None
+    """The job's cgroup CPU quota in CPUs (a container's CPU limit); None: unlimited."""
+    usable_cpus: int | None = None
+    """What the default thread count follows: the cpuset capped by the quota."""
+
+
+class SpeedReport(BaseModel):
+    """The paired speedup at the first batch size, and whether the rounds could carry a verdict."""
+
+    batch_size: int
+    ratios: list[float]
+    pairs: int
+    needed: int
+    spread: float | None
+    stable: bool
+    median_wait_fraction: float | None
+    reason: str = ""
 
 
 class BenchmarkReport(BaseModel):
@@ -80,6 +108,7 @@ class Report(BaseModel):
     passed: bool
     reason: str = ""
     speedup_p50: float | None = None
+    speed: SpeedReport | None = None
     size_ratio: float | None = None
     fidelity: FidelityReport | None = None
     accuracy: AccuracyReport | None = None
@@ -101,7 +130,15 @@ def machine_report() -> MachineReport:
             if line.startswith("flags") and ":" in line:
                 flags = set(line.split(":", 1)[1].split())
                 break
-    return MachineReport(cpu=cpu, cpu_flags=[f for f in _INTERESTING_FLAGS if f in flags], logical_cpus=os.cpu_count() or 0)
+    allowance = cpu_allowance()
+    return MachineReport(
+        cpu=cpu,
+        cpu_flags=[f for f in _INTERESTING_FLAGS if f in flags],
+        logical_cpus=os.cpu_count() or 0,
+        affinity_cpus=allowance.affinity_cpus,
+        quota_cpus=allowance.quota_cpus,
+        usable_cpus=allowance.usable,
+    )
 
 
 def write_json_atomically(path: Path, payload: str) -> None:

@@ -9,6 +9,12 @@ import numpy as np
 from optiserve.api.spec import Task, ValidationSpec
 from optiserve_jobs.datasets import Dataset
 from optiserve_jobs.runners import Runner
+from optiserve_jobs.stability import SpeedEvidence
+
+DEFAULT_SPEED_GATE = "faster_than_baseline"
+DEFAULT_SPEED_GATE_DETAIL = (
+    "default: faster than the source in every undisturbed paired round (validation.minSpeedup: 0 turns it off)"
+)
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,10 @@ class Gate:
     passed: bool
     value: float | None
     threshold: float
-    comparison: str  # ">=" or "<="
+    comparison: str  # ">=", ">" or "<="
+    inconclusive: bool = False
+    """The figures could not carry a verdict (a busy machine): neither passed nor failed."""
+    detail: str = ""
 
 
 def run_all(runner: Runner, data: Dataset, batch_size: int = 16) -> np.ndarray:
@@ -62,22 +71,58 @@ def _at_most(name: str, value: float | None, threshold: float) -> Gate:
     return Gate(name, bool(passed), value, threshold, "<=")
 
 
+def _speed_gate(spec: ValidationSpec, speed: SpeedEvidence | None) -> Gate | None:
+    """The speed gate the spec asks for (or the default one), judged on the paired rounds."""
+    if spec.min_speedup == 0:
+        return None
+    if spec.min_speedup is None:
+        value = speed.slowest_ratio if speed is not None else None
+        passed = value is not None and np.isfinite(value) and value > 1.0
+        gate = Gate(DEFAULT_SPEED_GATE, bool(passed), value, 1.0, ">", detail=DEFAULT_SPEED_GATE_DETAIL)
+    else:
+        gate = _at_least("speedup_p50", speed.median_ratio if speed is not None else None, spec.min_speedup)
+    broken = gate.value is not None and not np.isfinite(gate.value)  # a broken timing is a failure, not noise
+    if speed is not None and not speed.stable and not broken:
+        return Gate(gate.name, False, gate.value, gate.threshold, gate.comparison, inconclusive=True, detail=speed.why_unstable())
+    return gate
+
+
 def evaluate_gates(
     spec: ValidationSpec,
     found: Fidelity,
     accuracy_pair: tuple[float, float] | None,
-    speedup_p50: float | None,
+    speed: SpeedEvidence | None,
     size_ratio: float,
 ) -> list[Gate]:
-    """Every gate the spec asks for; a missing or non-finite measurement fails its gate."""
+    """Every gate the spec asks for; a missing or non-finite measurement fails its gate, and speed
+    figures too disturbed to judge make the speed gate inconclusive."""
     gates = [_at_least("fidelity_mean", found.mean, 1.0 - spec.max_degradation)]
     if spec.min_worst_fidelity is not None:
         gates.append(_at_least("fidelity_worst", found.min, spec.min_worst_fidelity))
     if accuracy_pair is not None:
         baseline, candidate = accuracy_pair
         gates.append(_at_most("accuracy_drop", baseline - candidate, spec.max_degradation))
-    if spec.min_speedup is not None:
-        gates.append(_at_least("speedup_p50", speedup_p50, spec.min_speedup))
+    speed_gate = _speed_gate(spec, speed)
+    if speed_gate is not None:
+        gates.append(speed_gate)
     if spec.max_size_ratio is not None:
         gates.append(_at_most("size_ratio", size_ratio, spec.max_size_ratio))
     return gates
+
+
+def gates_that_apply(spec: ValidationSpec, labelled: bool | None = None) -> list[str]:
+    """The gates a validation spec sets, defaults included, in words (for `optiserve validate`)."""
+    lines = [f"fidelity_mean >= {1.0 - spec.max_degradation:g} (validation.maxDegradation {spec.max_degradation:g})"]
+    if spec.min_worst_fidelity is not None:
+        lines.append(f"fidelity_worst >= {spec.min_worst_fidelity:g}")
+    if labelled is not False:
+        lines.append(f"accuracy_drop <= {spec.max_degradation:g} (when the validation data has labels)")
+    if spec.min_speedup is None:
+        lines.append(f"{DEFAULT_SPEED_GATE} > 1 ({DEFAULT_SPEED_GATE_DETAIL})")
+    elif spec.min_speedup > 0:
+        lines.append(f"speedup_p50 >= {spec.min_speedup:g} (median of the undisturbed paired rounds)")
+    else:
+        lines.append("no speed gate (validation.minSpeedup: 0)")
+    if spec.max_size_ratio is not None:
+        lines.append(f"size_ratio <= {spec.max_size_ratio:g}")
+    return lines

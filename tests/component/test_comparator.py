@@ -35,7 +35,7 @@ from optiserve.providers.metrics import Counts
 from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
 from optiserve_jobs import repository
 from optiserve_jobs.job import run_job
-from tests.conftest import FAST_BENCHMARK, REPO_ROOT
+from tests.conftest import FAST_BENCHMARK, NO_SPEED_GATE, REPO_ROOT
 
 pytestmark = pytest.mark.slow
 DIGITS = REPO_ROOT / "examples/digits"
@@ -51,7 +51,7 @@ def digits_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The digits example optimized by the real job (short benchmark, no speed gate)."""
     document = yaml.safe_load((DIGITS / "optimizedmodel.yaml").read_text())
     document["spec"]["benchmark"] = FAST_BENCHMARK | {"batchSizes": [1]}
-    document["spec"]["validation"].pop("minSpeedup", None)
+    document["spec"]["validation"].update(NO_SPEED_GATE)
     request = job_request_from_manifest(OptimizedModel.model_validate(document), base_dir=str(DIGITS))
     out = tmp_path_factory.mktemp("digits")
     report, result = run_job(request, out)

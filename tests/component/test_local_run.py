@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, example_without_speed_gate
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +33,14 @@ def job_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("job-cache")
 
 
-def _command(report: Path, cache: Path, *extra: str) -> list[str]:
-    run = [sys.executable, "-m", "optiserve.cli", "run", "-f", str(DIGITS), "--report", str(report)]
+@pytest.fixture(scope="module")
+def digits_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example as it is but for its speed gate: these tests are about the canary, not this machine's load."""
+    return example_without_speed_gate(DIGITS, tmp_path_factory.mktemp("digits"))
+
+
+def _command(manifest: Path, report: Path, cache: Path, *extra: str) -> list[str]:
+    run = [sys.executable, "-m", "optiserve.cli", "run", "-f", str(manifest), "--report", str(report)]
     return [*run, "--job-cache", str(cache), "--no-live", *extra]
 
 
@@ -73,11 +79,11 @@ class Finished:
         return [f"{p.info['name']} ({p.pid})" for p in self.servers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
-def run(report: Path, cache: Path, *extra: str) -> Finished:
+def run(manifest: Path, report: Path, cache: Path, *extra: str) -> Finished:
     """Run the command, watching which servers it starts, so the test can check none is left behind."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(
-        _command(report, cache, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        _command(manifest, report, cache, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     ) as process:
         seen: dict[int, psutil.Process] = {}
         deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -89,8 +95,8 @@ def run(report: Path, cache: Path, *extra: str) -> Finished:
     return Finished(process.returncode, output, list(seen.values()))
 
 
-def test_a_healthy_candidate_is_promoted_without_losing_a_request(tmp_path: Path, job_cache: Path) -> None:
-    result = run(tmp_path / "report", job_cache)
+def test_a_healthy_candidate_is_promoted_without_losing_a_request(tmp_path: Path, job_cache: Path, digits_manifest: Path) -> None:
+    result = run(digits_manifest, tmp_path / "report", job_cache)
     assert result.returncode == 0, result.stdout[-3000:]
     assert {p.info["name"] for p in result.servers} >= {"tritonserver", "nginx", "prometheus"}
     assert result.left_running() == []
@@ -122,8 +128,10 @@ def test_a_healthy_candidate_is_promoted_without_losing_a_request(tmp_path: Path
     assert json.loads(result.stdout.strip().splitlines()[-1])["outcome"] == "promoted"
 
 
-def test_injected_errors_are_rolled_back_and_the_baseline_keeps_every_request(tmp_path: Path, job_cache: Path) -> None:
-    result = run(tmp_path / "report", job_cache, "--inject", "errors=5%")
+def test_injected_errors_are_rolled_back_and_the_baseline_keeps_every_request(
+    tmp_path: Path, job_cache: Path, digits_manifest: Path
+) -> None:
+    result = run(digits_manifest, tmp_path / "report", job_cache, "--inject", "errors=5%")
     assert result.returncode == 2, result.stdout[-3000:]
     assert result.servers and result.left_running() == []
     report = _report(tmp_path / "report")
@@ -143,11 +151,11 @@ def test_injected_errors_are_rolled_back_and_the_baseline_keeps_every_request(tm
     assert failed and all(m["metric"] == "errorRate" for m in failed)
 
 
-def test_ctrl_c_stops_every_process_and_still_writes_the_report(tmp_path: Path, job_cache: Path) -> None:
+def test_ctrl_c_stops_every_process_and_still_writes_the_report(tmp_path: Path, job_cache: Path, digits_manifest: Path) -> None:
     report_dir = tmp_path / "report"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        _command(report_dir, job_cache),
+        _command(digits_manifest, report_dir, job_cache),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -12,7 +12,7 @@ import yaml
 
 from optiserve.cli import main
 from tests.component.torch_factories import TinyClassifier
-from tests.conftest import FAST_BENCHMARK, manifest, tiny_dataset
+from tests.conftest import FAST_BENCHMARK, NO_SPEED_GATE, manifest, tiny_dataset
 
 INPUTS = [{"name": "x", "shape": [8], "dtype": "float32"}]
 
@@ -23,7 +23,7 @@ def _run(tmp_path: Path, model: dict[str, Any], passes: list[dict[str, Any]] | N
     spec = {
         "model": {"task": "classification", "inputs": INPUTS, "outputs": ["logits"], **model},
         "optimization": {"passes": passes or [{"type": "quantize", "mode": "dynamic"}]},
-        "validation": {"datasetUri": "validation.npz", "maxDegradation": 0.1},
+        "validation": {"datasetUri": "validation.npz", "maxDegradation": 0.1, **NO_SPEED_GATE},
         "benchmark": FAST_BENCHMARK,
     }
     (tmp_path / "om.yaml").write_text(yaml.safe_dump(manifest(spec)))
@@ -92,7 +92,7 @@ def test_export_numerical_check_fails_beyond_tolerance(tmp_path: Path) -> None:
             "outputs": ["logits"],
         },
         "optimization": {"passes": [{"type": "export", "atol": 0.0, "rtol": 0.0}]},
-        "validation": {"datasetUri": str(digits / "artifacts/validation.npz")},
+        "validation": {"datasetUri": str(digits / "artifacts/validation.npz"), **NO_SPEED_GATE},
         "benchmark": FAST_BENCHMARK,
     }
     (tmp_path / "om.yaml").write_text(yaml.safe_dump(manifest(spec)))

@@ -96,5 +96,5 @@ for b in "${binaries[@]}"; do
 done
 echo "$stamp" >"$marker"
 echo "build.sh: done in $((total1 - total0)) s"
-"$bin/etcd" --version | head -1
+"$bin/etcd" --version | sed -n 1p  # sed reads it all: head would close the pipe early (SIGPIPE under pipefail)
 "$bin/kube-apiserver" --version

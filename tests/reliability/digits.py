@@ -30,7 +30,7 @@ from optiserve.local.job_cache import JobOutputs, optimization_outputs
 from optiserve.local.load import BackgroundLoad, LoadConfig, LoadResult
 from optiserve.local.run import CanaryRun, Timeline, canary_loop, rollout_plan
 from optiserve.local.run_overrides import local_manifest
-from tests.conftest import FAST_BENCHMARK, REPO_ROOT
+from tests.conftest import FAST_BENCHMARK, NO_SPEED_GATE, REPO_ROOT
 
 DIGITS = REPO_ROOT / "examples/digits"
 MODEL = "digits"
@@ -54,7 +54,7 @@ class DigitsWorkspace:
         spec = document["spec"]
         spec["benchmark"] = FAST_BENCHMARK | {"batchSizes": spec["benchmark"]["batchSizes"], "profile": False}
         spec["rollout"]["analysis"].update(QUICK_ANALYSIS | (analysis or {}))
-        spec["validation"].update(validation or {})
+        spec["validation"].update(NO_SPEED_GATE | (validation or {}))
         path = self.root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         return path

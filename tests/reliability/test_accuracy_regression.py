@@ -1,8 +1,11 @@
 """Worse accuracy with better latency is stopped (issue 8, item 6).
 
-Offline: the digits INT8 candidate is several times faster than PyTorch and loses one label in
-540 (accuracy 0.9778 against 0.9796). With the validation bound tightened to 0.1 point, the job's
-gates must refuse it: `optiserve run` fails at Validating, nothing is published, nothing served.
+Offline: the digits example's static INT8 candidate, calibrated on its calibration images dimmed
+to a fiftieth of their brightness. Every activation range it learns is then far too narrow, the
+served activations saturate, and the candidate is less accurate by construction on any CPU
+(measured: 0.10 against 0.98, at about 5x PyTorch's speed), not by one CPU's INT8 rounding. The
+example's own accuracy gate must refuse it: `optiserve run` fails at Validating, nothing is
+published, nothing served. No speed gate is set, so speed cannot rescue it either.
 
 Online: `optiserve run --inject accuracy-drop` serves the candidate with its outputs perturbed
 (no slower: the noise costs microseconds), so only the comparator's agreement and accuracy can
@@ -15,23 +18,39 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 from optiserve.api.status import Phase
 from optiserve.cli import main
 from optiserve.domain.analysis import MetricKind, Outcome
 from optiserve.local.job_cache import JobOutputs, request_digest
 from optiserve.local.run_report import load_report
-from tests.reliability.digits import DigitsWorkspace, report_figure
+from tests.reliability.digits import DIGITS, DigitsWorkspace, report_figure
 
 pytestmark = pytest.mark.slow
-TIGHT_DEGRADATION = 0.001
+DIMMED = 0.02
+"""The calibration images' brightness, as a share of what the model sees."""
+
+
+def miscalibrated(workspace: DigitsWorkspace, name: str) -> Path:
+    """The digits example calibrated on dimmed images: its INT8 ranges are too narrow by construction."""
+    images = np.load(DIGITS / "artifacts/calibration.npz")["image"]
+    np.savez(workspace.root / "dimmed-calibration.npz", image=(images * DIMMED).astype(np.float32))
+    manifest = workspace.manifest(name)
+    document = yaml.safe_load(manifest.read_text())
+    quantize = next(p for p in document["spec"]["optimization"]["passes"] if p["type"] == "quantize")
+    quantize["calibration"]["datasetUri"] = "dimmed-calibration.npz"
+    manifest.write_text(yaml.safe_dump(document, sort_keys=False))
+    return manifest
 
 
 def test_a_faster_but_less_accurate_candidate_is_stopped_by_the_offline_gate(
     digits_workspace: DigitsWorkspace, tmp_path: Path
 ) -> None:
-    manifest = digits_workspace.manifest("digits-strict", validation={"maxDegradation": TIGHT_DEGRADATION})
+    manifest = miscalibrated(digits_workspace, "digits-miscalibrated")
+    allowed = yaml.safe_load(manifest.read_text())["spec"]["validation"]["maxDegradation"]
     cache, report_dir = tmp_path / "cache", tmp_path / "report"
     started = time.monotonic()
     code = main(["run", "-f", str(manifest), "--report", str(report_dir), "--job-cache", str(cache), "--no-live"])
@@ -45,12 +64,13 @@ def test_a_faster_but_less_accurate_candidate_is_stopped_by_the_offline_gate(
     assert optimization is not None and optimization.accuracy is not None
     accuracy = optimization.accuracy
     assert accuracy.candidate is not None and accuracy.baseline is not None
-    assert accuracy.candidate < accuracy.baseline, "the premise: the candidate is less accurate"
+    assert accuracy.baseline - accuracy.candidate > 10 * allowed, "the premise: the candidate is far less accurate"
     gate = next(g for g in optimization.gates if g.name == "accuracy_drop")
-    assert not gate.passed and gate.value is not None and gate.value > gate.threshold == TIGHT_DEGRADATION
+    assert not gate.passed and gate.value is not None and gate.value > gate.threshold == allowed
+    assert not [g for g in optimization.gates if g.name in ("speedup_p50", "faster_than_baseline")], "no speed gate"
     entry = cache / request_digest(digits_workspace.request(manifest))
     published = sorted(p.name for p in (entry / "candidate").iterdir())
-    assert published == ["report.json"], f"only the report, no repository or manifest: {published}"
+    assert set(published) <= {"report.json", "logs"}, f"only the report and logs, no repository or manifest: {published}"
     assert not (entry / "baseline").exists()
     report_figure(
         "6a-offline-gate",

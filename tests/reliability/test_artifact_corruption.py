@@ -31,7 +31,7 @@ from optiserve.local.injected_candidate import served_candidate
 from optiserve.local.job_cache import optimization_outputs, request_digest
 from optiserve_jobs import repository
 from optiserve_jobs.repository import CorruptRepositoryError
-from tests.conftest import FAST_BENCHMARK, manifest, tiny_dataset, tiny_mlp
+from tests.conftest import FAST_BENCHMARK, NO_SPEED_GATE, manifest, tiny_dataset, tiny_mlp
 from tests.reliability.digits import report_figure
 
 MODEL = "tiny"
@@ -171,7 +171,7 @@ def tiny_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobRequest, Path
     spec = {
         "model": {"uri": "model.onnx", "format": "onnx"},
         "optimization": {"passes": [{"type": "quantize", "mode": "dynamic"}]},
-        "validation": {"datasetUri": "validation.npz", "maxDegradation": 0.2},
+        "validation": {"datasetUri": "validation.npz", "maxDegradation": 0.2, **NO_SPEED_GATE},
         "benchmark": FAST_BENCHMARK | {"profile": False},
     }
     request = job_request_from_manifest(parse_manifest(manifest(spec, name=MODEL)), base_dir=str(root))

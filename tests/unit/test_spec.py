@@ -37,7 +37,8 @@ def test_examples_exist() -> None:
 
 def test_defaults_fill_in() -> None:
     spec = parse_manifest(manifest(_base())).spec
-    assert spec.benchmark.threads == 2
+    assert spec.benchmark.threads is None, "the CPUs the job's container may use"
+    assert spec.validation.min_speedup is None and spec.benchmark.stability.budget == 3
     assert spec.serving.triton.dynamic_batching is not None
 
 

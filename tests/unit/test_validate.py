@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pytest
 
 from optiserve.api.spec import Task, ValidationSpec
-from optiserve_jobs.validate import Fidelity, accuracy, evaluate_gates, fidelity
+from optiserve_jobs.stability import SpeedEvidence
+from optiserve_jobs.validate import DEFAULT_SPEED_GATE, Fidelity, accuracy, evaluate_gates, fidelity, gates_that_apply
 
 
 def test_cosine_of_identical_and_orthogonal_rows() -> None:
@@ -35,27 +37,68 @@ def _spec(**extra: float) -> ValidationSpec:
     return ValidationSpec.model_validate({"datasetUri": "v", "maxDegradation": 0.01, **extra})
 
 
+def _evidence(*ratios: float, needed: int = 3, max_spread: float = 0.25) -> SpeedEvidence:
+    """Speed evidence whose clean pairs gave these baseline/candidate ratios."""
+    spread = (max(ratios) - min(ratios)) / statistics.median(ratios) if ratios else None
+    return SpeedEvidence(1, tuple(ratios), len(ratios), needed, spread, max_spread, 0.0)
+
+
+PERFECT = Fidelity("cosine", 1.0, 1.0, 0.0)
+
+
 def test_gates_pass_and_fail_with_values_and_thresholds() -> None:
     spec = _spec(minSpeedup=2.0, maxSizeRatio=0.3, minWorstFidelity=0.98)
-    gates = evaluate_gates(spec, Fidelity("cosine", 0.995, 0.97, 0.1), (0.90, 0.885), 2.5, 0.26)
+    gates = evaluate_gates(spec, Fidelity("cosine", 0.995, 0.97, 0.1), (0.90, 0.885), _evidence(2.4, 2.5, 2.6), 0.26)
     by_name = {g.name: g for g in gates}
     assert by_name["fidelity_mean"].passed and by_name["fidelity_mean"].threshold == pytest.approx(0.99)
     assert not by_name["fidelity_worst"].passed and by_name["fidelity_worst"].value == 0.97
     assert not by_name["accuracy_drop"].passed and by_name["accuracy_drop"].value == pytest.approx(0.015)
-    assert by_name["speedup_p50"].passed and by_name["size_ratio"].passed
+    assert by_name["speedup_p50"].passed and by_name["speedup_p50"].value == pytest.approx(2.5)
+    assert by_name["size_ratio"].passed
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, None])
 def test_missing_or_non_finite_speedup_fails_its_gate(bad: float | None) -> None:
-    gates = evaluate_gates(_spec(minSpeedup=1.0), Fidelity("cosine", 1.0, 1.0, 0.0), None, bad, 0.5)
-    assert [g.passed for g in gates if g.name == "speedup_p50"] == [False]
+    speed = None if bad is None else _evidence(bad, bad, bad)
+    gates = evaluate_gates(_spec(minSpeedup=1.0), PERFECT, None, speed, 0.5)
+    assert [(g.passed, g.inconclusive) for g in gates if g.name == "speedup_p50"] == [(False, False)]
 
 
 def test_nan_fidelity_fails() -> None:
-    gates = evaluate_gates(_spec(), Fidelity("cosine", math.nan, math.nan, math.nan), None, 1.0, 1.0)
+    gates = evaluate_gates(_spec(), Fidelity("cosine", math.nan, math.nan, math.nan), None, _evidence(2, 2, 2), 1.0)
     assert not gates[0].passed
 
 
-def test_only_requested_gates_exist() -> None:
-    gates = evaluate_gates(_spec(), Fidelity("cosine", 1.0, 1.0, 0.0), None, 1.0, 1.0)
-    assert [g.name for g in gates] == ["fidelity_mean"]
+def test_only_requested_gates_exist_and_speed_is_gated_by_default() -> None:
+    gates = evaluate_gates(_spec(), PERFECT, None, _evidence(2, 2, 2), 1.0)
+    assert [g.name for g in gates] == ["fidelity_mean", DEFAULT_SPEED_GATE]
+    assert [g.name for g in evaluate_gates(_spec(minSpeedup=0), PERFECT, None, _evidence(0.5, 0.5, 0.5), 1.0)] == [
+        "fidelity_mean"
+    ], "minSpeedup 0: no speed gate"
+
+
+@pytest.mark.parametrize(
+    ("ratios", "passed"),
+    [((1.30, 1.35, 1.32), True), ((0.70, 0.71, 0.72), False), ((0.97, 1.05, 1.02), False), ((1.01, 1.02, 1.03), True)],
+)
+def test_the_default_speed_gate_needs_faster_in_every_clean_pair(ratios: tuple[float, ...], passed: bool) -> None:
+    gate = next(g for g in evaluate_gates(_spec(), PERFECT, None, _evidence(*ratios), 1.0) if g.name == DEFAULT_SPEED_GATE)
+    assert (gate.passed, gate.inconclusive, gate.value) == (passed, False, min(ratios))
+
+
+@pytest.mark.parametrize("min_speedup", [None, 2.0])
+def test_disturbed_or_spread_figures_make_the_speed_gate_inconclusive(min_speedup: float | None) -> None:
+    spec = _spec() if min_speedup is None else _spec(minSpeedup=min_speedup)
+    too_few = _evidence(0.8, needed=3)
+    spread = _evidence(0.6, 2.5, 3.0)
+    for speed in (too_few, spread):
+        gate = evaluate_gates(spec, PERFECT, None, speed, 1.0)[-1]
+        assert gate.inconclusive and not gate.passed, gate
+        assert gate.detail == speed.why_unstable() != ""
+    assert "busy" in too_few.why_unstable() and "spread" in spread.why_unstable()
+
+
+def test_validate_lists_the_gates_that_apply() -> None:
+    assert any(line.startswith(DEFAULT_SPEED_GATE) for line in gates_that_apply(_spec()))
+    assert "no speed gate (validation.minSpeedup: 0)" in gates_that_apply(_spec(minSpeedup=0))
+    assert any(line.startswith("speedup_p50 >= 2") for line in gates_that_apply(_spec(minSpeedup=2)))

@@ -225,18 +225,66 @@ class ValidationSpec(ApiModel):
         default=None, ge=-1, le=1, description="Lowest allowed fidelity of the worst single sample."
     )
     min_speedup: float | None = Field(
-        default=None, gt=0, description="Smallest allowed p50 speedup over the source model at batch 1."
+        default=None,
+        ge=0,
+        description=(
+            "Smallest allowed p50 speedup over the source model at the first batch size, from paired rounds. "
+            "Unset: the candidate must be faster than the source in every undisturbed paired round "
+            "(gate faster_than_baseline); 0: no speed gate (a size-only optimization)."
+        ),
     )
     max_size_ratio: float | None = Field(default=None, gt=0, description="Largest allowed candidate/baseline size.")
 
 
+class StabilitySpec(ApiModel):
+    max_wait_fraction: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description=(
+            "A timed round in which the variant's threads waited runnable for a CPU longer than this share of "
+            "its wall time (the kernel's run-queue delay) was disturbed by other work and is measured again."
+        ),
+    )
+    max_ratio_spread: float = Field(
+        default=0.25,
+        ge=0,
+        description=(
+            "Largest (max - min) / median of the paired per-round speedups a speed verdict may rest on; "
+            "wider, and the speed gate is inconclusive."
+        ),
+    )
+    budget: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description=(
+            "Rounds measured at most, in multiples of repeats, while rounds come out disturbed or spread; "
+            "then the speed gate is inconclusive and the job fails naming the busy machine."
+        ),
+    )
+
+
 class BenchmarkSpec(ApiModel):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 8], min_length=1, description="Batch sizes to time.")
-    threads: int = Field(default=2, ge=1, le=256, description="Intra-op threads, the same for every variant.")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description=(
+            "Intra-op threads, the same for every variant (default: the CPUs this container may use, "
+            "from its cpuset and CPU quota)."
+        ),
+    )
     warmup: int = Field(default=10, ge=0, description="Untimed runs before timing.")
     iterations: int = Field(default=30, ge=1, description="Timed runs per repeat.")
-    repeats: int = Field(default=5, ge=1, description="Repeats; each variant alternates with the baseline.")
+    repeats: int = Field(
+        default=5, ge=1, description="Undisturbed paired rounds needed; each variant alternates with the baseline."
+    )
     profile: bool = Field(default=True, description="Record ONNX Runtime per-operator time for each variant.")
+    stability: StabilitySpec = Field(
+        default_factory=StabilitySpec, description="When timed rounds are too disturbed to judge speed on."
+    )
 
 
 class InstanceKind(StrEnum):

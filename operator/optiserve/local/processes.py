@@ -7,11 +7,12 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import ClassVar, Self
 
@@ -39,6 +40,18 @@ def stop_process_group(process: subprocess.Popen[bytes], grace_s: float, name: s
             _signal_group(pgid, signal.SIGKILL)
             process.wait()
     _signal_group(pgid, signal.SIGKILL)  # children can outlive the leader by a moment
+
+
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """`count` processes that only spin, each in a session of its own like another user's job: the
+    other work of a shared machine, for benchmarks and tests that measure beside it."""
+    processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for process in processes:
+            stop_process_group(process, 5.0, "busy loop")
 
 
 def http_ok(url: str, timeout_s: float = 2.0) -> bool:

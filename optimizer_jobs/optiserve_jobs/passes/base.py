@@ -52,6 +52,8 @@ class PassContext:
     """A few validation samples, for numerical checks inside passes."""
     load_dataset: Callable[[str, int], Dataset]
     """Load a data set by URI, at most N samples (calibration data)."""
+    log_dir: Path | None = None
+    """Where passes copy their logs so they outlive `work_dir` (the job's output directory); None keeps them in work_dir."""
 
     def output_path(self, pass_index: int, name: str) -> Path:
         return self.work_dir / f"{pass_index:02d}-{name}.onnx"

@@ -1,0 +1,78 @@
+"""Paired rounds, disturbed rounds and the speed evidence they give (no timing: rounds are made up)."""
+
+from __future__ import annotations
+
+import pytest
+
+from optiserve_jobs.interference import CpuAllowance, cpu_allowance, run_queue_wait_ns
+from optiserve_jobs.stability import Round, clean_pairs, speed_evidence
+
+
+def rounds(*medians_ms: float, wait: float = 0.0) -> list[Round]:
+    return [Round((m / 1000.0,) * 3, wait) for m in medians_ms]
+
+
+def test_a_round_is_disturbed_when_its_threads_waited_beyond_the_limit() -> None:
+    assert Round((0.01,), 0.30).disturbed(0.05)
+    assert not Round((0.01,), 0.01).disturbed(0.05)
+    assert not Round((0.01,), None).disturbed(0.05), "no schedstat: judged on the spread alone"
+
+
+def test_a_pair_is_clean_only_when_every_variant_was_undisturbed() -> None:
+    baseline = [Round((0.02,), w) for w in (0.0, 0.4, 0.0, 0.0)]
+    candidate = [Round((0.01,), w) for w in (0.0, 0.0, 0.3, 0.0)]
+    assert clean_pairs([baseline, candidate], 0.05) == [0, 3]
+
+
+def test_the_speedup_is_the_median_of_paired_ratios_on_clean_pairs() -> None:
+    baseline = [*rounds(20, 22, 21), Round((0.200,), 0.6)]  # a starved baseline round says nothing
+    candidate = [*rounds(10, 10, 10), Round((0.010,), 0.0)]
+    speed = speed_evidence(baseline, candidate, 1, needed=3, max_wait_fraction=0.05, max_spread=0.25)
+    assert speed.ratios == pytest.approx((2.0, 2.2, 2.1))
+    assert speed.median_ratio == pytest.approx(2.1) and speed.slowest_ratio == pytest.approx(2.0)
+    assert speed.pairs == 4 and speed.stable and speed.why_unstable() == ""
+
+
+def test_too_few_clean_pairs_are_not_a_verdict() -> None:
+    baseline, candidate = rounds(20, 20, 20, wait=0.5), rounds(10, 10, 10, wait=0.5)
+    speed = speed_evidence(baseline, candidate, 1, needed=3, max_wait_fraction=0.05, max_spread=0.25)
+    assert not speed.stable and speed.median_ratio is None
+    assert "busy" in speed.why_unstable() and "50%" in speed.why_unstable()
+
+
+def test_ratios_that_disagree_are_not_a_verdict_but_a_calm_tail_is() -> None:
+    baseline = rounds(20, 60, 20, 21, 20, 20)
+    candidate = rounds(10, 10, 40, 10, 10, 10)
+    early = speed_evidence(baseline[:3], candidate[:3], 1, needed=3, max_wait_fraction=0.05, max_spread=0.25)
+    assert not early.stable and "spread" in early.why_unstable()
+    later = speed_evidence(baseline, candidate, 1, needed=3, max_wait_fraction=0.05, max_spread=0.25)
+    assert later.stable and later.ratios == pytest.approx((2.1, 2.0, 2.0)), "judged on the latest clean pairs"
+
+
+@pytest.mark.parametrize(("affinity", "quota", "usable"), [(8, None, 8), (8, 2.0, 2), (8, 1.5, 1), (2, 4.0, 2), (4, 0.5, 1)])
+def test_usable_cpus_follow_the_cpuset_and_the_quota(affinity: int, quota: float | None, usable: int) -> None:
+    assert CpuAllowance(node_cpus=64, affinity_cpus=affinity, quota_cpus=quota).usable == usable
+
+
+def test_cgroup_quotas_are_read_from_v2_and_v1(tmp_path: pytest.TempPathFactory) -> None:
+    from pathlib import Path
+
+    v2 = Path(str(tmp_path)) / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert cpu_allowance(v2).quota_cpus == pytest.approx(1.5)
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cpu_allowance(v2).quota_cpus is None
+    v1 = Path(str(tmp_path)) / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_allowance(v1).quota_cpus == pytest.approx(2.0)
+
+
+def test_this_process_run_queue_wait_is_readable_and_grows_monotonically() -> None:
+    first = run_queue_wait_ns()
+    if first is None:
+        pytest.fail("/proc/self/task/*/schedstat is not readable on this kernel")
+    second = run_queue_wait_ns()
+    assert second is not None and second >= first

@@ -48,6 +48,9 @@ def _validate(args: argparse.Namespace) -> int:
     if cel:
         return 1
     console.print(f"{args.file}: OptimizedModel '{manifest.metadata.name}' is valid", highlight=False)
+    console.print("offline gates the job applies:", highlight=False)
+    for gate in manifest.spec.validation.gates():
+        console.print(f"  {gate}", highlight=False)
     return 0
 
 

@@ -6,15 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optiserve.api.spec import Task, ValidationSpec
+from optiserve.api.spec import DEFAULT_SPEED_GATE, DEFAULT_SPEED_GATE_DETAIL, Task, ValidationSpec
 from optiserve_jobs.datasets import Dataset
 from optiserve_jobs.runners import Runner
 from optiserve_jobs.stability import SpeedEvidence
-
-DEFAULT_SPEED_GATE = "faster_than_baseline"
-DEFAULT_SPEED_GATE_DETAIL = (
-    "default: faster than the source in every undisturbed paired round (validation.minSpeedup: 0 turns it off)"
-)
 
 
 @dataclass(frozen=True)
@@ -108,21 +103,3 @@ def evaluate_gates(
     if spec.max_size_ratio is not None:
         gates.append(_at_most("size_ratio", size_ratio, spec.max_size_ratio))
     return gates
-
-
-def gates_that_apply(spec: ValidationSpec, labelled: bool | None = None) -> list[str]:
-    """The gates a validation spec sets, defaults included, in words (for `optiserve validate`)."""
-    lines = [f"fidelity_mean >= {1.0 - spec.max_degradation:g} (validation.maxDegradation {spec.max_degradation:g})"]
-    if spec.min_worst_fidelity is not None:
-        lines.append(f"fidelity_worst >= {spec.min_worst_fidelity:g}")
-    if labelled is not False:
-        lines.append(f"accuracy_drop <= {spec.max_degradation:g} (when the validation data has labels)")
-    if spec.min_speedup is None:
-        lines.append(f"{DEFAULT_SPEED_GATE} > 1 ({DEFAULT_SPEED_GATE_DETAIL})")
-    elif spec.min_speedup > 0:
-        lines.append(f"speedup_p50 >= {spec.min_speedup:g} (median of the undisturbed paired rounds)")
-    else:
-        lines.append("no speed gate (validation.minSpeedup: 0)")
-    if spec.max_size_ratio is not None:
-        lines.append(f"size_ratio <= {spec.max_size_ratio:g}")
-    return lines

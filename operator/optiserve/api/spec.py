@@ -212,6 +212,12 @@ class OptimizationSpec(ApiModel):
     passes: list[Pass] = Field(default_factory=list, description="Passes, applied in order to the ONNX model.")
 
 
+DEFAULT_SPEED_GATE = "faster_than_baseline"
+DEFAULT_SPEED_GATE_DETAIL = (
+    "default: faster than the source in every undisturbed paired round (validation.minSpeedup: 0 turns it off)"
+)
+
+
 class ValidationSpec(ApiModel):
     dataset_uri: str = Field(description="Validation data (.txt, .jsonl or .npz, labels optional).")
     samples: int = Field(default=1000, ge=1, description="Validate on at most this many samples.")
@@ -234,6 +240,22 @@ class ValidationSpec(ApiModel):
         ),
     )
     max_size_ratio: float | None = Field(default=None, gt=0, description="Largest allowed candidate/baseline size.")
+
+    def gates(self) -> list[str]:
+        """The gates this spec sets, defaults included, in words (`optiserve validate` prints them)."""
+        lines = [f"fidelity_mean >= {1.0 - self.max_degradation:g} (maxDegradation {self.max_degradation:g})"]
+        if self.min_worst_fidelity is not None:
+            lines.append(f"fidelity_worst >= {self.min_worst_fidelity:g}")
+        lines.append(f"accuracy_drop <= {self.max_degradation:g} (when the validation data has labels)")
+        if self.min_speedup is None:
+            lines.append(f"{DEFAULT_SPEED_GATE} > 1 ({DEFAULT_SPEED_GATE_DETAIL})")
+        elif self.min_speedup > 0:
+            lines.append(f"speedup_p50 >= {self.min_speedup:g} (median of the undisturbed paired rounds)")
+        else:
+            lines.append("no speed gate (minSpeedup: 0)")
+        if self.max_size_ratio is not None:
+            lines.append(f"size_ratio <= {self.max_size_ratio:g}")
+        return lines
 
 
 class StabilitySpec(ApiModel):

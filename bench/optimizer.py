@@ -6,7 +6,13 @@ its own worker process, alternating rounds; plus fidelity of each to the PyTorch
 validation sentences (never used for calibration). Digits: PyTorch against static INT8, with
 label accuracy. Prints JSON and a markdown table; `--out DIR` also writes results.json/results.md.
 
+`--busy N` times every variant twice in the same run: as the machine is, then beside N processes
+that only spin (a shared machine). Each row then says under which load it was measured, the paired
+speedup over PyTorch on the rounds the kernel saw undisturbed, and where 1x lies against its
+interval (`vs_1x`: above, below, within-noise, or too-few undisturbed pairs for any verdict).
+
     python bench/optimizer.py --out bench/results
+    python bench/optimizer.py --busy 2
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from optiserve.api.spec import BenchmarkSpec, ExportPass, GraphPass, ModelSpec, QuantizePass
-from optiserve_jobs.benchmark import VariantBenchmark, run_benchmark
+from optiserve.local.processes import busy_processes
+from optiserve_jobs.benchmark import VariantBenchmark, evidence, run_benchmark
 from optiserve_jobs.datasets import Dataset, load_dataset
 from optiserve_jobs.passes import PassContext, build_pass
 from optiserve_jobs.report import machine_report
@@ -131,15 +138,19 @@ def _bench(source: SourceModel, validation: Dataset, variants: dict[str, Path], 
     )
 
 
-def _rows(model: str, results: list[VariantBenchmark], quality: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+def _rows(
+    model: str, results: list[VariantBenchmark], quality: dict[str, dict[str, float]], spec: BenchmarkSpec, busy: int
+) -> list[dict[str, Any]]:
     torch_result = results[0]
     rows = []
     for result in results:
         for timing in result.batches:
             torch_timing = torch_result.timing(timing.batch_size)
+            paired = evidence(torch_result, result, timing.batch_size, spec) if result is not torch_result else None
             rows.append(
                 {
                     "model": model,
+                    "busy": busy,
                     "variant": result.name,
                     "batch": timing.batch_size,
                     "p50_ms": round(timing.p50_ms, 3),
@@ -147,6 +158,10 @@ def _rows(model: str, results: list[VariantBenchmark], quality: dict[str, dict[s
                     "p99_ms": round(timing.p99_ms, 3),
                     "throughput_per_s": round(timing.throughput_per_s, 1),
                     "speedup_vs_pytorch": round(torch_timing.p50_ms / timing.p50_ms, 3),
+                    "paired_speedup": _rounded(paired.median_ratio if paired else None),
+                    "vs_1x": paired.verdict(1.0, strict=True).value if paired else "",
+                    "disturbed_rounds": f"{timing.disturbed_rounds}/{timing.rounds}",
+                    "wait": _rounded(timing.median_wait_fraction),
                     "model_mb": round(result.model_bytes / 1e6, 2),
                     "peak_rss_mb": round(result.peak_rss_bytes / 1e6, 1),
                     **{k: round(v, 5) for k, v in quality[result.name].items()},
@@ -155,9 +170,14 @@ def _rows(model: str, results: list[VariantBenchmark], quality: dict[str, dict[s
     return rows
 
 
+def _rounded(value: float | None) -> float | str:
+    return "" if value is None else round(value, 3)
+
+
 def _markdown(rows: list[dict[str, Any]]) -> str:
     columns = [
         "model",
+        "busy",
         "variant",
         "batch",
         "p50_ms",
@@ -165,6 +185,10 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
         "p99_ms",
         "throughput_per_s",
         "speedup_vs_pytorch",
+        "paired_speedup",
+        "vs_1x",
+        "disturbed_rounds",
+        "wait",
         "model_mb",
         "peak_rss_mb",
         "fidelity_mean",
@@ -182,22 +206,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--busy", type=int, default=0, help="also time everything beside N spinning processes")
     args = parser.parse_args()
+    loads = [0, args.busy] if args.busy else [0]
     spec = BenchmarkSpec(batch_sizes=[1, 8], threads=args.threads, warmup=10, iterations=args.iterations, repeats=args.repeats)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="optiserve-bench-") as tmp:
         print("MiniLM: building variants", file=sys.stderr)
         source, validation, variants = _minilm_variants(Path(tmp), args.threads)
-        rows += _rows("minilm", _bench(source, validation, variants, spec), _quality(source, validation, variants, args.threads))
+        quality = _quality(source, validation, variants, args.threads)
+        for busy in loads:
+            with busy_processes(busy):
+                rows += _rows("minilm", _bench(source, validation, variants, spec), quality, spec, busy)
         print("digits: building variants", file=sys.stderr)
         digits_dir = Path(tmp) / "digits"
         digits_dir.mkdir()
         source, validation, variants = _digits_variants(digits_dir, args.threads)
         digits_spec = spec.model_copy(update={"batch_sizes": [1, 32]})
-        rows += _rows(
-            "digits", _bench(source, validation, variants, digits_spec), _quality(source, validation, variants, args.threads)
-        )
-    minilm = {r["variant"]: r for r in rows if r["model"] == "minilm" and r["batch"] == 1}
+        quality = _quality(source, validation, variants, args.threads)
+        for busy in loads:
+            with busy_processes(busy):
+                rows += _rows("digits", _bench(source, validation, variants, digits_spec), quality, digits_spec, busy)
+    minilm = {r["variant"]: r for r in rows if r["model"] == "minilm" and r["batch"] == 1 and r["busy"] == 0}
     ratios = {
         "optiserve_vs_plain_dynamic_int8_p50": round(minilm[OPTISERVE]["p50_ms"] / minilm["plain dynamic int8"]["p50_ms"], 3),
         "optiserve_speedup_vs_pytorch_batch1": minilm[OPTISERVE]["speedup_vs_pytorch"],
@@ -208,6 +238,7 @@ def main() -> None:
         "threads": args.threads,
         "iterations": args.iterations,
         "repeats": args.repeats,
+        "busy": args.busy,
         "ratios": ratios,
         "rows": rows,
     }

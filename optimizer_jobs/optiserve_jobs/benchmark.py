@@ -7,8 +7,8 @@ which also spreads any drift of the machine evenly over the variants.
 
 Each round also records how long the worker's threads waited for a CPU (the kernel's run-queue
 delay): a round that waited too long measured the machine, not the model, and the parent measures
-again, within the spec's budget, until it has enough undisturbed pairs whose speedups agree
-(`optiserve_jobs.stability`).
+again, within the spec's budget, until it has enough undisturbed pairs and their speedup's interval
+decides the speed gate (`optiserve_jobs.stability`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from optiserve.api.spec import BenchmarkSpec
 from optiserve_jobs.interference import benchmark_threads, run_queue_wait_ns
 from optiserve_jobs.profiling import profile_operators
 from optiserve_jobs.runners import VariantSpec
-from optiserve_jobs.stability import Round, SpeedEvidence, clean_pairs, speed_evidence
+from optiserve_jobs.stability import Round, SpeedEvidence, SpeedVerdict, clean_pairs, speed_evidence
 
 
 @dataclass
@@ -180,46 +180,44 @@ def _summarize(batch: int, rounds: list[Round], clean: list[int], max_wait_fract
 
 def evidence(baseline: VariantBenchmark, candidate: VariantBenchmark, batch: int, spec: BenchmarkSpec) -> SpeedEvidence:
     """The paired speedup of `candidate` over `baseline` at `batch`, from one run's rounds."""
+    return _evidence(baseline.rounds[batch], candidate.rounds[batch], batch, spec)
+
+
+def _evidence(baseline: list[Round], candidate: list[Round], batch: int, spec: BenchmarkSpec) -> SpeedEvidence:
     return speed_evidence(
-        baseline.rounds[batch],
-        candidate.rounds[batch],
+        baseline,
+        candidate,
         batch,
         needed=spec.repeats,
         max_wait_fraction=spec.stability.max_wait_fraction,
-        max_spread=spec.stability.max_ratio_spread,
+        confidence=spec.stability.confidence,
     )
 
 
-def _settled(rounds: list[list[Round]], batch: int, spec: BenchmarkSpec) -> bool:
-    """Every variant's paired speedup over the first one can carry a verdict."""
-    stability = spec.stability
-    return (
-        all(
-            speed_evidence(
-                rounds[0],
-                other,
-                batch,
-                needed=spec.repeats,
-                max_wait_fraction=stability.max_wait_fraction,
-                max_spread=stability.max_ratio_spread,
-            ).stable
-            for other in rounds[1:]
-        )
-        and len(clean_pairs(rounds, stability.max_wait_fraction)) >= spec.repeats
+def _settled(rounds: list[list[Round]], batch: int, spec: BenchmarkSpec, threshold: float | None) -> bool:
+    """Enough undisturbed pairs, and every variant's paired speedup over the first one decided
+    against `threshold` (None: no threshold to decide)."""
+    if len(clean_pairs(rounds, spec.stability.max_wait_fraction)) < spec.repeats:
+        return False
+    undecided = (SpeedVerdict.TOO_FEW, SpeedVerdict.WITHIN_NOISE)
+    return threshold is None or all(
+        _evidence(rounds[0], other, batch, spec).verdict(threshold) not in undecided for other in rounds[1:]
     )
 
 
-def _time_batch(workers: list[_Worker], batch: int, spec: BenchmarkSpec, on_progress: Callable[[str], None]) -> list[list[Round]]:
+def _time_batch(
+    workers: list[_Worker], batch: int, spec: BenchmarkSpec, threshold: float | None, on_progress: Callable[[str], None]
+) -> list[list[Round]]:
     """Paired rounds at one batch size: `repeats` of them, then more while they are disturbed or
-    disagree, up to `repeats x stability.budget`."""
+    leave `threshold` within their noise, up to `repeats x stability.budget`."""
     for worker in workers:
         worker.ask("time", batch, spec.warmup, 1)  # warm-up round per batch size
     rounds: list[list[Round]] = [[] for _ in workers]
     limit = spec.repeats * spec.stability.budget
     for pair in range(limit):
-        if pair >= spec.repeats and _settled(rounds, batch, spec):
+        if pair >= spec.repeats and _settled(rounds, batch, spec, threshold if batch == spec.batch_sizes[0] else None):
             break
-        extra = "" if pair < spec.repeats else " (re-measuring: disturbed or spread rounds)"
+        extra = "" if pair < spec.repeats else " (re-measuring: disturbed rounds, or the gate within the noise)"
         on_progress(f"batch {batch}: round {pair + 1}/{spec.repeats}{extra}")
         for index, worker in enumerate(workers):
             rounds[index].append(worker.ask("time", batch, 0, spec.iterations))
@@ -231,15 +229,17 @@ def run_benchmark(
     inputs: dict[int, dict[str, np.ndarray]],
     spec: BenchmarkSpec,
     on_progress: Callable[[str], None] = lambda _: None,
+    threshold: float | None = None,
 ) -> list[VariantBenchmark]:
-    """Time each (variant, runtime, model file) at each batch size; alternate variants every round."""
+    """Time each (variant, runtime, model file) at each batch size; alternate variants every round.
+    `threshold`: the speed gate's, which the first batch size's rounds must decide if they can."""
     threads = benchmark_threads(spec.threads)
     workers = []
     try:
         for variant, _, _ in variants:
             on_progress(f"loading {variant.name}")
             workers.append(_Worker(variant, threads, inputs))
-        by_batch = {batch: _time_batch(workers, batch, spec, on_progress) for batch in spec.batch_sizes}
+        by_batch = {batch: _time_batch(workers, batch, spec, threshold, on_progress) for batch in spec.batch_sizes}
         clean = {batch: clean_pairs(rounds, spec.stability.max_wait_fraction) for batch, rounds in by_batch.items()}
         results = []
         for index, ((variant, runtime, model_file), worker) in enumerate(zip(variants, workers, strict=True)):

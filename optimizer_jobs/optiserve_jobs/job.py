@@ -35,7 +35,7 @@ from optiserve_jobs.report import (
 from optiserve_jobs.runners import OrtRunner, VariantSpec
 from optiserve_jobs.source_model import SourceModel, load_source_model
 from optiserve_jobs.stability import SpeedEvidence
-from optiserve_jobs.validate import Gate, accuracy, evaluate_gates, fidelity, run_all
+from optiserve_jobs.validate import Gate, accuracy, evaluate_gates, fidelity, run_all, speed_threshold
 
 Progress = Callable[[str], None]
 NUMERICAL_CHECK_SAMPLES = 8
@@ -135,6 +135,7 @@ class _Job:
             {b: validation.repeat_to(b) for b in bench.batch_sizes},
             bench.model_copy(update={"threads": self.threads}),
             self.progress,
+            threshold=speed_threshold(spec),
         )
         self.report.benchmark = BenchmarkReport(
             threads=self.threads,
@@ -143,7 +144,7 @@ class _Job:
             variants=[_variant_report(r) for r in results],
         )
         speed = evidence(results[0], results[1], bench.batch_sizes[0], bench)
-        self.report.speed = _speed_report(speed)
+        self.report.speed = _speed_report(speed, speed_threshold(spec))
         self.report.speedup_p50 = speed.median_ratio
         gates = evaluate_gates(spec, found, accuracy_pair, speed, self.report.size_ratio)
         self.report.gates = [GateReport(**asdict(g)) for g in gates]
@@ -156,23 +157,28 @@ def _raise_on_failed(gates: list[Gate]) -> None:
     failed = [g for g in gates if not g.passed and not g.inconclusive]
     if failed:
         raise JobError(
-            "gate failed: " + "; ".join(f"{g.name} = {_fmt(g.value)}, needs {g.comparison} {g.threshold:g}" for g in failed)
+            "gate failed: "
+            + "; ".join(
+                f"{g.name} = {_fmt(g.value)}, needs {g.comparison} {g.threshold:g}" + (f" ({g.detail})" if g.detail else "")
+                for g in failed
+            )
         )
     undecided = [g for g in gates if g.inconclusive]
     if undecided:
         raise JobError("inconclusive: " + "; ".join(f"{g.name} not judged: {g.detail}" for g in undecided))
 
 
-def _speed_report(speed: SpeedEvidence) -> SpeedReport:
+def _speed_report(speed: SpeedEvidence, threshold: float | None) -> SpeedReport:
+    interval = speed.interval
     return SpeedReport(
         batch_size=speed.batch_size,
         ratios=[round(r, 4) for r in speed.ratios],
         pairs=speed.pairs,
         needed=speed.needed,
-        spread=speed.spread,
-        stable=speed.stable,
+        interval=[interval[0], interval[1]] if interval else None,
+        coverage=interval[2] if interval else None,
         median_wait_fraction=speed.median_wait_fraction,
-        reason=speed.why_unstable(),
+        explanation=speed.explain(1.0 if threshold is None else threshold),
     )
 
 

@@ -87,12 +87,14 @@ class SpeedReport(BaseModel):
 
     batch_size: int
     ratios: list[float]
+    """Baseline median / candidate median of each undisturbed pair."""
     pairs: int
     needed: int
-    spread: float | None
-    stable: bool
+    interval: list[float] | None
+    """[low, high] of the median ratio's distribution-free interval."""
+    coverage: float | None
     median_wait_fraction: float | None
-    reason: str = ""
+    explanation: str = ""
 
 
 class BenchmarkReport(BaseModel):

@@ -9,7 +9,7 @@ import numpy as np
 from optiserve.api.spec import DEFAULT_SPEED_GATE, DEFAULT_SPEED_GATE_DETAIL, Task, ValidationSpec
 from optiserve_jobs.datasets import Dataset
 from optiserve_jobs.runners import Runner
-from optiserve_jobs.stability import SpeedEvidence
+from optiserve_jobs.stability import SpeedEvidence, SpeedVerdict
 
 
 @dataclass(frozen=True)
@@ -66,20 +66,35 @@ def _at_most(name: str, value: float | None, threshold: float) -> Gate:
     return Gate(name, bool(passed), value, threshold, "<=")
 
 
-def _speed_gate(spec: ValidationSpec, speed: SpeedEvidence | None) -> Gate | None:
-    """The speed gate the spec asks for (or the default one), judged on the paired rounds."""
+def speed_threshold(spec: ValidationSpec) -> float | None:
+    """The speedup the speed gate compares with (the default gate's is 1); None: no speed gate."""
     if spec.min_speedup == 0:
         return None
-    if spec.min_speedup is None:
-        value = speed.slowest_ratio if speed is not None else None
-        passed = value is not None and np.isfinite(value) and value > 1.0
-        gate = Gate(DEFAULT_SPEED_GATE, bool(passed), value, 1.0, ">", detail=DEFAULT_SPEED_GATE_DETAIL)
-    else:
-        gate = _at_least("speedup_p50", speed.median_ratio if speed is not None else None, spec.min_speedup)
-    broken = gate.value is not None and not np.isfinite(gate.value)  # a broken timing is a failure, not noise
-    if speed is not None and not speed.stable and not broken:
-        return Gate(gate.name, False, gate.value, gate.threshold, gate.comparison, inconclusive=True, detail=speed.why_unstable())
-    return gate
+    return 1.0 if spec.min_speedup is None else spec.min_speedup
+
+
+def _speed_gate(spec: ValidationSpec, speed: SpeedEvidence | None) -> Gate | None:
+    """The speed gate the spec asks for (or the default one), judged on the paired rounds' interval.
+
+    Explicit `minSpeedup`: passed above the interval's reach, failed below it, inconclusive when
+    the threshold lies within the noise or too few rounds were undisturbed. Default gate: the
+    candidate must be faster beyond the noise, so within the noise is a refusal; a busy machine is
+    still inconclusive.
+    """
+    threshold = speed_threshold(spec)
+    if threshold is None:
+        return None
+    default = spec.min_speedup is None
+    name, comparison = (DEFAULT_SPEED_GATE, ">") if default else ("speedup_p50", ">=")
+    if speed is None or speed.median_ratio is None or not np.isfinite(speed.median_ratio):
+        value = speed.median_ratio if speed is not None else None
+        inconclusive = speed is not None and speed.median_ratio is None
+        detail = speed.explain(threshold) if speed is not None else "no benchmark figures"
+        return Gate(name, False, value, threshold, comparison, inconclusive=inconclusive, detail=detail)
+    verdict = speed.verdict(threshold, strict=default)
+    detail = speed.explain(threshold) + (f"; {DEFAULT_SPEED_GATE_DETAIL}" if default else "")
+    undecided = verdict is SpeedVerdict.TOO_FEW or (verdict is SpeedVerdict.WITHIN_NOISE and not default)
+    return Gate(name, verdict is SpeedVerdict.ABOVE, speed.median_ratio, threshold, comparison, undecided, detail)
 
 
 def evaluate_gates(
@@ -90,7 +105,7 @@ def evaluate_gates(
     size_ratio: float,
 ) -> list[Gate]:
     """Every gate the spec asks for; a missing or non-finite measurement fails its gate, and speed
-    figures too disturbed to judge make the speed gate inconclusive."""
+    figures that cannot decide make the speed gate inconclusive (`_speed_gate`)."""
     gates = [_at_least("fidelity_mean", found.mean, 1.0 - spec.max_degradation)]
     if spec.min_worst_fidelity is not None:
         gates.append(_at_least("fidelity_worst", found.min, spec.min_worst_fidelity))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from optiserve_jobs.interference import CpuAllowance, cpu_allowance, run_queue_wait_ns
-from optiserve_jobs.stability import Round, clean_pairs, speed_evidence
+from optiserve_jobs.stability import Round, SpeedVerdict, clean_pairs, median_interval, speed_evidence
 
 
 def rounds(*medians_ms: float, wait: float = 0.0) -> list[Round]:
@@ -15,7 +15,7 @@ def rounds(*medians_ms: float, wait: float = 0.0) -> list[Round]:
 def test_a_round_is_disturbed_when_its_threads_waited_beyond_the_limit() -> None:
     assert Round((0.01,), 0.30).disturbed(0.05)
     assert not Round((0.01,), 0.01).disturbed(0.05)
-    assert not Round((0.01,), None).disturbed(0.05), "no schedstat: judged on the spread alone"
+    assert not Round((0.01,), None).disturbed(0.05), "no schedstat: judged on the interval alone"
 
 
 def test_a_pair_is_clean_only_when_every_variant_was_undisturbed() -> None:
@@ -27,26 +27,37 @@ def test_a_pair_is_clean_only_when_every_variant_was_undisturbed() -> None:
 def test_the_speedup_is_the_median_of_paired_ratios_on_clean_pairs() -> None:
     baseline = [*rounds(20, 22, 21), Round((0.200,), 0.6)]  # a starved baseline round says nothing
     candidate = [*rounds(10, 10, 10), Round((0.010,), 0.0)]
-    speed = speed_evidence(baseline, candidate, 1, needed=3, max_wait_fraction=0.05, max_spread=0.25)
+    speed = speed_evidence(baseline, candidate, 1, needed=3, max_wait_fraction=0.05, confidence=0.9)
     assert speed.ratios == pytest.approx((2.0, 2.2, 2.1))
-    assert speed.median_ratio == pytest.approx(2.1) and speed.slowest_ratio == pytest.approx(2.0)
-    assert speed.pairs == 4 and speed.stable and speed.why_unstable() == ""
+    assert speed.median_ratio == pytest.approx(2.1) and speed.pairs == 4
+    assert speed.verdict(1.5) is SpeedVerdict.ABOVE and speed.verdict(2.5) is SpeedVerdict.BELOW
+    assert speed.verdict(2.1) is SpeedVerdict.WITHIN_NOISE
 
 
 def test_too_few_clean_pairs_are_not_a_verdict() -> None:
     baseline, candidate = rounds(20, 20, 20, wait=0.5), rounds(10, 10, 10, wait=0.5)
-    speed = speed_evidence(baseline, candidate, 1, needed=3, max_wait_fraction=0.05, max_spread=0.25)
-    assert not speed.stable and speed.median_ratio is None
-    assert "busy" in speed.why_unstable() and "50%" in speed.why_unstable()
+    speed = speed_evidence(baseline, candidate, 1, needed=3, max_wait_fraction=0.05, confidence=0.9)
+    assert speed.verdict(1.0) is SpeedVerdict.TOO_FEW and speed.median_ratio is None
+    assert "busy" in speed.explain(1.0) and "50%" in speed.explain(1.0)
 
 
-def test_ratios_that_disagree_are_not_a_verdict_but_a_calm_tail_is() -> None:
-    baseline = rounds(20, 60, 20, 21, 20, 20)
-    candidate = rounds(10, 10, 40, 10, 10, 10)
-    early = speed_evidence(baseline[:3], candidate[:3], 1, needed=3, max_wait_fraction=0.05, max_spread=0.25)
-    assert not early.stable and "spread" in early.why_unstable()
-    later = speed_evidence(baseline, candidate, 1, needed=3, max_wait_fraction=0.05, max_spread=0.25)
-    assert later.stable and later.ratios == pytest.approx((2.1, 2.0, 2.0)), "judged on the latest clean pairs"
+@pytest.mark.parametrize(
+    ("n", "indices", "coverage"),
+    [(3, (0, 2), 0.75), (5, (0, 4), 0.9375), (9, (1, 7), 0.9609), (15, (3, 11), 0.9648)],
+)
+def test_the_median_interval_is_the_order_statistics_binomial_coverage_allows(
+    n: int, indices: tuple[int, int], coverage: float
+) -> None:
+    values = tuple(float(v) for v in range(n, 0, -1))
+    low, high, covered = median_interval(values, 0.9)
+    ordered = sorted(values)
+    assert (low, high) == (ordered[indices[0]], ordered[indices[1]])
+    assert covered == pytest.approx(coverage, abs=1e-4) and (covered >= 0.9 or n < 5)
+
+
+def test_a_strict_threshold_on_the_interval_edge_is_not_exceeded() -> None:
+    speed = speed_evidence(rounds(10, 12, 11), rounds(10, 10, 10), 1, needed=3, max_wait_fraction=0.05, confidence=0.9)
+    assert speed.verdict(1.0) is SpeedVerdict.ABOVE and speed.verdict(1.0, strict=True) is SpeedVerdict.WITHIN_NOISE
 
 
 @pytest.mark.parametrize(("affinity", "quota", "usable"), [(8, None, 8), (8, 2.0, 2), (8, 1.5, 1), (2, 4.0, 2), (4, 0.5, 1)])

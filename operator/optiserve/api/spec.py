@@ -268,12 +268,13 @@ class StabilitySpec(ApiModel):
             "its wall time (the kernel's run-queue delay) was disturbed by other work and is measured again."
         ),
     )
-    max_ratio_spread: float = Field(
-        default=0.25,
-        ge=0,
+    confidence: float = Field(
+        default=0.9,
+        gt=0,
+        lt=1,
         description=(
-            "Largest (max - min) / median of the paired per-round speedups a speed verdict may rest on; "
-            "wider, and the speed gate is inconclusive."
+            "Coverage of the distribution-free interval of the median paired speedup a speed gate is judged on: "
+            "a threshold inside the interval is within the measured noise."
         ),
     )
     budget: int = Field(
@@ -281,8 +282,9 @@ class StabilitySpec(ApiModel):
         ge=1,
         le=20,
         description=(
-            "Rounds measured at most, in multiples of repeats, while rounds come out disturbed or spread; "
-            "then the speed gate is inconclusive and the job fails naming the busy machine."
+            "Rounds measured at most, in multiples of repeats, while rounds come out disturbed or the speed gate's "
+            "threshold lies within the noise; then an explicit minSpeedup is inconclusive (the job fails naming the "
+            "busy machine or the interval), and the default gate refuses a candidate not faster beyond the noise."
         ),
     )
 

@@ -26,13 +26,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from optiserve.api.job import JobResult
+from optiserve.api.rollout import duration_seconds
 from optiserve.api.spec import OptimizedModel
 from optiserve.api.status import Phase
 from optiserve.domain.analysis_spec import canary_plan
-from optiserve.domain.canary import CanaryProgress, Signals, advance, due_window, elapsed_s, start
+from optiserve.domain.canary import CanaryProgress, Signals, advance, due_window, elapsed_s, evidence_windows, start
 from optiserve.domain.lifecycle import Child, Decision, canary_decision
 from optiserve.domain.pipeline_generation import described_generation
-from optiserve.providers.measure import measure_interval
+from optiserve.providers.measure import Clock, measure_interval
 from optiserve.providers.metrics import MetricsProvider
 from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
 
@@ -55,7 +56,8 @@ def prometheus_metrics(manifest: OptimizedModel, namespace: str) -> MetricsProvi
     """
     address = manifest.spec.rollout.analysis.prometheus.address
     selector = TritonSelector(model=manifest.metadata.name, extra=f'namespace="{namespace}"')
-    return PrometheusMetrics(address, selector)
+    scrape_s = duration_seconds(manifest.spec.rollout.analysis.scrape_interval)
+    return PrometheusMetrics(address, selector, scrape_interval_s=scrape_s)
 
 
 def signals(annotations: Mapping[str, str], manifest: OptimizedModel, candidate_sha256: str | None) -> Signals:
@@ -115,7 +117,9 @@ def canary_decision_for(inputs: CanaryInputs, metrics: MetricsFactory = promethe
     if window is not None:
         provider = metrics(inputs.manifest, inputs.namespace)
         queries = {m.name: m.query for m in rollout.analysis.metrics if m.query}
-        measurements = measure_interval(plan.checks, provider, elapsed_s(progress, inputs.now) - window.start_s, queries)
+        clock = Clock(progress.started_at.timestamp(), elapsed_s(progress, inputs.now))
+        windows = evidence_windows(plan, progress, window)
+        measurements = measure_interval(plan.checks, provider, windows, clock, queries, plan.policy.evidence_test)
     sha = inputs.result.artifact.sha256 if inputs.result.artifact else None
     progress = advance(plan, progress, inputs.now, signals(inputs.annotations, inputs.manifest, sha), window, measurements)
     return canary_decision(progress, inputs.result, len(plan.steps), min(plan.interval_s, MAX_POLL_S))

@@ -8,6 +8,9 @@ whose weights the test reads back. Time is real, with 1 s intervals.
 
 from __future__ import annotations
 
+import math
+import time
+
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,13 +80,16 @@ class Backend:
     seed: int = 0
     calls: int = 0
 
-    def latency_samples(self, variant: str, window_s: float) -> list[float] | None:
+    def latency_points(self, variant: str, window_s: float) -> list[tuple[float, float]] | None:
+        """One value per 0.1 s scrape over the window, on a grid both variants share."""
         self.calls += 1
         if self.down:
             return None
         scale = self.candidate_scale if variant == "candidate" else 1.0
         rng = np.random.default_rng(self.seed + self.calls)
-        return [float(v) for v in scale * rng.lognormal(np.log(10.0), 0.3, 60)]
+        end = math.floor(time.time() * 10) / 10
+        times = [end - k / 10 for k in range(int(window_s * 10), -1, -1)]
+        return [(t, float(v)) for t, v in zip(times, scale * rng.lognormal(np.log(10.0), 0.1, len(times)), strict=True)]
 
     def request_counts(self, variant: str, window_s: float) -> Counts | None:
         return None if self.down else Counts(hits=0.0, total=600.0)

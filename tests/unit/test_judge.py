@@ -114,9 +114,12 @@ def test_zero_baseline_median_gives_a_serializable_measurement() -> None:
 RATE_CASES: list[tuple[str, MetricCheck, tuple[float | None, float | None, float | None, float | None], Outcome]] = [
     ("+5 points", ERRORS, (10, 1000, 12, 200), Outcome.FAILED),
     ("same rate", ERRORS, (10, 1000, 2, 200), Outcome.SUCCESSFUL),
-    ("all-zero baseline, few errors at low counts", ERRORS, (0, 60, 2, 60), Outcome.INCONCLUSIVE),
-    ("all-zero baseline, few errors, big baseline", ERRORS, (0, 500, 2, 60), Outcome.INCONCLUSIVE),
-    ("all-zero baseline, one error, no tolerance", ERRORS_STRICT, (0, 50, 1, 50), Outcome.INCONCLUSIVE),
+    # Beyond the bound by an amount the counts cannot tell from noise (p >= 0.1): a pass; closer to
+    # significance (0.05 <= p < 0.1): Inconclusive, more data needed.
+    ("all-zero baseline, few errors at low counts, within the noise", ERRORS, (0, 60, 2, 60), Outcome.SUCCESSFUL),
+    ("all-zero baseline, few errors, big baseline, suggestive", ERRORS, (0, 500, 2, 50), Outcome.INCONCLUSIVE),
+    ("all-zero baseline, one error, no tolerance, within the noise", ERRORS_STRICT, (0, 50, 1, 50), Outcome.SUCCESSFUL),
+    ("all-zero baseline, two errors, no tolerance, suggestive", ERRORS_STRICT, (0, 200, 2, 60), Outcome.INCONCLUSIVE),
     ("all-zero baseline, clear regression, no tolerance", ERRORS_STRICT, (0, 1000, 10, 200), Outcome.FAILED),
     ("extrapolated counters", ERRORS, (10.4, 1000.2, 2.3, 199.7), Outcome.SUCCESSFUL),
     ("too few candidate requests", ERRORS, (10, 1000, 10, 40), Outcome.INCONCLUSIVE),
@@ -156,7 +159,8 @@ def test_rate_failure_reports_rates_and_tolerance() -> None:
 AGREEMENT_CASES: list[tuple[str, MetricCheck, tuple[float | None, float | None], Outcome]] = [
     ("clear drop", AGREEMENT, (95, 100), Outcome.FAILED),
     ("at the minimum", AGREEMENT, (99, 100), Outcome.SUCCESSFUL),
-    ("tiny noise below the minimum", AGREEMENT, (98, 100), Outcome.INCONCLUSIVE),
+    ("tiny noise below the minimum", AGREEMENT, (98, 100), Outcome.SUCCESSFUL),
+    ("below the minimum, suggestive but not significant", AGREEMENT, (97, 100), Outcome.INCONCLUSIVE),
     ("large sample just below", AGREEMENT, (9850, 10000), Outcome.FAILED),
     ("sparse", AGREEMENT, (10, 10), Outcome.INCONCLUSIVE),
     ("nothing compared", AGREEMENT, (0, 0), Outcome.INCONCLUSIVE),

@@ -113,6 +113,12 @@ class AnalysisSpec(ApiModel):
     warmup: str = Field(
         default="15s", pattern=DURATION_PATTERN, description="Excluded from judging after the canary gets traffic."
     )
+    scrape_interval: str = Field(
+        default="30s",
+        pattern=DURATION_PATTERN,
+        description="How often Prometheus scrapes the served models (30s, kube-prometheus' default): the range queries' "
+        "step, and how long the judge waits for the samples a decision needs.",
+    )
     prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec, description="Where the metrics are.")
     metrics: list[AnalysisMetric] = Field(
         default_factory=list, description="What is judged; candidate against the baseline running at the same time."

@@ -18,6 +18,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+class EvidenceTest(StrEnum):
+    """How a window's paired per-scrape log-ratios become a p-value (see optiserve.domain.evidence)."""
+
+    FIXED = "t-test"
+    SEQUENTIAL = "msprt"
+
+
 class DomainModel(BaseModel):
     """Immutable, strict base: unknown fields and non-finite floats are errors."""
 
@@ -140,6 +147,15 @@ class Measurement(DomainModel):
     effect_size: float | None = Field(default=None, description="Relative (latency) or absolute (rates) difference.")
     threshold: float | None = Field(default=None, description="The tolerance or bound the effect was held against.")
     series_missing: bool = Field(default=False, description="Neither variant had a series for this metric.")
+    awaiting_data: bool = Field(
+        default=False,
+        description="Inconclusive only because fewer samples than needed have arrived yet: not counted against "
+        "inconclusiveLimit (the judge waits, within dataWaitLimit intervals).",
+    )
+    samples_needed: int | None = Field(default=None, ge=0, description="With awaiting_data: how many samples are needed.")
+    window_start_s: float | None = Field(
+        default=None, description="Start of the evidence window that decided (seconds after the first canary traffic)."
+    )
 
     @field_validator("baseline_value", "candidate_value", "statistic", "p_value", "effect_size", "threshold", mode="before")
     @classmethod
@@ -168,6 +184,14 @@ class AnalysisPolicy(DomainModel):
         default=3, ge=1, description="Successful measurements every metric needs before the candidate is promoted."
     )
     history_limit: int = Field(default=10, ge=1, description="Intervals kept in the bounded history.")
+    data_wait_limit: int = Field(
+        default=8,
+        ge=0,
+        description="Hold when a metric waited for its samples in more consecutive intervals than this (data absent).",
+    )
+    evidence_test: EvidenceTest = Field(
+        default=EvidenceTest.FIXED, description="How paired latency windows become p-values (see optiserve.domain.evidence)."
+    )
 
 
 class Decision(StrEnum):
@@ -204,6 +228,7 @@ class MetricTally(DomainModel):
     inconclusive: int = 0
     errors: int = 0
     consecutive_errors: int = 0
+    consecutive_waits: int = Field(default=0, description="Intervals in a row that only awaited data.")
 
 
 class IntervalRecord(DomainModel):

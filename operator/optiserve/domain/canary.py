@@ -47,6 +47,7 @@ from optiserve.domain.analysis import (
     Outcome,
     Verdict,
 )
+from optiserve.domain.evidence import Windows, interval_windows
 from optiserve.domain.judge import step as judge_step
 
 
@@ -67,6 +68,8 @@ class CanaryPlan:
     manual: bool = False
     progress_deadline_s: float = 1800.0
     window_s: float = math.inf
+    scrape_s: float = 30.0
+    """Prometheus' scrape interval: how sparse the latency values are (see `evidence_windows`)."""
 
     def __post_init__(self) -> None:
         if not self.steps or self.steps[-1].weight != 100:
@@ -146,6 +149,21 @@ def due_window(plan: CanaryPlan, progress: CanaryProgress, now: datetime) -> Win
     if k < 1 or end <= progress.last_interval_s + 1e-9:
         return None
     return Window(start_s=max(end - plan.window_s, warmup), end_s=end)
+
+
+def evidence_windows(plan: CanaryPlan, progress: CanaryProgress, window: Window) -> Windows:
+    """The windows the judge weighs for ``window``: all of it, suffixes from recent interval
+    boundaries, and one from the current step's start (its weight change), so a regression that
+    begins with a higher weight is judged on that weight's data (see optiserve.domain.evidence)."""
+    step_start_s = max(0.0, (progress.step_started_at - progress.started_at).total_seconds())
+    return interval_windows(
+        window.end_s,
+        warmup_s=window.start_s,
+        interval_s=plan.interval_s,
+        window_s=window.length_s,
+        scrape_s=plan.scrape_s,
+        changes_s=(step_start_s,) if progress.step > 0 else (),
+    )
 
 
 def _analysis(plan: CanaryPlan, progress: CanaryProgress) -> Analysis:

@@ -31,6 +31,7 @@ from optiserve.domain.analysis import (
     Analysis,
     AnalysisPolicy,
     Decision,
+    EvidenceTest,
     IntervalRecord,
     Measurement,
     MetricCheck,
@@ -39,6 +40,7 @@ from optiserve.domain.analysis import (
     Outcome,
     Verdict,
 )
+from optiserve.domain.evidence import HINT_ALPHA, Pairs, WindowTest
 
 
 def _stats() -> Any:  # scipy ships no type information
@@ -86,12 +88,18 @@ def _measurement(check: MetricCheck, outcome: Outcome, sentence: str, **values: 
     )
 
 
+def _suggestive(finding: _Finding) -> bool:
+    """A point estimate beyond the bound blocks a pass only when its test leans that way too
+    (p below `HINT_ALPHA`); a bound without a test (an absolute median or value) always does."""
+    return finding.p_value is None or finding.p_value < HINT_ALPHA
+
+
 def _conclude(check: MetricCheck, findings: Sequence[_Finding], **values: float | int | None) -> Measurement:
     """Failed if any criterion failed (that one explains it). Successful only when every point
     estimate is within its bound too: a candidate that looks worse than allowed but not yet
     significantly so is Inconclusive (more data needed), never a pass."""
     failed = [finding for finding in findings if finding.failed]
-    outside = [finding for finding in findings if not finding.inside]
+    outside = [finding for finding in findings if not finding.inside and _suggestive(finding)]
     deciding = failed[0] if failed else outside[0] if outside else findings[-1]
     outcome = Outcome.FAILED if failed else Outcome.INCONCLUSIVE if outside else Outcome.SUCCESSFUL
     sentence = "; ".join(finding.sentence for finding in findings) if outcome is Outcome.SUCCESSFUL else deciding.sentence
@@ -147,6 +155,20 @@ def _too_few(check: MetricCheck, unit: str, **sizes: int) -> str | None:
         if size < check.min_samples:
             return f"only {size} of the {check.min_samples} {variant} {unit} needed"
     return None
+
+
+def _short(check: MetricCheck, sentence: str, sizes: Mapping[str, int], needed: int | None = None) -> Measurement:
+    """Inconclusive for too little data. Some data but not enough is *awaiting data* (the judge
+    waits for it, see `step`); no data at all is no traffic, an Inconclusive that counts."""
+    awaiting = "(no traffic)" not in sentence
+    return _measurement(
+        check,
+        Outcome.INCONCLUSIVE,
+        sentence,
+        awaiting_data=awaiting,
+        samples_needed=(needed or check.min_samples) if awaiting else None,
+        **sizes,
+    )
 
 
 def _p(value: float) -> float:
@@ -240,13 +262,59 @@ def judge_latency(
         {"candidate": candidate.size, "baseline": baseline.size} if check.compares_to_baseline else {"candidate": candidate.size}
     )
     if short := _too_few(check, "latency samples", **compared):
-        return _measurement(check, Outcome.INCONCLUSIVE, short, **sizes)
+        return _short(check, short, sizes)
     candidate_median = float(np.median(candidate))
     findings = [_latency_bound(check.max, candidate_median)] if check.max is not None else []
     if check.max_relative_increase is not None:
         findings.append(_latency_shift(check, baseline, candidate))
     baseline_median = float(np.median(baseline)) if baseline.size else None
     return _conclude(check, findings, baseline_value=baseline_median, candidate_value=candidate_median, **sizes)
+
+
+def short_of_pairs(check: MetricCheck, have: int, needed: int) -> Measurement:
+    """Awaiting data: fewer paired scrapes than the paired test needs."""
+    sentence = f"only {have} of the {needed} paired scrapes needed (both variants at the same scrape)"
+    if have == 0:
+        sentence = "no scrape with latency values for both variants in the window (no traffic)"
+    return _short(check, sentence, {"candidate_samples": have, "baseline_samples": have}, needed)
+
+
+def paired_measurement(
+    check: MetricCheck, pairs: Pairs, start_s: float, test: WindowTest | None, method: EvidenceTest
+) -> Measurement:
+    """One window's paired latency measurement: the geometric mean of the per-scrape ratios
+    against ``1 + max_relative_increase``, at ``check.alpha`` (already corrected for the scan)."""
+    if test is None:
+        return short_of_pairs(check, 0, 2).model_copy(update={"window_start_s": start_s})
+    inside = pairs.times > start_s
+    candidate_median = float(np.median(pairs.candidate[inside]))
+    baseline_median = float(np.median(pairs.baseline[inside]))
+    tolerance = check.max_relative_increase or 0.0
+    threshold = math.log1p(tolerance)
+    failed = test.p_value < check.alpha and test.mean > threshold
+    name = "paired t" if method is EvidenceTest.FIXED else "mSPRT"
+    comparison = (
+        f"candidate {math.expm1(test.mean):+.1%} against the baseline, paired over {test.n} scrapes since t={start_s:g}s "
+        f"(medians {candidate_median:.4g} and {baseline_median:.4g})"
+    )
+    if failed:
+        judgement = f"significantly beyond the {tolerance:.0%} tolerance ({name} p={test.p_value:.3g} < {check.alpha:.3g})"
+    else:
+        judgement = f"not shown to be beyond the {tolerance:.0%} tolerance ({name} p={test.p_value:.3g})"
+    shift = _Finding(
+        failed=failed,
+        sentence=f"{comparison}, {judgement}",
+        test=f"paired-{method.value}",
+        statistic=test.statistic,
+        p_value=test.p_value,
+        effect_size=math.expm1(test.mean),
+        threshold=tolerance,
+        inside=test.mean <= threshold,
+    )
+    findings = [_latency_bound(check.max, candidate_median), shift] if check.max is not None else [shift]
+    sizes = {"candidate_samples": test.n, "baseline_samples": test.n}
+    measurement = _conclude(check, findings, baseline_value=baseline_median, candidate_value=candidate_median, **sizes)
+    return measurement.model_copy(update={"window_start_s": start_s})
 
 
 # ---------------------------------------------------------------- counts
@@ -345,7 +413,7 @@ def judge_rate(
     sizes = {"candidate_samples": candidate.total, "baseline_samples": baseline.total}
     compared = {"candidate": candidate.total, "baseline": baseline.total} if relative else {"candidate": candidate.total}
     if short := _too_few(check, "requests", **compared):
-        return _measurement(check, Outcome.INCONCLUSIVE, short, **sizes)
+        return _short(check, short, sizes)
     findings = [_rate_bound(check, check.max, candidate)] if check.max is not None else []
     if relative:
         findings.append(_rate_increase(check, baseline, candidate))
@@ -368,7 +436,7 @@ def judge_agreement(check: MetricCheck, agreeing: float | None, compared: float 
     if isinstance(counts, str):
         return _measurement(check, Outcome.ERROR, counts)
     if short := _too_few(check, "compared samples", candidate=counts.total):
-        return _measurement(check, Outcome.INCONCLUSIVE, short, candidate_samples=counts.total)
+        return _short(check, short, {"candidate_samples": counts.total})
     bound = float(check.min or 0.0)
     result = _stats().binomtest(counts.hits, counts.total, p=bound, alternative="less")
     p_value = _p(float(result.pvalue))
@@ -412,7 +480,7 @@ def judge_custom(check: MetricCheck, values: Sequence[float] | None) -> Measurem
     if bad := int(np.count_nonzero(~np.isfinite(array))):
         return _measurement(check, Outcome.ERROR, f"{bad} of the {array.size} values are NaN or infinite")
     if short := _too_few(check, "values", candidate=array.size):
-        return _measurement(check, Outcome.INCONCLUSIVE, short, candidate_samples=array.size)
+        return _short(check, short, {"candidate_samples": array.size})
     latest = float(array[-1])
     bounds = (("max", check.max), ("min", check.min))
     findings = [_value_bound(latest, name, bound) for name, bound in bounds if bound is not None]
@@ -429,13 +497,16 @@ def keep_last(items: tuple[T, ...], item: T, limit: int) -> tuple[T, ...]:
     return (*items, item)[-limit:]
 
 
-def _add(tally: MetricTally, outcome: Outcome) -> MetricTally:
+def _add(tally: MetricTally, measurement: Measurement) -> MetricTally:
+    """Count one outcome. Awaiting data is not a judgement: it counts only as a wait."""
+    outcome, waiting = measurement.outcome, measurement.awaiting_data
     return MetricTally(
         successful=tally.successful + (outcome is Outcome.SUCCESSFUL),
         failed=tally.failed + (outcome is Outcome.FAILED),
-        inconclusive=tally.inconclusive + (outcome is Outcome.INCONCLUSIVE),
+        inconclusive=tally.inconclusive + (outcome is Outcome.INCONCLUSIVE and not waiting),
         errors=tally.errors + (outcome is Outcome.ERROR),
         consecutive_errors=tally.consecutive_errors + 1 if outcome is Outcome.ERROR else 0,
+        consecutive_waits=tally.consecutive_waits + 1 if waiting else 0,
     )
 
 
@@ -485,6 +556,13 @@ _error_rule = _LimitRule(
     "could not be measured in {n} consecutive intervals",
     Decision.ROLLBACK,
 )
+_data_wait_rule = _LimitRule(
+    lambda t: t.consecutive_waits,
+    lambda p: p.data_wait_limit,
+    "dataWaitLimit",
+    "waited for its samples in {n} consecutive intervals (data absent or too sparse for the analysis)",
+    Decision.HOLD,
+)
 _inconclusive_rule = _LimitRule(
     lambda t: t.inconclusive,
     lambda p: p.inconclusive_limit,
@@ -526,7 +604,7 @@ def _waiting(policy: AnalysisPolicy, tallies: Mapping[str, MetricTally], interva
     )
 
 
-RULES: tuple[Rule, ...] = (_failure_rule, _error_rule, _missing_rule, _inconclusive_rule, _promotion_rule)
+RULES: tuple[Rule, ...] = (_failure_rule, _error_rule, _missing_rule, _data_wait_rule, _inconclusive_rule, _promotion_rule)
 """Applied in this order; the first that decides wins, so a failure outranks a missing series."""
 
 
@@ -556,7 +634,7 @@ def step(state: Analysis, measurements: Sequence[Measurement], *, at_s: float) -
         reason = f"warming up: intervals ending by {state.policy.warmup_s:g}s after the first canary traffic are not judged"
         return state, Verdict(decision=Decision.CONTINUE, reason=reason)
     interval = _complete_interval(state.checks, measurements)
-    tallies = {measurement.metric: _add(state.tally(measurement.metric), measurement.outcome) for measurement in interval}
+    tallies = {measurement.metric: _add(state.tally(measurement.metric), measurement) for measurement in interval}
     verdict = _decide(state.policy, tallies, interval)
     record = IntervalRecord(at_s=at_s, decision=verdict.decision, measurements=interval)
     updated = state.model_copy(

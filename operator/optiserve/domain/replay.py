@@ -34,8 +34,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from optiserve.domain.analysis import Analysis, AnalysisPolicy, Decision, Measurement, MetricCheck, MetricKind, Verdict
-from optiserve.domain.judge import judge_agreement, judge_custom, judge_latency, judge_rate, step
+from optiserve.domain.analysis import (
+    Analysis,
+    AnalysisPolicy,
+    Decision,
+    EvidenceTest,
+    Measurement,
+    MetricCheck,
+    MetricKind,
+    Verdict,
+)
+from optiserve.domain.evidence import Windows, interval_windows, judge_latency_windows, scan
+from optiserve.domain.judge import judge_agreement, judge_custom, judge_rate, step
 
 FloatArray = npt.NDArray[np.float64]
 RecordedSeries = Mapping[str, Sequence[Sequence[float | None]]]
@@ -98,32 +108,66 @@ def _increase(recording: Recording, name: str, start: float, end: float) -> floa
     return series.increase(start, end) if series is not None else 0.0
 
 
-def _measure(check: MetricCheck, baseline: Recording, candidate: Recording, start: float, end: float) -> Measurement | None:
-    """Judge one check over ``(start, end]``; None when neither variant has its series."""
-    name = check.name
+def _points(recording: Recording, name: str, start: float, end: float) -> list[list[float]]:
+    series = recording.get(name)
+    if series is None:
+        return []
+    first, last = np.searchsorted(series.times, [start, end], side="right")
+    points: list[list[float]] = np.column_stack([series.times[first:last], series.values[first:last]]).tolist()
+    return points
+
+
+def _measure(
+    check: MetricCheck, baseline: Recording, candidate: Recording, windows: Windows, method: EvidenceTest
+) -> Measurement | None:
+    """Judge one check over the interval's windows; None when neither variant has its series."""
+    name, start, end = check.name, windows.start_s, windows.end_s
     if check.kind is MetricKind.LATENCY:
         if name not in baseline and name not in candidate:
             return None
-        return judge_latency(check, _samples(baseline, name, start, end), _samples(candidate, name, start, end))
+        return judge_latency_windows(
+            check, _points(baseline, name, start, end), _points(candidate, name, start, end), windows, method
+        )
     if check.kind is MetricKind.ERROR_RATE:
         failures, total = f"{name}.failures", f"{name}.total"
         if total not in baseline and total not in candidate:
             return None
-        return judge_rate(
-            check,
-            _increase(baseline, failures, start, end),
-            _increase(baseline, total, start, end),
-            _increase(candidate, failures, start, end),
-            _increase(candidate, total, start, end),
-        )
+
+        def rate(check_k: MetricCheck, since: float) -> Measurement:
+            return judge_rate(
+                check_k,
+                _increase(baseline, failures, since, end),
+                _increase(baseline, total, since, end),
+                _increase(candidate, failures, since, end),
+                _increase(candidate, total, since, end),
+            )
+
+        return scan(check, windows.starts, rate, _increase(candidate, total, windows.latest_s, end) > 0)
     if check.kind in (MetricKind.AGREEMENT, MetricKind.ACCURACY):
         agreeing, compared = f"{name}.agreeing", f"{name}.compared"
         if agreeing not in candidate or compared not in candidate:
             return None
-        return judge_agreement(check, _increase(candidate, agreeing, start, end), _increase(candidate, compared, start, end))
+
+        def agreement(check_k: MetricCheck, since: float) -> Measurement:
+            return judge_agreement(
+                check_k, _increase(candidate, agreeing, since, end), _increase(candidate, compared, since, end)
+            )
+
+        return scan(check, windows.starts, agreement, _increase(candidate, compared, windows.latest_s, end) > 0)
     if name not in candidate:
         return None
     return judge_custom(check, _samples(candidate, name, start, end))
+
+
+def scrape_spacing_s(*recordings: Recording) -> float:
+    """The recording's typical time between scrapes (median gap between distinct timestamps)."""
+    gaps = [
+        float(np.median(np.diff(np.unique(series.times))))
+        for recording in recordings
+        for series in recording.values()
+        if np.unique(series.times).size > 2
+    ]
+    return float(np.median(gaps)) if gaps else 0.0
 
 
 def _end_of_recording(*recordings: Recording) -> float | None:
@@ -166,6 +210,7 @@ def replay(
     interval_s: float,
     policy: AnalysisPolicy | None = None,
     window_s: float | None = None,
+    changes_s: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Judge the recording interval by interval and return a JSON-serializable report.
 
@@ -186,9 +231,12 @@ def replay(
     analysis = Analysis(checks=tuple(checks), policy=policy)
     intervals: list[dict[str, Any]] = []
     verdict: Verdict | None = None
+    scrape_s = scrape_spacing_s(recorded_baseline, recorded_candidate)
     for at_s in _interval_ends(policy.warmup_s, interval_s, _end_of_recording(recorded_baseline, recorded_candidate)):
-        start = max(at_s - window, policy.warmup_s)
-        measured = (_measure(check, recorded_baseline, recorded_candidate, start, at_s) for check in checks)
+        windows = interval_windows(
+            at_s, warmup_s=policy.warmup_s, interval_s=interval_s, window_s=window, scrape_s=scrape_s, changes_s=changes_s
+        )
+        measured = (_measure(check, recorded_baseline, recorded_candidate, windows, policy.evidence_test) for check in checks)
         analysis, verdict = step(analysis, [m for m in measured if m is not None], at_s=at_s)
         intervals.append(_interval_report(at_s, verdict, analysis.history[-1].measurements))
         if verdict.decision.is_final:

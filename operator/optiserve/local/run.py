@@ -27,14 +27,24 @@ from optiserve.api.status import Phase
 from optiserve.comparator.compare import agreement_threshold
 from optiserve.domain.analysis import Measurement
 from optiserve.domain.analysis_spec import canary_plan
-from optiserve.domain.canary import CanaryPlan, CanaryProgress, RolloutState, Signals, advance, due_window, elapsed_s, start
+from optiserve.domain.canary import (
+    CanaryPlan,
+    CanaryProgress,
+    RolloutState,
+    Signals,
+    advance,
+    due_window,
+    elapsed_s,
+    evidence_windows,
+    start,
+)
 from optiserve.golden import GOLDEN_FILE, load_golden
-from optiserve.local.canary_servers import CanaryServers, ComparatorSettings, start_canary_servers
+from optiserve.local.canary_servers import SCRAPE_INTERVAL_S, CanaryServers, ComparatorSettings, start_canary_servers
 from optiserve.local.injected_candidate import served_candidate
 from optiserve.local.job_cache import JobOutputs, optimization_outputs
 from optiserve.local.load import BackgroundLoad, LoadConfig, LoadResult
 from optiserve.local.run_overrides import local_manifest
-from optiserve.providers.measure import measure_interval
+from optiserve.providers.measure import Clock, measure_interval
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +141,9 @@ def rollout_plan(manifest: OptimizedModel) -> CanaryPlan:
     rollout = manifest.spec.rollout
     if rollout is None or not rollout.analysis.metrics:
         raise RunError("spec.rollout.analysis.metrics: local mode runs a canary; name at least one metric to judge")
-    return canary_plan(rollout)
+    # Local mode runs its own Prometheus: its scrape interval, not the cluster's, is what the judge sees.
+    analysis = rollout.analysis.model_copy(update={"scrape_interval": f"{SCRAPE_INTERVAL_S:g}s"})
+    return canary_plan(rollout.model_copy(update={"analysis": analysis}))
 
 
 def _queries(manifest: OptimizedModel) -> dict[str, str]:
@@ -152,7 +164,9 @@ def _step_once(plan: CanaryPlan, run: CanaryRun, servers: CanaryServers, timelin
     window = due_window(plan, before, now)
     measurements = []
     if window is not None:
-        measurements = measure_interval(plan.checks, servers.metrics(), elapsed_s(before, now) - window.start_s, queries)
+        clock = Clock(before.started_at.timestamp(), elapsed_s(before, now))
+        windows = evidence_windows(plan, before, window)
+        measurements = measure_interval(plan.checks, servers.metrics(), windows, clock, queries, plan.policy.evidence_test)
     run.progress = advance(plan, before, now, Signals(), window, measurements)
     if window is not None and run.progress.history and run.progress.history[-1].at_s == window.end_s:
         record = run.progress.history[-1]

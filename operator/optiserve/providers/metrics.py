@@ -20,8 +20,10 @@ class Counts:
 
 
 class MetricsProvider(Protocol):
-    def latency_samples(self, variant: str, window_s: float) -> list[float] | None:
-        """Mean request latency (ms) per scrape interval over the window, oldest first."""
+    def latency_points(self, variant: str, window_s: float) -> list[tuple[float, float]] | None:
+        """Mean request latency (ms) per scrape interval over the window, oldest first, as
+        ``(unix_seconds, value)``: both variants at the same timestamps, so that the judge can pair
+        them scrape by scrape."""
         ...
 
     def request_counts(self, variant: str, window_s: float) -> Counts | None:

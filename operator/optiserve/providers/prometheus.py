@@ -62,27 +62,42 @@ class PrometheusMetrics:
             return None
         return [float(item["value"][1]) for item in result]
 
-    def _range(self, query: str, window_s: float) -> list[float] | None:
+    def _range_points(self, query: str, window_s: float) -> list[tuple[float, float]] | None:
+        """A range query's points on a grid of the scrape interval that ends at a multiple of it:
+        two queries made a moment apart get the same timestamps."""
         from datetime import datetime, timedelta, timezone
 
-        end = datetime.now(timezone.utc)  # noqa: UP017 - the client compares naive and aware datetimes
+        step = max(1, math.ceil(self.scrape_interval_s))
+        now = datetime.now(timezone.utc).timestamp()  # noqa: UP017 - the client compares naive and aware datetimes
+        end = datetime.fromtimestamp(math.floor(now / step) * step, timezone.utc)  # noqa: UP017
         try:
             result = self.client.custom_query_range(
-                query, start_time=end - timedelta(seconds=window_s), end_time=end, step=_duration(self.scrape_interval_s)
+                query, start_time=end - timedelta(seconds=window_s), end_time=end, step=f"{step}s"
             )
         except _BACKEND_ERRORS:
             return None
-        return [float(value) for series in result for _, value in series["values"]]
+        return [(float(t), float(value)) for series in result for t, value in series["values"]]
 
-    def latency_samples(self, variant: str, window_s: float) -> list[float] | None:
+    def _range(self, query: str, window_s: float) -> list[float] | None:
+        points = self._range_points(query, window_s)
+        return None if points is None else [value for _, value in points]
+
+    def _latency_query(self, variant: str) -> str:
         labels = self.selector.matchers(variant)
         step = _duration(self.scrape_interval_s * 2)
-        query = (
+        return (
             f"sum(increase(nv_inference_request_duration_us{{{labels}}}[{step}])) / 1000"
             f" / sum(increase(nv_inference_request_success{{{labels}}}[{step}]))"
         )
-        values = self._range(query, window_s)
-        return None if values is None else [v for v in values if math.isfinite(v)]  # 0/0: no requests in that step
+
+    def latency_points(self, variant: str, window_s: float) -> list[tuple[float, float]] | None:
+        points = self._range_points(self._latency_query(variant), window_s)
+        return None if points is None else [(t, v) for t, v in points if math.isfinite(v)]  # 0/0: no requests then
+
+    def latency_samples(self, variant: str, window_s: float) -> list[float] | None:
+        """The values of `latency_points`, oldest first."""
+        points = self.latency_points(variant, window_s)
+        return None if points is None else [v for _, v in points]
 
     def _counts(self, hits_metric: str, total_query: str, labels: str, window_s: float) -> Counts | None:
         window = _duration(window_s)

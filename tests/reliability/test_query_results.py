@@ -20,10 +20,10 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from optiserve.domain.analysis import AnalysisPolicy, MetricCheck, MetricKind, Outcome
-from optiserve.domain.canary import CanaryPlan, RolloutState, Signals, Step, advance, due_window, start
+from optiserve.domain.canary import CanaryPlan, RolloutState, Signals, Step, advance, due_window, evidence_windows, start
 from optiserve.local.prometheus import PrometheusServer
 from optiserve.local.triton import free_port
-from optiserve.providers.measure import measure_interval
+from optiserve.providers.measure import Clock, measure_interval
 from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
 from tests.reliability.digits import report_figure
 
@@ -96,7 +96,8 @@ def test_a_query_without_a_number_never_passes(
         now = began + timedelta(seconds=k * plan.interval_s)
         window = due_window(plan, progress, now)
         assert window is not None
-        measured = measure_interval(plan.checks, metrics, WINDOW_S, {name: query})
+        clock = Clock(began.timestamp(), k * plan.interval_s)
+        measured = measure_interval(plan.checks, metrics, evidence_windows(plan, progress, window), clock, {name: query})
         progress = advance(plan, progress, now, Signals(), window, measured)
         seen += [m.outcome for m in progress.history[-1].measurements]
         assert progress.weight <= plan.steps[0].weight, "the rollout moved on a query without a number"

@@ -41,6 +41,7 @@ from optiserve.api.rollout import AnalysisSpec
 from optiserve.domain.analysis import EvidenceTest
 from optiserve.domain.analysis_spec import AnalysisPlan, analysis_plan
 from optiserve.domain.replay import replay
+from optiserve_jobs.triton_python_model import DURATION_BUCKETS
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples/minilm/optimizedmodel.yaml"
 BASE_LATENCY_MS = 5.0
@@ -84,6 +85,34 @@ class Conditions:
     scrape_s: float
     duration_s: float
     per_request: bool = False
+    source: str = "value"
+    """value: each scrape's latency is the held-out set's value with 5-25 % noise. mean / histogram:
+    it is made from the scrape's requests (lognormal, sigma 0.4, 2 % of them 10x slower, as a GC
+    pause or a cold cache makes them): their mean (Triton's counters) or their median from the
+    model's histogram buckets (interpolated as histogram_quantile does)."""
+
+
+SLOW_SHARE, SLOW_FACTOR, REQUEST_SIGMA = 0.02, 10.0, 0.4
+BUCKETS_MS = np.array(DURATION_BUCKETS) * 1000.0
+
+
+def bucket_median(values_ms: np.ndarray) -> float:
+    """The median as Prometheus' histogram_quantile reads it from the model's buckets."""
+    counts = np.bincount(np.searchsorted(BUCKETS_MS, values_ms, side="left"), minlength=BUCKETS_MS.size + 1)
+    cumulative = np.cumsum(counts)
+    rank = 0.5 * cumulative[-1]
+    index = int(np.searchsorted(cumulative, rank, side="left"))
+    if index >= BUCKETS_MS.size:
+        return float(BUCKETS_MS[-1])
+    lower = 0.0 if index == 0 else float(BUCKETS_MS[index - 1])
+    below = 0.0 if index == 0 else float(cumulative[index - 1])
+    return float(lower + (float(BUCKETS_MS[index]) - lower) * (rank - below) / max(float(counts[index]), 1.0))
+
+
+def _scrape_value(rng: np.random.Generator, level: float, requests: int, source: str) -> float:
+    values = level * rng.lognormal(0.0, REQUEST_SIGMA, requests)
+    values = np.where(rng.random(requests) < SLOW_SHARE, values * SLOW_FACTOR, values)
+    return float(values.mean()) if source == "mean" else bucket_median(values)
 
 
 def _load(rng: np.random.Generator, times: np.ndarray) -> np.ndarray:
@@ -114,6 +143,8 @@ def _variant(
         if conditions.per_request:
             values = latency[i] * rng.lognormal(0.0, 0.3, int(min(requests[i], 40)))
             series["latency"] += [[float(t), float(v)] for v in values]
+        elif conditions.source != "value":
+            series["latency"].append([float(t), _scrape_value(rng, latency[i], int(requests[i]), conditions.source)])
         else:
             series["latency"].append([float(t), float(latency[i] * rng.lognormal(0.0, sigma))])
     if candidate and scenario.nan_from_s is not None:
@@ -200,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--scrape", type=float, nargs="+", default=[1.0, 5.0, 15.0, 30.0], help="scrape intervals, s")
     parser.add_argument("--duration", type=float, default=300.0, help="recording length, s")
     parser.add_argument("--per-request", action="store_true", help="one latency point per request, not per scrape")
+    parser.add_argument(
+        "--source", choices=["value", "mean", "histogram"], default="value", help="what each scrape's latency is made of"
+    )
     parser.add_argument("--test", choices=[t.value for t in EvidenceTest], default=EvidenceTest.FIXED.value)
     parser.add_argument("--only", default="", help="run only scenarios whose name contains this")
     parser.add_argument("--workers", type=int, default=2)
@@ -207,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     jobs = [
         Job(
             scenario,
-            Conditions(scrape, args.duration, args.per_request),
+            Conditions(scrape, args.duration, args.per_request, args.source),
             _plan(EvidenceTest(args.test), scrape),
             args.replays,
             args.seed,
@@ -218,7 +252,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         results = list(pool.map(_run, jobs))
-    conditions = {"duration_s": args.duration, "per_request": args.per_request, "test": args.test, "seed": args.seed}
+    conditions = {
+        "duration_s": args.duration,
+        "per_request": args.per_request,
+        "source": args.source,
+        "test": args.test,
+        "seed": args.seed,
+    }
     plan = jobs[0].plan
     json.dump(
         {"interval_s": plan.interval_s, "warmup_s": plan.policy.warmup_s, **conditions, "results": results}, sys.stdout, indent=2

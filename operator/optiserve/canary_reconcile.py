@@ -56,8 +56,9 @@ def prometheus_metrics(manifest: OptimizedModel, namespace: str) -> MetricsProvi
     """
     address = manifest.spec.rollout.analysis.prometheus.address
     selector = TritonSelector(model=manifest.metadata.name, extra=f'namespace="{namespace}"')
-    scrape_s = duration_seconds(manifest.spec.rollout.analysis.scrape_interval)
-    return PrometheusMetrics(address, selector, scrape_interval_s=scrape_s)
+    analysis = manifest.spec.rollout.analysis
+    scrape_s = duration_seconds(analysis.scrape_interval)
+    return PrometheusMetrics(address, selector, scrape_interval_s=scrape_s, latency_source=analysis.latency_source)
 
 
 def signals(annotations: Mapping[str, str], manifest: OptimizedModel, candidate_sha256: str | None) -> Signals:

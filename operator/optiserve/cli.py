@@ -16,6 +16,7 @@ from optiserve.api.job import job_request_from_manifest
 from optiserve.api.manifest import ManifestError, load_manifest
 from optiserve.api.spec import OptimizedModel
 from optiserve.comparator.command import add_comparator_arguments
+from optiserve.domain.analysis_spec import analysis_timing
 from optiserve.local.run_command import add_run_arguments
 
 if TYPE_CHECKING:
@@ -51,7 +52,23 @@ def _validate(args: argparse.Namespace) -> int:
     console.print("offline gates the job applies:", highlight=False)
     for gate in manifest.spec.validation.gates():
         console.print(f"  {gate}", highlight=False)
+    _print_canary_timing(manifest)
     return 0
+
+
+def _print_canary_timing(manifest: OptimizedModel) -> None:
+    rollout = manifest.spec.rollout
+    if rollout is None or not rollout.analysis.metrics:
+        return
+    timing = analysis_timing(rollout)
+    console.print(
+        f"canary: a healthy candidate can pass its first interval {timing.first_pass_s:g}s and be promoted "
+        f"{timing.earliest_promotion_s:g}s after the first canary traffic "
+        f"(scrapeInterval {rollout.analysis.scrape_interval}, interval {rollout.analysis.interval})",
+        highlight=False,
+    )
+    for warning in timing.warnings:
+        console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:

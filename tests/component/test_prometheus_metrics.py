@@ -16,11 +16,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from optiserve.api.rollout import LatencySource
 from optiserve.api.spec import TritonSpec
 from optiserve.local.prometheus import PrometheusServer
 from optiserve.local.triton import TritonInstall, TritonServer
-from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
+from optiserve.providers.prometheus import DURATION_METRIC, PrometheusMetrics, TritonSelector
 from optiserve_jobs import repository
+from optiserve_jobs.triton_python_model import DURATION_BUCKETS
 from tests.component.triton_helpers import infer_http
 
 SENT_OK = 24
@@ -89,6 +91,24 @@ def test_latency_samples_are_positive_milliseconds(serving: tuple[TritonServer, 
     samples = _until(lambda: metrics.latency_samples("candidate", 120), lambda s: bool(s))
     assert isinstance(samples, list) and samples
     assert all(0 < s < 10_000 for s in samples)
+
+
+def test_the_model_exports_a_request_duration_histogram_of_its_answered_requests(
+    serving: tuple[TritonServer, PrometheusServer],
+) -> None:
+    _, prometheus = serving
+    metrics = PrometheusMetrics(prometheus.url, TritonSelector("tiny"), scrape_interval_s=1.0)
+    count_query = f'sum({DURATION_METRIC}_count{{model="tiny",variant="{{{{variant}}}}"}})'
+    counts = _until(lambda: metrics.custom_values(count_query, "candidate", 30), lambda v: bool(v) and v[-1] >= SENT_OK)
+    assert isinstance(counts, list) and counts[-1] == SENT_OK  # the failed requests are not observed
+    buckets = metrics.custom_values(f'count({DURATION_METRIC}_bucket{{model="tiny",variant="{{{{variant}}}}"}})', "candidate", 30)
+    assert buckets and buckets[-1] == len(DURATION_BUCKETS) + 1  # and +Inf
+    # Only the candidate runs here: without a baseline histogram both are judged on Triton's means.
+    histogram = PrometheusMetrics(
+        prometheus.url, TritonSelector("tiny"), scrape_interval_s=1.0, latency_source=LatencySource.HISTOGRAM
+    )
+    assert not histogram.histograms_exported()
+    assert histogram.latency_points("candidate", 120) == metrics.latency_points("candidate", 120)
 
 
 def test_a_variant_without_series_is_no_data_not_an_error(serving: tuple[TritonServer, PrometheusServer]) -> None:

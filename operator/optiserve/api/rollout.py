@@ -104,6 +104,11 @@ class AnalysisMetric(ApiModel):
         return self
 
 
+class LatencySource(StrEnum):
+    TRITON = "triton"
+    HISTOGRAM = "histogram"
+
+
 class PrometheusSpec(ApiModel):
     address: str = Field(default="http://prometheus.monitoring:9090", pattern=r"^https?://", description="Prometheus base URL.")
 
@@ -114,10 +119,16 @@ class AnalysisSpec(ApiModel):
         default="15s", pattern=DURATION_PATTERN, description="Excluded from judging after the canary gets traffic."
     )
     scrape_interval: str = Field(
-        default="30s",
+        default="5s",
         pattern=DURATION_PATTERN,
-        description="How often Prometheus scrapes the served models (30s, kube-prometheus' default): the range queries' "
-        "step, and how long the judge waits for the samples a decision needs.",
+        description="How often Prometheus scrapes the served models (the chart's model PodMonitor: 5s): the range "
+        "queries' step, and how long the judge waits for the samples a decision needs.",
+    )
+    latency_source: LatencySource = Field(
+        default=LatencySource.TRITON,
+        description="triton: each scrape's mean request latency from Triton's counters (queue included). histogram: "
+        "each scrape's median request from the served model's optiserve_request_duration_seconds histogram, robust to "
+        "a few slow requests but blind to Triton's queue; Triton's means where a variant exports no histogram.",
     )
     prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec, description="Where the metrics are.")
     metrics: list[AnalysisMetric] = Field(

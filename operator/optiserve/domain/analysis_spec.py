@@ -26,7 +26,7 @@ class AnalysisPlan:
     window_s: float = math.inf
     """Each interval is judged on everything since warm-up: the evidence grows with the canary,
     so a small regression that one 15 s window cannot show is caught a few intervals later."""
-    scrape_s: float = 30.0
+    scrape_s: float = 5.0
     """Prometheus' scrape interval (the spec's analysis.scrapeInterval)."""
 
 
@@ -78,3 +78,50 @@ def canary_plan(rollout: RolloutSpec) -> CanaryPlan:
         window_s=analysis.window_s,
         scrape_s=analysis.scrape_s,
     )
+
+
+@dataclass(frozen=True)
+class Timing:
+    """When a canary on this analysis can decide, from its intervals and Prometheus' scrapes."""
+
+    first_pass_s: float
+    """The first interval a latency check can pass in (`PASS_PAIRS` paired scrapes after warm-up)."""
+    earliest_promotion_s: float
+    warnings: tuple[str, ...]
+
+
+def _first_pass_s(plan: CanaryPlan, compares_latency: bool) -> float:
+    warmup, interval = plan.policy.warmup_s, plan.interval_s
+    needed = PASS_PAIRS * plan.scrape_s if compares_latency else interval
+    return warmup + max(1, math.ceil(needed / interval)) * interval
+
+
+def analysis_timing(rollout: RolloutSpec) -> Timing:
+    """The earliest promotion a healthy candidate can reach, and what in the settings prevents a
+    decision (the warnings `optiserve validate` prints)."""
+    plan = canary_plan(rollout)
+    compares_latency = any(c.kind is MetricKind.LATENCY and c.compares_to_baseline for c in plan.checks)
+    first = _first_pass_s(plan, compares_latency)
+    successes = max(plan.policy.required_successes, len(plan.steps))
+    earliest = first + (successes - 1) * plan.interval_s + sum(step.pause_s for step in plan.steps)
+    analysis = rollout.analysis
+    warnings = []
+    if plan.scrape_s > plan.interval_s:
+        warnings.append(
+            f"spec.rollout.analysis.scrapeInterval: {analysis.scrape_interval} is longer than interval {analysis.interval}: "
+            "some intervals get no new scrape and judge nothing new; make interval at least the scrape interval"
+        )
+    nominal = plan.policy.warmup_s + plan.interval_s * len(plan.steps) + sum(step.pause_s for step in plan.steps)
+    if compares_latency and first > 2 * nominal:
+        warnings.append(
+            f"spec.rollout.analysis.scrapeInterval: a latency pass needs {PASS_PAIRS} paired scrapes, "
+            f"{PASS_PAIRS * plan.scrape_s:g}s at {analysis.scrape_interval}: the first step cannot pass before {first:g}s, "
+            f"more than twice the steps' own {nominal:g}s (warm-up, an interval per step, pauses); the canary will "
+            "mostly wait for data: scrape the served models more often"
+        )
+    if earliest > plan.progress_deadline_s:
+        warnings.append(
+            f"spec.rollout.progressDeadlineSeconds: {plan.progress_deadline_s:g}s is shorter than the earliest promotion "
+            f"({earliest:g}s after the first canary traffic): every canary would be rolled back on the deadline"
+        )
+    return Timing(first_pass_s=first, earliest_promotion_s=earliest, warnings=tuple(warnings))

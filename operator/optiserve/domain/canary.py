@@ -68,7 +68,7 @@ class CanaryPlan:
     manual: bool = False
     progress_deadline_s: float = 1800.0
     window_s: float = math.inf
-    scrape_s: float = 30.0
+    scrape_s: float = 5.0
     """Prometheus' scrape interval: how sparse the latency values are (see `evidence_windows`)."""
 
     def __post_init__(self) -> None:

@@ -16,9 +16,11 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from requests.exceptions import RequestException
 from urllib3.util.retry import Retry
 
+from optiserve.api.rollout import LatencySource
 from optiserve.providers.metrics import Counts
 
 FAILURE_METRIC = "optiserve_request_failure_total"  # exported by optiserve_jobs.triton_python_model
+DURATION_METRIC = "optiserve_request_duration_seconds"  # a histogram, from the same model
 _BACKEND_ERRORS = (PrometheusApiClientException, RequestException, ValueError, KeyError)
 _RETRY = Retry(total=1, backoff_factor=0, status_forcelist=(408, 429, 500, 502, 503, 504))
 """One immediate retry for a blip. The judge retries across intervals (Error, then the
@@ -46,7 +48,13 @@ def _duration(seconds: float) -> str:
 
 class PrometheusMetrics:
     def __init__(
-        self, address: str, selector: TritonSelector, *, scrape_interval_s: float = 5.0, timeout_s: float = 10.0
+        self,
+        address: str,
+        selector: TritonSelector,
+        *,
+        scrape_interval_s: float = 5.0,
+        timeout_s: float = 10.0,
+        latency_source: LatencySource = LatencySource.TRITON,
     ) -> None:
         # Without a client timeout, a Prometheus that accepts connections but never answers
         # (frozen, overloaded) would block the canary loop and the reconciler forever.
@@ -54,6 +62,7 @@ class PrometheusMetrics:
         self.selector = selector
         self.scrape_interval_s = scrape_interval_s
         self.timeout_s = timeout_s
+        self.latency_source = latency_source
 
     def _instant(self, query: str) -> list[float] | None:
         try:
@@ -90,8 +99,23 @@ class PrometheusMetrics:
             f" / sum(increase(nv_inference_request_success{{{labels}}}[{step}]))"
         )
 
+    def _histogram_query(self, variant: str) -> str:
+        labels = self.selector.matchers(variant)
+        step = _duration(self.scrape_interval_s * 2)
+        return f"histogram_quantile(0.5, sum by (le) (increase({DURATION_METRIC}_bucket{{{labels}}}[{step}]))) * 1000"
+
+    def histograms_exported(self) -> bool:
+        """Whether both variants export the model's histogram (else both are judged on Triton's means)."""
+        for variant in ("baseline", "candidate"):
+            found = self._instant(f"count({DURATION_METRIC}_count{{{self.selector.matchers(variant)}}})")
+            if not found:
+                return False
+        return True
+
     def latency_points(self, variant: str, window_s: float) -> list[tuple[float, float]] | None:
-        points = self._range_points(self._latency_query(variant), window_s)
+        use_histogram = self.latency_source is LatencySource.HISTOGRAM and self.histograms_exported()
+        query = self._histogram_query(variant) if use_histogram else self._latency_query(variant)
+        points = self._range_points(query, window_s)
         return None if points is None else [(t, v) for t, v in points if math.isfinite(v)]  # 0/0: no requests then
 
     def latency_samples(self, variant: str, window_s: float) -> list[float] | None:

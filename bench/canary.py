@@ -184,13 +184,16 @@ def _run(job: Job) -> dict[str, Any]:
     rng = np.random.default_rng([job.seed, int(job.conditions.scrape_s * 10), zlib.crc32(job.scenario.name.encode())])
     verdicts: list[str] = []
     after_onset: list[float] = []
+    after_onset_by_replay: list[float | None] = []
     plan = job.plan
     for _ in range(job.replays):
         baseline, candidate = recording(rng, job.scenario, job.conditions)
         result = replay(baseline, candidate, plan.checks, interval_s=plan.interval_s, policy=plan.policy, window_s=plan.window_s)
         verdicts.append(result["verdict"])
-        if result["decision_time_s"] is not None:
-            after_onset.append(result["decision_time_s"] - job.scenario.onset_s)
+        decided = result["decision_time_s"]
+        after_onset_by_replay.append(None if decided is None else decided - job.scenario.onset_s)
+        if decided is not None:
+            after_onset.append(decided - job.scenario.onset_s)
     expected = "rollback" if job.scenario.regression else "promote"
     return {
         "scenario": job.scenario.name,
@@ -202,7 +205,15 @@ def _run(job: Job) -> dict[str, Any]:
         "hold": verdicts.count("hold") / job.replays,
         "decision_after_onset_median_s": statistics.median(after_onset) if after_onset else None,
         "decision_after_onset_max_s": max(after_onset) if after_onset else None,
+        "expected_within_60s": _within(verdicts, after_onset_by_replay, expected, 60.0),
+        "expected_within_120s": _within(verdicts, after_onset_by_replay, expected, 120.0),
     }
+
+
+def _within(verdicts: Sequence[str], after_onset: Sequence[float | None], expected: str, limit_s: float) -> float:
+    """The share of replays that reached the expected verdict within ``limit_s`` of the onset."""
+    hits = sum(1 for v, t in zip(verdicts, after_onset, strict=True) if v == expected and t is not None and t <= limit_s)
+    return hits / len(verdicts)
 
 
 def _plan(test: EvidenceTest, scrape_s: float) -> AnalysisPlan:
@@ -213,13 +224,15 @@ def _plan(test: EvidenceTest, scrape_s: float) -> AnalysisPlan:
 
 def _table(results: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "| scenario | scrape s | replays | promote | rollback | hold | median s after onset | max s after onset |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | scrape s | replays | promote | rollback | hold | median s after onset | max s after onset "
+        "| expected within 60 s | within 120 s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['scenario']} | {r['scrape_s']:g} | {r['replays']} | {r['promote']:.3f} | {r['rollback']:.3f} | "
-            f"{r['hold']:.3f} | {r['decision_after_onset_median_s']} | {r['decision_after_onset_max_s']} |"
+            f"{r['hold']:.3f} | {r['decision_after_onset_median_s']} | {r['decision_after_onset_max_s']} | "
+            f"{r['expected_within_60s']:.3f} | {r['expected_within_120s']:.3f} |"
         )
     return "\n".join(lines)
 

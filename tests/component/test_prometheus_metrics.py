@@ -18,6 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optiserve.api.rollout import LatencySource
 from optiserve.api.spec import TritonSpec
+from optiserve.domain.analysis import MetricCheck, MetricKind, Outcome
+from optiserve.domain.evidence import interval_windows, judge_latency_windows
 from optiserve.local.prometheus import PrometheusServer
 from optiserve.local.triton import TritonInstall, TritonServer
 from optiserve.providers.prometheus import DURATION_METRIC, PrometheusMetrics, TritonSelector
@@ -96,11 +98,20 @@ def test_latency_samples_are_positive_milliseconds(serving: tuple[TritonServer, 
 def test_the_model_exports_a_request_duration_histogram_of_its_answered_requests(
     serving: tuple[TritonServer, PrometheusServer],
 ) -> None:
-    _, prometheus = serving
+    triton, prometheus = serving
     metrics = PrometheusMetrics(prometheus.url, TritonSelector("tiny"), scrape_interval_s=1.0)
     count_query = f'sum({DURATION_METRIC}_count{{model="tiny",variant="{{{{variant}}}}"}})'
-    counts = _until(lambda: metrics.custom_values(count_query, "candidate", 30), lambda v: bool(v) and v[-1] >= SENT_OK)
-    assert isinstance(counts, list) and counts[-1] == SENT_OK  # the failed requests are not observed
+    # Triton's model warm-up at load runs through the model too, so count from what is there now.
+    before = _until(lambda: metrics.custom_values(count_query, "candidate", 30), lambda v: bool(v) and v[-1] >= SENT_OK)
+    assert isinstance(before, list)
+    for index in range(5):
+        infer_http(triton.http_url, "tiny", {"idx": np.full((1, 1), index, dtype=np.int64)}, "y")
+    with pytest.raises(Exception, match=r"(?i)indices|out of|range|bounds"):
+        infer_http(triton.http_url, "tiny", {"idx": np.full((1, 1), 99, dtype=np.int64)}, "y")
+    counts = _until(lambda: metrics.custom_values(count_query, "candidate", 30), lambda v: bool(v) and v[-1] >= before[-1] + 5)
+    time.sleep(2.0)  # two more scrapes: a failed request observed by mistake would show by now
+    counts = metrics.custom_values(count_query, "candidate", 30)
+    assert isinstance(counts, list) and counts[-1] == before[-1] + 5  # the failed request is not observed
     buckets = metrics.custom_values(f'count({DURATION_METRIC}_bucket{{model="tiny",variant="{{{{variant}}}}"}})', "candidate", 30)
     assert buckets and buckets[-1] == len(DURATION_BUCKETS) + 1  # and +Inf
     # Only the candidate runs here: without a baseline histogram both are judged on Triton's means.
@@ -109,6 +120,39 @@ def test_the_model_exports_a_request_duration_histogram_of_its_answered_requests
     )
     assert not histogram.histograms_exported()
     assert histogram.latency_points("candidate", 120) == metrics.latency_points("candidate", 120)
+
+
+def test_with_both_variants_exporting_it_the_histogram_median_is_judged_scrape_by_scrape(
+    serving: tuple[TritonServer, PrometheusServer],
+) -> None:
+    """One Triton scraped as both variants: the same histogram under two labels, so every scrape's
+    medians pair up exactly (an A/A canary on real parts)."""
+    triton, _ = serving
+    target = f"127.0.0.1:{triton.metrics_port}"
+    with PrometheusServer({"baseline": target, "candidate": target}, scrape_interval_s=1.0) as prometheus:
+        prometheus.wait_scraped()
+        metrics = PrometheusMetrics(
+            prometheus.url, TritonSelector("tiny"), scrape_interval_s=1.0, latency_source=LatencySource.HISTOGRAM
+        )
+        assert metrics.histograms_exported()
+        deadline = time.monotonic() + 40.0
+        points: dict[str, list[tuple[float, float]]] = {}
+        while time.monotonic() < deadline and min((len(p) for p in points.values()), default=0) < 12:
+            for index in range(4):
+                infer_http(triton.http_url, "tiny", {"idx": np.full((1, 1), index, dtype=np.int64)}, "y")
+            time.sleep(0.5)
+            points = {v: metrics.latency_points(v, 30) or [] for v in ("baseline", "candidate")}
+    assert len(points["candidate"]) >= 12, points
+    assert all(0 < value < 10_000 for _, value in points["candidate"])
+    shared = {t for t, _ in points["baseline"]} & {t for t, _ in points["candidate"]}
+    assert len(shared) >= 10  # one grid for both variants
+    check = MetricCheck(name="latency", kind=MetricKind.LATENCY, max_relative_increase=0.1)
+    origin = min(t for t, _ in points["candidate"]) - 1.0
+    canary = {v: [[t - origin, value] for t, value in p] for v, p in points.items()}
+    end = max(t for t, _ in canary["candidate"])
+    windows = interval_windows(end, warmup_s=0.0, interval_s=5.0, window_s=end, scrape_s=1.0)
+    measurement = judge_latency_windows(check, canary["baseline"], canary["candidate"], windows)
+    assert measurement.test == "paired-t-test" and measurement.outcome is Outcome.SUCCESSFUL, measurement.reason
 
 
 def test_a_variant_without_series_is_no_data_not_an_error(serving: tuple[TritonServer, PrometheusServer]) -> None:

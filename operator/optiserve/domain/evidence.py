@@ -54,7 +54,7 @@ HINT_ALPHA = 0.1
 """A judged window whose point estimate is beyond the bound and whose one-sided p-value is below
 this is Inconclusive (it had the data and could not decide: counted against inconclusiveLimit);
 beyond the bound with a larger p-value, the estimate is within the noise of the bound: a pass."""
-SUFFIX_HINT_ALPHA = 0.2
+SUFFIX_HINT_ALPHA = 0.3
 """A suffix window whose p-value is below this suggests a regression that began recently: the
 judge waits for more data (awaiting, not counted) instead of passing the interval."""
 MIN_PAIRS = 4
@@ -236,10 +236,16 @@ def _awaiting_if_small(measurement: Measurement, pass_size: int) -> Measurement:
     return measurement.model_copy(update={"awaiting_data": True, "samples_needed": pass_size})
 
 
+SUFFIX_SHARES = 4
+"""The suffixes' half of alpha is split at least this many ways, as many as a long canary has:
+early in a canary, one or two suffixes do not get the whole half (their few scrapes are where
+noise looks like an onset most often)."""
+
+
 def corrected(check: MetricCheck, windows: int, index: int) -> MetricCheck:
     """The check with its share of alpha (weighted Bonferroni, the shares summing to alpha): the
     whole window, where evidence accumulates, keeps half; the suffixes share the other half."""
-    share = 0.5 if index == 0 else 0.5 / (windows - 1)
+    share = 0.5 if index == 0 else 0.5 / max(windows - 1, SUFFIX_SHARES)
     return check.model_copy(update={"alpha": check.alpha * share})
 
 

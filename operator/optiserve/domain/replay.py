@@ -44,7 +44,7 @@ from optiserve.domain.analysis import (
     MetricKind,
     Verdict,
 )
-from optiserve.domain.evidence import Windows, interval_windows, judge_latency_windows, scan
+from optiserve.domain.evidence import COUNTS_FULL_SHARE, Windows, interval_windows, judge_latency_windows, scan
 from optiserve.domain.judge import judge_agreement, judge_custom, judge_rate, step
 
 FloatArray = npt.NDArray[np.float64]
@@ -142,7 +142,8 @@ def _measure(
                 _increase(candidate, total, since, end),
             )
 
-        return scan(check, windows.starts, rate, _increase(candidate, total, windows.latest_s, end) > 0)
+        latest = _increase(candidate, total, windows.latest_s, end) > 0
+        return scan(check, windows.starts, rate, latest, full_share=COUNTS_FULL_SHARE)
     if check.kind in (MetricKind.AGREEMENT, MetricKind.ACCURACY):
         agreeing, compared = f"{name}.agreeing", f"{name}.compared"
         if agreeing not in candidate or compared not in candidate:
@@ -153,7 +154,8 @@ def _measure(
                 check_k, _increase(candidate, agreeing, since, end), _increase(candidate, compared, since, end)
             )
 
-        return scan(check, windows.starts, agreement, _increase(candidate, compared, windows.latest_s, end) > 0)
+        latest = _increase(candidate, compared, windows.latest_s, end) > 0
+        return scan(check, windows.starts, agreement, latest, full_share=COUNTS_FULL_SHARE)
     if name not in candidate:
         return None
     return judge_custom(check, _samples(candidate, name, start, end))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from optiserve.domain.analysis import EvidenceTest, Measurement, MetricCheck, MetricKind
-from optiserve.domain.evidence import Windows, judge_latency_windows, scan
+from optiserve.domain.evidence import COUNTS_FULL_SHARE, Windows, judge_latency_windows, scan
 from optiserve.domain.judge import judge_agreement, judge_custom, judge_rate
 from optiserve.providers.metrics import Counts, MetricsProvider
 
@@ -80,7 +80,7 @@ def _rate(check: MetricCheck, provider: MetricsProvider, windows: Windows, clock
         )
 
     latest = _has_new(provider.request_counts(CANDIDATE, clock.lookback_s(windows.latest_s)))
-    return scan(check, windows.starts, rate, latest)
+    return scan(check, windows.starts, rate, latest, full_share=COUNTS_FULL_SHARE)
 
 
 def _agreement(check: MetricCheck, provider: MetricsProvider, windows: Windows, clock: Clock) -> Measurement | None:
@@ -92,7 +92,7 @@ def _agreement(check: MetricCheck, provider: MetricsProvider, windows: Windows, 
         return judge_agreement(check_k, counts.hits if counts else None, counts.total if counts else None)
 
     latest = _has_new(provider.comparator_counts(check.name, clock.lookback_s(windows.latest_s)))
-    return scan(check, windows.starts, agreement, latest)
+    return scan(check, windows.starts, agreement, latest, full_share=COUNTS_FULL_SHARE)
 
 
 def measure(

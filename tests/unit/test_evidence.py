@@ -239,3 +239,19 @@ def test_timing_warns_when_the_progress_deadline_comes_before_any_promotion() ->
     )
     warnings = analysis_timing(rollout).warnings
     assert any(w.startswith("spec.rollout.progressDeadlineSeconds: 60s is shorter") for w in warnings), warnings
+
+
+def test_status_says_how_many_samples_a_waiting_metric_has_and_needs() -> None:
+    from optiserve.domain.canary import advance
+    from optiserve.status_writer import canary_status
+
+    rollout = RolloutSpec.model_validate({"analysis": {"interval": "15s", "warmup": "0s", "metrics": [LATENCY_SPEC]}})
+    plan = canary_plan(rollout)
+    began = datetime(2026, 1, 1, tzinfo=UTC)
+    progress = start(plan, began)
+    waiting = judge_latency_windows(LATENCY, *scrapes(12, 6), windows_until(15.0))
+    progress = advance(plan, progress, began + timedelta(seconds=15), window=Window(0.0, 15.0), measurements=[waiting])
+    (measurement,) = canary_status(progress)["measurements"]
+    assert measurement["outcome"] == "Inconclusive"
+    assert (measurement["awaiting_data"], measurement["candidate_samples"], measurement["samples_needed"]) == (True, 6, 10)
+    assert progress.tallies["latency"].inconclusive == 0 and progress.tallies["latency"].consecutive_waits == 1

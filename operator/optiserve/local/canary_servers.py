@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from optiserve.api.rollout import LatencySource
 from optiserve.golden import GOLDEN_FILE
 from optiserve.local.comparator import ComparatorArgs, ComparatorProcess
 from optiserve.local.load_clients import LoadTarget
@@ -37,6 +38,7 @@ class CanaryServers:
     nginx: NginxServer
     prometheus: PrometheusServer
     candidate_dir: Path
+    latency_source: LatencySource = LatencySource.TRITON
 
     @property
     def load_target(self) -> LoadTarget:
@@ -44,7 +46,12 @@ class CanaryServers:
         return LoadTarget(url=self.nginx.url.removeprefix("http://"), model=self.model, protocol="http")
 
     def metrics(self) -> PrometheusMetrics:
-        return PrometheusMetrics(self.prometheus.url, TritonSelector(model=self.model), scrape_interval_s=SCRAPE_INTERVAL_S)
+        return PrometheusMetrics(
+            self.prometheus.url,
+            TritonSelector(model=self.model),
+            scrape_interval_s=SCRAPE_INTERVAL_S,
+            latency_source=self.latency_source,
+        )
 
     def set_weight(self, candidate_weight: int) -> None:
         """Set the split and read it back from nginx (raises if nginx serves anything else)."""
@@ -105,6 +112,7 @@ def start_canary_servers(
     log_dir: Path,
     progress: Progress,
     comparator: ComparatorSettings | None = None,
+    latency_source: LatencySource = LatencySource.TRITON,
 ) -> Iterator[CanaryServers]:
     """Start everything; yields once both models are ready and warm and Prometheus has scraped them.
 
@@ -143,4 +151,4 @@ def start_canary_servers(
         progress("starting Prometheus")
         prometheus = stack.enter_context(PrometheusServer(targets, scrape_interval_s=SCRAPE_INTERVAL_S))
         prometheus.wait_scraped()
-        yield CanaryServers(model, baseline, candidate, nginx, prometheus, candidate_dir)
+        yield CanaryServers(model, baseline, candidate, nginx, prometheus, candidate_dir, latency_source)

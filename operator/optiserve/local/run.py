@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from optiserve.api.job import job_request_from_manifest
+from optiserve.api.rollout import LatencySource
 from optiserve.api.spec import OptimizedModel
 from optiserve.api.status import Phase
 from optiserve.comparator.compare import agreement_threshold
@@ -240,7 +241,10 @@ def _canary(state: RunState, plan: CanaryPlan, progress: Callable[[str], None], 
     )
     comparator = ComparatorSettings(task=spec.model.task.value, threshold=agreement_threshold(spec.validation))
     logs = options.report_dir / "logs"
-    with start_canary_servers(model, state.outputs.baseline_dir, candidate_dir, logs, progress, comparator) as servers:
+    latency_source = state.manifest.spec.rollout.analysis.latency_source if state.manifest.spec.rollout else None
+    with start_canary_servers(
+        model, state.outputs.baseline_dir, candidate_dir, logs, progress, comparator, latency_source or LatencySource.TRITON
+    ) as servers:
         samples = load_golden(candidate_dir / GOLDEN_FILE)
         config = LoadConfig(
             concurrency=options.concurrency, rate_per_s=options.rate_per_s, max_duration_s=options.max_canary_s + 120

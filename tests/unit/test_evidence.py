@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -181,9 +182,8 @@ def test_windows_follow_the_weight_change_of_the_current_step() -> None:
 LATENCY_SPEC = {"name": "latency", "maxRelativeIncrease": 0.1}
 
 
-def test_replayed_per_scrape_recording_rolls_back_a_regression_that_began_mid_canary() -> None:
-    baseline, candidate = scrapes(10, 48, factor=2.0, onset_s=60.0, sigma=0.2)
-    report = replay(
+def _replayed(baseline: list[list[float]], candidate: list[list[float]]) -> dict[str, Any]:
+    return replay(
         {"latency": baseline},
         {"latency": candidate},
         [LATENCY],
@@ -191,20 +191,16 @@ def test_replayed_per_scrape_recording_rolls_back_a_regression_that_began_mid_ca
         policy=AnalysisPolicy(warmup_s=15.0),
         window_s=float("inf"),
     )
+
+
+def test_replayed_per_scrape_recording_rolls_back_a_regression_that_began_mid_canary() -> None:
+    report = _replayed(*scrapes(10, 48, factor=2.0, onset_s=60.0, sigma=0.2))
     assert (report["verdict"], report["metric"]) == ("rollback", "latency")
     assert report["decision_time_s"] - 60.0 <= 60.0
 
 
 def test_replayed_healthy_per_scrape_recording_with_bursts_is_promoted() -> None:
-    baseline, candidate = scrapes(11, 48, sigma=0.2, burst=True)
-    report = replay(
-        {"latency": baseline},
-        {"latency": candidate},
-        [LATENCY],
-        interval_s=15.0,
-        policy=AnalysisPolicy(warmup_s=15.0),
-        window_s=float("inf"),
-    )
+    report = _replayed(*scrapes(11, 48, sigma=0.2, burst=True))
     assert report["verdict"] == "promote", report["reason"]
 
 

@@ -70,6 +70,17 @@ QUICK_ROLLOUT: dict[str, Any] = {
 
 
 @dataclass
+class TimedRouter(FakeRouter):
+    """Remembers when each weight was first set."""
+
+    set_at: dict[int, float] = field(default_factory=dict)
+
+    def set_weight(self, candidate_weight: int) -> None:
+        super().set_weight(candidate_weight)
+        self.set_at.setdefault(candidate_weight, time.time())
+
+
+@dataclass
 class Backend:
     """Answers like Prometheus over Triton and the comparator; `candidate_scale` slows the candidate."""
 
@@ -78,6 +89,9 @@ class Backend:
     down: bool = False
     seed: int = 0
     calls: int = 0
+    router: TimedRouter | None = None
+    slow_from_weight: int | None = None
+    """With the router: the candidate is 2x slower from the moment the router sends it this much traffic."""
 
     def latency_points(self, variant: str, window_s: float) -> list[tuple[float, float]] | None:
         """One value per 0.1 s scrape over the window, on a grid both variants share."""
@@ -88,7 +102,11 @@ class Backend:
         rng = np.random.default_rng(self.seed + self.calls)
         end = math.floor(time.time() * 10) / 10
         times = [end - k / 10 for k in range(int(window_s * 10), -1, -1)]
-        return [(t, float(v)) for t, v in zip(times, scale * rng.lognormal(np.log(10.0), 0.1, len(times)), strict=True)]
+        values = scale * rng.lognormal(np.log(10.0), 0.1, len(times))
+        slow_since = self.router.set_at.get(self.slow_from_weight) if self.router and self.slow_from_weight else None
+        if variant == "candidate" and slow_since is not None:
+            values = np.where(np.array(times) >= slow_since, 2.0 * values, values)
+        return [(t, float(v)) for t, v in zip(times, values, strict=True)]
 
     def request_counts(self, variant: str, window_s: float) -> Counts | None:
         return None if self.down else Counts(hits=0.0, total=600.0)
@@ -192,6 +210,22 @@ def test_a_slower_candidate_is_rolled_back_and_the_baseline_keeps_serving(kube: 
     failed = [m for m in status["canary"]["measurements"] if m["outcome"] == "Failed"]
     assert [m["metric"] for m in failed] == ["latency"]
     assert failed[0]["p_value"] < 0.05 and failed[0]["effect_size"] > 0.1, failed[0]
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_regression_that_begins_at_a_higher_weight_is_judged_on_that_weights_data(kube: KubeClient, fakes: Fakes) -> None:
+    router = TimedRouter()
+    fakes.router = fakes.backend.router = router
+    fakes.backend.slow_from_weight = 50
+    start_canary(kube)
+    status = wait_phase(kube, "RolledBack")
+    assert 50 in fakes.router.history and 100 not in fakes.router.history, fakes.router.history
+    failed = [m for m in status["canary"]["measurements"] if m["outcome"] == "Failed"]
+    assert [m["metric"] for m in failed] == ["latency"], status["canary"]["measurements"]
+    # Judged on a window that starts after warm-up (1 s): the data since the weight change, not
+    # the healthy seconds before it.
+    assert failed[0]["window_start_s"] > 1.0, failed[0]
+    assert failed[0]["effect_size"] > 0.5, failed[0]
 
 
 @pytest.mark.usefixtures("operator")

@@ -87,10 +87,10 @@ def test_request_counts_match_what_was_sent(serving: tuple[TritonServer, Prometh
     assert counts.hits / counts.total == pytest.approx(SENT_BAD / (SENT_OK + SENT_BAD), abs=0.05)  # type: ignore[attr-defined]
 
 
-def test_latency_samples_are_positive_milliseconds(serving: tuple[TritonServer, PrometheusServer]) -> None:
+def test_latency_points_are_positive_milliseconds(serving: tuple[TritonServer, PrometheusServer]) -> None:
     _, prometheus = serving
     metrics = PrometheusMetrics(prometheus.url, TritonSelector("tiny"), scrape_interval_s=1.0)
-    samples = _until(lambda: metrics.latency_samples("candidate", 120), lambda s: bool(s))
+    samples = _until(lambda: [v for _, v in metrics.latency_points("candidate", 120) or []], lambda s: bool(s))
     assert isinstance(samples, list) and samples
     assert all(0 < s < 10_000 for s in samples)
 
@@ -160,7 +160,7 @@ def test_a_variant_without_series_is_no_data_not_an_error(serving: tuple[TritonS
     metrics = PrometheusMetrics(prometheus.url, TritonSelector("tiny"), scrape_interval_s=1.0)
     counts = metrics.request_counts("baseline", 120)
     assert counts is not None and counts.total == 0 and not counts.series_found
-    assert metrics.latency_samples("baseline", 120) == []
+    assert metrics.latency_points("baseline", 120) == []
 
 
 def test_stopped_prometheus_is_a_backend_failure(tmp_path: Path) -> None:
@@ -168,5 +168,5 @@ def test_stopped_prometheus_is_a_backend_failure(tmp_path: Path) -> None:
         url = prometheus.url
     metrics = PrometheusMetrics(url, TritonSelector("tiny"), timeout_s=2.0)
     assert metrics.request_counts("candidate", 60) is None
-    assert metrics.latency_samples("candidate", 60) is None
+    assert metrics.latency_points("candidate", 60) is None
     assert metrics.comparator_counts("agreement", 60) is None

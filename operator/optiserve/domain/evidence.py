@@ -338,9 +338,9 @@ def judge_latency_windows(
     if baseline is None or candidate is None or not check.compares_to_baseline:
         return judge_latency(check, _values(baseline), _values(candidate))
     base, cand = _points(baseline), _points(candidate)
-    unusable = judge_latency(check, base[:, 1].tolist(), cand[:, 1].tolist())
-    if unusable.outcome is Outcome.ERROR:
-        return unusable
+    values = np.concatenate([base[:, 1], cand[:, 1]])
+    if not np.all(np.isfinite(values) & (values >= 0)):  # judge_latency says which variant, as an Error
+        return judge_latency(check, base[:, 1].tolist(), cand[:, 1].tolist())
     latest = cand[:, 0].size > 0 and bool(np.any(cand[:, 0] > windows.latest_s))
     pairs = pair_by_scrape(base.tolist(), cand.tolist())
     if pairs is None:

@@ -147,26 +147,31 @@ def _pair(first: float | None, second: float | None) -> tuple[float, float] | No
     return None if first is None or second is None else (first, second)
 
 
-def _too_few(check: MetricCheck, unit: str, **sizes: int) -> str | None:
-    """A sentence naming the first variant below min_samples, or None if all have enough."""
+class _Shortage(NamedTuple):
+    sentence: str
+    awaiting: bool
+    """Some data but not enough: the judge waits for it (see `step`). No data at all is no
+    traffic, an Inconclusive that counts."""
+
+
+def _too_few(check: MetricCheck, unit: str, **sizes: int) -> _Shortage | None:
+    """What the first variant below min_samples lacks, or None if all have enough."""
     for variant, size in sizes.items():
         if size == 0:
-            return f"no {variant} {unit} in the window (no traffic)"
+            return _Shortage(f"no {variant} {unit} in the window (no traffic)", awaiting=False)
         if size < check.min_samples:
-            return f"only {size} of the {check.min_samples} {variant} {unit} needed"
+            return _Shortage(f"only {size} of the {check.min_samples} {variant} {unit} needed", awaiting=True)
     return None
 
 
-def _short(check: MetricCheck, sentence: str, sizes: Mapping[str, int], needed: int | None = None) -> Measurement:
-    """Inconclusive for too little data. Some data but not enough is *awaiting data* (the judge
-    waits for it, see `step`); no data at all is no traffic, an Inconclusive that counts."""
-    awaiting = "(no traffic)" not in sentence
+def _short(check: MetricCheck, shortage: _Shortage, sizes: Mapping[str, int], needed: int | None = None) -> Measurement:
+    """Inconclusive for too little data, awaiting it or not."""
     return _measurement(
         check,
         Outcome.INCONCLUSIVE,
-        sentence,
-        awaiting_data=awaiting,
-        samples_needed=(needed or check.min_samples) if awaiting else None,
+        shortage.sentence,
+        awaiting_data=shortage.awaiting,
+        samples_needed=(needed or check.min_samples) if shortage.awaiting else None,
         **sizes,
     )
 
@@ -273,10 +278,10 @@ def judge_latency(
 
 def short_of_pairs(check: MetricCheck, have: int, needed: int) -> Measurement:
     """Awaiting data: fewer paired scrapes than the paired test needs."""
-    sentence = f"only {have} of the {needed} paired scrapes needed (both variants at the same scrape)"
+    shortage = _Shortage(f"only {have} of the {needed} paired scrapes needed (both variants at the same scrape)", True)
     if have == 0:
-        sentence = "no scrape with latency values for both variants in the window (no traffic)"
-    return _short(check, sentence, {"candidate_samples": have, "baseline_samples": have}, needed)
+        shortage = _Shortage("no scrape with latency values for both variants in the window (no traffic)", False)
+    return _short(check, shortage, {"candidate_samples": have, "baseline_samples": have}, needed)
 
 
 def paired_measurement(

@@ -63,6 +63,7 @@ class PrometheusMetrics:
         self.scrape_interval_s = scrape_interval_s
         self.timeout_s = timeout_s
         self.latency_source = latency_source
+        self._histograms_exported: bool | None = None
 
     def _instant(self, query: str) -> list[float] | None:
         try:
@@ -105,23 +106,20 @@ class PrometheusMetrics:
         return f"histogram_quantile(0.5, sum by (le) (increase({DURATION_METRIC}_bucket{{{labels}}}[{step}]))) * 1000"
 
     def histograms_exported(self) -> bool:
-        """Whether both variants export the model's histogram (else both are judged on Triton's means)."""
-        for variant in ("baseline", "candidate"):
-            found = self._instant(f"count({DURATION_METRIC}_count{{{self.selector.matchers(variant)}}})")
-            if not found:
-                return False
-        return True
+        """Whether both variants export the model's histogram (else both are judged on Triton's
+        means). Asked once per provider: the operator and local mode make one per judged interval."""
+        if self._histograms_exported is None:
+            self._histograms_exported = all(
+                self._instant(f"count({DURATION_METRIC}_count{{{self.selector.matchers(variant)}}})")
+                for variant in ("baseline", "candidate")
+            )
+        return self._histograms_exported
 
     def latency_points(self, variant: str, window_s: float) -> list[tuple[float, float]] | None:
         use_histogram = self.latency_source is LatencySource.HISTOGRAM and self.histograms_exported()
         query = self._histogram_query(variant) if use_histogram else self._latency_query(variant)
         points = self._range_points(query, window_s)
         return None if points is None else [(t, v) for t, v in points if math.isfinite(v)]  # 0/0: no requests then
-
-    def latency_samples(self, variant: str, window_s: float) -> list[float] | None:
-        """The values of `latency_points`, oldest first."""
-        points = self.latency_points(variant, window_s)
-        return None if points is None else [v for _, v in points]
 
     def _counts(self, hits_metric: str, total_query: str, labels: str, window_s: float) -> Counts | None:
         window = _duration(window_s)

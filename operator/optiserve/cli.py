@@ -20,6 +20,11 @@ from optiserve.domain.analysis_spec import analysis_timing
 from optiserve.local.run_command import add_run_arguments
 
 if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
+
+    from optiserve.kube import KubeClient
+    from optiserve.leader import LeaderElector
     from optiserve.settings import Settings
 
 console = Console(stderr=True, soft_wrap=True)  # no hard wraps: errors stay one per line
@@ -221,6 +226,7 @@ def _operator(args: argparse.Namespace) -> int:
     import kopf
     from kubernetes.config import ConfigException
 
+    from optiserve.elected import run_elected
     from optiserve.handlers import build_registry
     from optiserve.kube import KubeClient
     from optiserve.settings import Settings, SettingsError
@@ -238,18 +244,47 @@ def _operator(args: argparse.Namespace) -> int:
     # Watching named namespaces needs no cluster-wide read. With scanning on, kopf would list
     # Namespaces and watch CRDs, and retry each refusal for about a minute before starting.
     kopf_settings.scanning.disabled = not clusterwide
-    try:
+
+    def operate(stop_flag: threading.Event | None = None, acting: Callable[[], bool] | None = None) -> None:
+        registry = build_registry(settings, kube, acting=acting)
+        if stop_flag is not None:
+            # kopf waits for a thread-side stop flag in a thread of the loop's default executor,
+            # and joins that thread when it exits: a stop for another reason (a SIGTERM) must set
+            # the flag too, or kopf.run never returns.
+            kopf.on.cleanup(registry=registry)(lambda **_: stop_flag.set())
         kopf.run(
-            registry=build_registry(settings, kube),
+            registry=registry,
             settings=kopf_settings,
             clusterwide=clusterwide,
             namespaces=() if clusterwide else namespaces,
-            standalone=True,  # one replica; no KopfPeering resources needed
+            standalone=True,  # no KopfPeering: replicas elect a leader on a Lease instead (optiserve.leader)
             liveness_endpoint=settings.liveness_endpoint(),
+            stop_flag=stop_flag,
         )
+
+    try:
+        if not settings.leader_election.enabled:
+            operate()
+            return 0
+        elector = _elector(settings, kube)
+        health = (settings.bind_address, settings.health_port) if settings.health_port is not None else None
+        return run_elected(elector, lambda stop: operate(stop, elector.acting), health)
     finally:
         kube.close()
-    return 0
+
+
+def _elector(settings: Settings, kube: KubeClient) -> LeaderElector:
+    import os
+    import socket
+    import uuid
+
+    from optiserve.leader import LeaderElector, LeaseTimings
+
+    election = settings.leader_election
+    # Unique per process, not per pod: a restarted container must not renew its predecessor's lease.
+    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    timings = LeaseTimings(election.duration_s, election.renew_deadline_s, election.retry_s)
+    return LeaderElector(kube.lease_api(election.namespace, election.name), identity, timings)
 
 
 def _comparator(args: argparse.Namespace) -> int:

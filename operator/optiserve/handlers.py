@@ -7,15 +7,16 @@ emulated API without leftovers between operators. kopf logs in with the same cli
 credentials (`login`), so kopf and the reconciler always reach the same API server as the same
 identity.
 
-Create, update, resume and the timer all call the same level-based reconcile. The timer is what
-notices the children change (a Job finishing, a Deployment becoming ready). It waits one
-interval before its first run, so it seldom overlaps the create handler on a new resource. When
-the two do overlap, both reconciles are idempotent: the second create finds the child and adopts
-it. They still take one lock per object (`ObjectLocks`): kopf runs sync handlers in threads, and
-without it a timer's reconcile already under way when the resource is deleted could create a
-child after the cleanup removed them all.
+Create, update, resume and the resync loop all call the same level-based reconcile. The loop
+(`optiserve.resync`, one for all models, not a kopf timer per model: see there) is what notices
+the children change (a Job finishing, a Deployment becoming ready). A new model waits one
+interval for its first resync, so that seldom overlaps the create handler. When the two do
+overlap, both reconciles are idempotent: the second create finds the child and adopts it. They
+still take one lock per object (`ObjectLocks`): kopf runs sync handlers in threads, and without
+it a resync already under way when the resource is deleted could create a child after the
+cleanup removed them all.
 
-Deletion: kopf's finalizer (needed for the timer anyway) holds the resource until the `cleanup`
+Deletion: kopf's finalizer (which a deletion handler needs) holds the resource until the `cleanup`
 handler has deleted every child it owns. The garbage collector would remove them too, through
 their owner references, but only where one runs and only after the resource is gone; the
 explicit delete makes `kubectl delete om x` return with the servers gone. A deletion with
@@ -29,23 +30,25 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes import client as k8s
 from prometheus_client import start_http_server
 
 from optiserve.api.crd import PLURAL
-from optiserve.api.spec import API_GROUP, API_VERSION
+from optiserve.api.spec import API_GROUP, API_VERSION, KIND
 from optiserve.kube.client import OPTIMIZED_MODELS, AdoptionError, ApiError, KubeClient, KubeError, TransientError
 from optiserve.observability import TRIGGER_CHANGE, TRIGGER_TIMER, OperatorMetrics
 from optiserve.reconciler import Hooks, reconcile
+from optiserve.resync import ModelIndex, ModelKey, resync_forever
 from optiserve.settings import DEFAULT_RECONCILE_WORKERS, Settings
 
 PREFIX = "optiserve.io"
@@ -56,18 +59,19 @@ ORPHAN_FINALIZER = "orphan"
 """Set by the API server on a deletion with propagationPolicy Orphan (`kubectl delete --cascade=orphan`)."""
 REMEMBERED_DELETIONS = 10_000
 RESYNC_SHARE = 4
+"""One in this many reconcile threads runs the resync loop (see `split_workers`)."""
 WORKERS_PER_THREAD = 4
 """kopf's per-object workers allowed per reconcile thread (see `configure_kopf`)."""
-"""One in this many reconcile threads runs the resync timer (see `split_workers`)."""
+WATCH_DELETED = "DELETED"
 FIELD_MANAGER = "kopf"
 """The field manager of everything the operator writes to its resource (kopf's own, for its
 finalizer and annotations): GitOps tools ignore exactly what it owns (docs/gitops.md)."""
 
 
 def split_workers(workers: int) -> tuple[int, int]:
-    """(threads for change handlers, threads for the resync timer) out of `workers` in all.
+    """(threads for change handlers, threads for the resync loop) out of `workers` in all.
 
-    With many resources the timer alone can ask for more reconciles than the operator can run
+    With many resources the resync alone can ask for more reconciles than the operator can run
     (N / OPTISERVE_RESYNC_SECONDS per second). In one shared pool, every new resource, spec
     change or deletion would then wait behind a queue of resyncs; in pools of their own, changes
     never do, and the resync of all resources slows down instead."""
@@ -88,17 +92,13 @@ def configure_kopf(settings: kopf.OperatorSettings, workers: int = DEFAULT_RECON
     # Progress and the last-handled spec go in our own annotations; status stays ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")
-    # The timer needs a finalizer (kopf stops it before the resource goes away).
+    # The deletion handler needs a finalizer (kopf holds the resource until the handler succeeded).
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     # Ask the API server to end each watch after 5 minutes, and give up on our side shortly after,
     # so a watch that went silent (a dropped connection, a proxy) is noticed and restarted.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
-    # A timer's reconcile under way when the resource is deleted ends in moments, but kopf checks
-    # whether it has stopped only every `cancellation_polling` seconds (60 by default) and holds the
-    # finalizer until it has: a deletion that met a resync took a minute instead of a second.
-    settings.background.cancellation_polling = 1.0
     # Events: the reconciler's phase changes, posted explicitly; log lines stay logs.
     settings.posting.enabled = True
     settings.posting.loggers = False
@@ -176,6 +176,8 @@ class Operator:
     locks: ObjectLocks
     hooks: Hooks | None = None
     """Where the canary reads metrics and sets traffic (tests substitute fakes); None: Prometheus and the spec's router."""
+    acting: Callable[[], bool] = lambda: True
+    """Whether this operator may act now (it holds the leader Lease, see `optiserve.leader`)."""
 
 
 def _fresh(kube: KubeClient, namespace: str, name: str, uid: str) -> dict[str, Any] | None:
@@ -187,24 +189,28 @@ def _fresh(kube: KubeClient, namespace: str, name: str, uid: str) -> dict[str, A
     return found
 
 
-def _reconcile(op: Operator, trigger: str, namespace: str | None, body: kopf.Body) -> None:
+def _key(namespace: str | None, body: kopf.Body) -> ModelKey:
+    name = body.metadata.name
+    assert name is not None and namespace is not None, "OptimizedModel is namespaced"
+    return ModelKey(namespace, name, str(body.metadata.uid or ""))
+
+
+def _reconcile(op: Operator, trigger: str, key: ModelKey, known_status: dict[str, Any] | None = None) -> None:
     """Read, reconcile and write status as one step under the object's lock.
 
-    kopf's `body` can lag this operator's own last status write: a change handler and the timer
-    queued before that write landed (a restart runs resume and the timer together) would decide
-    from the older status and undo a canary step. So the object is read fresh, and its status is
-    written here, before the lock is released, not later by kopf from its `patch`."""
-    name, uid = body.metadata.name, str(body.metadata.uid or "")
-    assert name is not None and namespace is not None, "OptimizedModel is namespaced"
-    if body.metadata.deletion_timestamp:
-        return  # the cleanup handler owns it now
-    status = dict(body.get("status") or {})
-    with op.locks.hold(uid) as live:
-        if not live:
+    The object is read fresh: kopf's `body` can lag this operator's own last status write (a
+    change handler and a resync queued before that write landed would decide from the older
+    status and undo a canary step), and the resync loop has no body at all. Its status is written
+    here, before the lock is released, not later by kopf from its `patch`. `known_status` (the
+    watch's) is what the metrics show when the object cannot be read."""
+    namespace, name = key.namespace, key.name
+    status = known_status or {}
+    with op.locks.hold(key.uid) as live:
+        if not live or not op.acting():
             return
         try:
             with op.metrics.reconciling(trigger):
-                fresh = _fresh(op.kube, namespace, name, uid)
+                fresh = _fresh(op.kube, namespace, name, key.uid)
                 if fresh is None:
                     return
                 status = dict(fresh.get("status") or {})
@@ -215,14 +221,17 @@ def _reconcile(op: Operator, trigger: str, namespace: str | None, body: kopf.Bod
             op.metrics.track(namespace, name, status)
             raise _retryable(e) from e
     op.metrics.observe_status(namespace, name, status, outcome.status)
+    target = kopf.Body(cast(kopf.RawBody, key.event_target(f"{API_GROUP}/{API_VERSION}", KIND)))
     for event in outcome.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        kopf.event(target, type=event.type, reason=event.reason, message=event.message)
 
 
 def _cleanup(op: Operator, namespace: str | None, body: kopf.Body, logger: kopf.Logger) -> None:
     name, uid = body.metadata.name, str(body.metadata.uid or "")
     assert name is not None and namespace is not None, "OptimizedModel is namespaced"
     with op.locks.hold(uid):
+        if not op.acting():
+            raise kopf.TemporaryError("not the leader: the operator holding the Lease cleans up", delay=API_ERROR_RETRY_S)
         if ORPHAN_FINALIZER in (body.get("metadata", {}).get("finalizers") or []):
             logger.info("deleted with propagation Orphan: its children are kept")
         else:
@@ -263,20 +272,35 @@ def _serve_metrics(config: Settings, metrics: OperatorMetrics) -> contextlib.Abs
 
 
 def build_registry(
-    config: Settings, kube: KubeClient, metrics: OperatorMetrics | None = None, hooks: Hooks | None = None
+    config: Settings,
+    kube: KubeClient,
+    metrics: OperatorMetrics | None = None,
+    hooks: Hooks | None = None,
+    acting: Callable[[], bool] | None = None,
 ) -> kopf.OperatorRegistry:
     """The operator's handlers on a registry of their own (see the module docstring)."""
     op = Operator(config, kube, metrics if metrics is not None else OperatorMetrics(), ObjectLocks(), hooks)
+    if acting is not None:
+        op = dataclasses.replace(op, acting=acting)
     registry = kopf.OperatorRegistry()
     servers = contextlib.ExitStack()
 
+    index = ModelIndex()
+    resync_pool = concurrent.futures.ThreadPoolExecutor(split_workers(config.reconcile_workers)[1], "optiserve-resync")
+    servers.callback(resync_pool.shutdown, wait=False, cancel_futures=True)
+    resync_task: list[asyncio.Task[None]] = []
+
     @kopf.on.startup(registry=registry)
-    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, config.reconcile_workers)
         servers.enter_context(_serve_metrics(config, op.metrics))
 
     @kopf.on.cleanup(registry=registry)
-    def cleanup(**_: Any) -> None:
+    async def cleanup(**_: Any) -> None:
+        for task in resync_task:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         servers.close()
 
     @kopf.on.login(registry=registry)
@@ -288,26 +312,33 @@ def build_registry(
         """Shown in the liveness answer: a count that grows while the operator works."""
         return op.metrics.total_reconciles()
 
+    @kopf.on.event(API_GROUP, API_VERSION, PLURAL, id="index", registry=registry)
+    async def on_event(type: str | None, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+        """Keeps the resync loop's index: every watch event (the initial listing included)."""
+        key = _key(namespace, body)
+        (index.gone if type == WATCH_DELETED else index.seen)(key)
+        if not resync_task:
+            # Started from a resource handler, not at startup: only here does the context carry
+            # kopf's event queue, which the reconciles the loop runs post their events to.
+            resync = functools.partial(_resync_in, resync_pool, op)
+            loop = resync_forever(index, config.resync_seconds, resync)
+            resync_task.append(asyncio.create_task(loop, name="optiserve-resync"))
+
     @kopf.on.create(API_GROUP, API_VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.update(API_GROUP, API_VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.resume(API_GROUP, API_VERSION, PLURAL, id="reconcile", registry=registry)
     def on_change(namespace: str | None, body: kopf.Body, **_: Any) -> None:
-        _reconcile(op, TRIGGER_CHANGE, namespace, body)
-
-    interval = config.resync_seconds
-
-    resync_pool = concurrent.futures.ThreadPoolExecutor(split_workers(config.reconcile_workers)[1], "optiserve-resync")
-    servers.callback(resync_pool.shutdown, wait=False, cancel_futures=True)
-
-    @kopf.timer(API_GROUP, API_VERSION, PLURAL, id="resync", interval=interval, initial_delay=interval, registry=registry)
-    async def on_timer(namespace: str | None, body: kopf.Body, **_: Any) -> None:
-        # In the resync pool, not kopf's (see `split_workers`); the context carries kopf's event queue.
-        context = contextvars.copy_context()
-        run = functools.partial(context.run, _reconcile, op, TRIGGER_TIMER, namespace, body)
-        await asyncio.get_running_loop().run_in_executor(resync_pool, run)
+        if not body.metadata.deletion_timestamp:  # the cleanup handler owns it now
+            _reconcile(op, TRIGGER_CHANGE, _key(namespace, body), dict(body.get("status") or {}))
 
     @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, id="cleanup", registry=registry)
     def on_delete(namespace: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         _cleanup(op, namespace, body, logger)
 
     return registry
+
+
+async def _resync_in(pool: concurrent.futures.Executor, op: Operator, key: ModelKey) -> None:
+    """One model's resync in `pool`, with the caller's context (kopf's event queue)."""
+    run: Callable[[], None] = functools.partial(contextvars.copy_context().run, _reconcile, op, TRIGGER_TIMER, key)
+    await asyncio.get_running_loop().run_in_executor(pool, run)

@@ -18,6 +18,7 @@ DEFAULT_PROMETHEUS = "http://prometheus.monitoring:9090"
 DEFAULT_BIND_ADDRESS = "0.0.0.0"  # noqa: S104 - in a pod, the kubelet and Prometheus reach it from outside
 MAX_PORT = 65535
 DEFAULT_RECONCILE_WORKERS = 16
+DEFAULT_LEASE_NAME = "optiserve-operator"
 
 
 class SettingsError(ValueError):
@@ -65,6 +66,48 @@ def _port(env: Mapping[str, str], name: str) -> int | None:
     return value or None
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "false", "0", "no"):
+        return False
+    if raw in ("true", "1", "yes"):
+        return True
+    raise SettingsError(f"{name}: expected true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class LeaderElectionSettings:
+    """Of several operator replicas, the one holding the Lease acts (see `optiserve.leader`)."""
+
+    enabled: bool = False
+    namespace: str = ""
+    """Where the Lease lives: the operator's own namespace (the chart passes the pod's)."""
+    name: str = DEFAULT_LEASE_NAME
+    duration_s: float = 15.0
+    renew_deadline_s: float = 10.0
+    retry_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.namespace:
+            raise SettingsError("OPTISERVE_LEASE_NAMESPACE: leader election needs the Lease's namespace (or POD_NAMESPACE)")
+        if not self.retry_s < self.renew_deadline_s < self.duration_s:
+            raise SettingsError(
+                "OPTISERVE_LEASE_RENEW_DEADLINE_SECONDS: need retry < renew deadline < duration, got "
+                f"{self.retry_s:g} < {self.renew_deadline_s:g} < {self.duration_s:g}"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LeaderElectionSettings:
+        return cls(
+            enabled=_flag(env, "OPTISERVE_LEADER_ELECTION"),
+            namespace=(env.get("OPTISERVE_LEASE_NAMESPACE", "").strip() or env.get("POD_NAMESPACE", "").strip()),
+            name=env.get("OPTISERVE_LEASE_NAME", "").strip() or DEFAULT_LEASE_NAME,
+            duration_s=_positive(env, "OPTISERVE_LEASE_DURATION_SECONDS", 15.0),
+            renew_deadline_s=_positive(env, "OPTISERVE_LEASE_RENEW_DEADLINE_SECONDS", 10.0),
+            retry_s=_positive(env, "OPTISERVE_LEASE_RETRY_SECONDS", 2.0),
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     namespaces: tuple[str, ...] = ()
@@ -87,6 +130,7 @@ class Settings:
     reconcile_workers: int = DEFAULT_RECONCILE_WORKERS
     """Threads that run reconciles (kopf's executor for sync handlers) and API connections kept
     open for them. A reconcile mostly waits on the API, so this, not CPU, bounds throughput."""
+    leader_election: LeaderElectionSettings = field(default_factory=LeaderElectionSettings)
 
     def __post_init__(self) -> None:
         # Checked here, not per Job: a misconfigured operator should fail at start, not on every reconcile.
@@ -118,6 +162,7 @@ class Settings:
             health_port=_port(source, "OPTISERVE_HEALTH_PORT"),
             bind_address=source.get("OPTISERVE_BIND_ADDRESS", "").strip() or DEFAULT_BIND_ADDRESS,
             reconcile_workers=_count(source, "OPTISERVE_RECONCILE_WORKERS", DEFAULT_RECONCILE_WORKERS),
+            leader_election=LeaderElectionSettings.from_env(source),
         )
 
     def liveness_endpoint(self) -> str | None:

@@ -108,8 +108,8 @@ def test_monitors_are_off_by_default(default_objects: list[Object]) -> None:
 def test_operator_deployment_shape(rendered: list[Object]) -> None:
     (deployment,) = find(rendered, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2, "a standby waits to take over"
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     container = operator_container(rendered)
     assert container["args"][0] == "operator"
     for probe in ("livenessProbe", "readinessProbe"):
@@ -180,17 +180,25 @@ def _operator_bindings(objects: list[Object]) -> list[tuple[str, str | None]]:
     ]
 
 
+LEASE_BINDING = ("RoleBinding", RELEASE_NAMESPACE)
+LEASE_GROUP = "coordination.k8s.io"
+
+
+def _model_roles(objects: list[Object]) -> list[Object]:
+    return [r for r in find(objects, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
+
+
 def test_namespaced_mode_grants_nothing_cluster_wide(full_objects: list[Object]) -> None:
-    assert _operator_bindings(full_objects) == [("RoleBinding", "ml"), ("RoleBinding", "ml-staging")]
+    assert _operator_bindings(full_objects) == [("RoleBinding", "ml"), ("RoleBinding", "ml-staging"), LEASE_BINDING]
     assert not find(full_objects, "ClusterRole")  # aggregateToDefaultRoles is off in the full values
-    roles = find(full_objects, "Role")
+    roles = _model_roles(full_objects)
     assert [r["metadata"]["namespace"] for r in roles] == ["ml", "ml-staging"]
     assert roles[0]["rules"] == roles[1]["rules"]
 
 
 def test_all_namespaces_mode_uses_one_cluster_role(default_objects: list[Object]) -> None:
-    assert _operator_bindings(default_objects) == [("ClusterRoleBinding", None)]
-    assert not find(default_objects, "Role")
+    assert _operator_bindings(default_objects) == [LEASE_BINDING, ("ClusterRoleBinding", None)]
+    assert not _model_roles(default_objects)
     (binding,) = find(default_objects, "ClusterRoleBinding")
     (role,) = find(default_objects, "ClusterRole", binding["roleRef"]["name"])
     assert role["rules"][0] == {
@@ -240,7 +248,7 @@ def test_network_policy_can_be_turned_off() -> None:
 @pytest.mark.parametrize(
     ("values", "field"),
     [
-        ({"replicas": 2}, "additional properties 'replicas' not allowed"),
+        ({"replicaCount": 2}, "additional properties 'replicaCount' not allowed"),
         ({"resyncSeconds": 0}, "/resyncSeconds"),
         ({"watchNamespaces": ["Not_A_Namespace"]}, "/watchNamespaces/0"),
         ({"image": {"registry": "ghcr.io", "repository": "x", "digest": "latest"}}, "/image/digest"),
@@ -293,3 +301,45 @@ def test_notes_name_the_mode_and_the_missing_service_account() -> None:
     ).stdout
     assert "reconciles OptimizedModels in these namespaces: ml" in namespaced
     assert "in no namespace" not in namespaced
+
+
+def test_the_leader_election_may_touch_only_its_own_lease(default_objects: list[Object]) -> None:
+    (role,) = find(default_objects, "Role", "optiserve-leader-election")
+    assert role["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": [LEASE_GROUP], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["optiserve"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    settings = chart_settings(default_objects).leader_election
+    assert (settings.enabled, settings.namespace, settings.name) == (True, RELEASE_NAMESPACE, "optiserve")
+
+
+def test_two_replicas_stand_apart_and_a_drain_leaves_one(default_objects: list[Object]) -> None:
+    (deployment,) = find(default_objects, "Deployment")
+    anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    (budget,) = find(default_objects, "PodDisruptionBudget")
+    assert budget["spec"] == {"minAvailable": 1, "selector": deployment["spec"]["selector"]}
+
+
+def test_one_replica_without_a_lease_is_recreated_not_rolled() -> None:
+    objects = render(set_json={"replicas": 1, "leaderElection": {"enabled": False}})
+    (deployment,) = find(objects, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not find(objects, "PodDisruptionBudget")
+    assert chart_settings(objects).leader_election.enabled is False
+
+
+def test_several_replicas_without_a_lease_are_refused() -> None:
+    result = run_helm(
+        "template", "optiserve", str(CHART), *values_args(set_json={"leaderElection": {"enabled": False}}), check=False
+    )
+    assert result.returncode != 0
+    assert "replicas: more than one operator replica needs leaderElection.enabled" in result.stderr, result.stderr

@@ -33,11 +33,17 @@ def operator_container(objects: Sequence[Object]) -> Object:
     return dict(container)
 
 
+DOWNWARD_API = {"POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}}}
+"""The variables the kubelet fills in from the pod itself (nothing else comes from elsewhere)."""
+
+
 def operator_env(objects: Sequence[Object]) -> dict[str, str]:
-    """The operator container's environment (every variable is a plain value: nothing hidden in Secrets)."""
+    """The operator container's plain-valued environment. Every variable is a plain value or the
+    pod's own name: nothing hidden in Secrets or ConfigMaps."""
     env = operator_container(objects)["env"]
-    assert all("value" in item for item in env), env
-    return {item["name"]: item["value"] for item in env}
+    for item in env:
+        assert "value" in item or DOWNWARD_API.get(item["name"]) == item.get("valueFrom"), item
+    return {item["name"]: item["value"] for item in env if "value" in item}
 
 
 def chart_settings(objects: Sequence[Object]) -> Settings:

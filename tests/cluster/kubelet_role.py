@@ -102,25 +102,36 @@ def make_pods_ready(kube: KubeClient, namespace: str, deployment: str) -> list[s
         return found if len(found) >= wanted else None
 
     found = until(f"{wanted} pods of {deployment}", all_pods)
-    names = []
     for pod in found:
-        container = pod["spec"]["containers"][0]
-        ready = [{"type": kind, "status": "True", "lastTransitionTime": _now()} for kind in ("Ready", "ContainersReady")]
-        status = {
-            "phase": "Running",
-            "conditions": ready,
-            "containerStatuses": [
-                {
-                    "name": container["name"],
-                    "image": container["image"],
-                    "imageID": "",
-                    "ready": True,
-                    "started": True,
-                    "restartCount": 0,
-                    "state": {"running": {"startedAt": _now()}},
-                }
-            ],
-        }
-        kube.patch(PODS, namespace, pod["metadata"]["name"], {"status": status}, subresource="status")
-        names.append(str(pod["metadata"]["name"]))
-    return names
+        _report_ready(kube, namespace, pod)
+    return [str(pod["metadata"]["name"]) for pod in found]
+
+
+def _report_ready(kube: KubeClient, namespace: str, pod: dict[str, Any]) -> None:
+    container = pod["spec"]["containers"][0]
+    ready = [{"type": kind, "status": "True", "lastTransitionTime": _now()} for kind in ("Ready", "ContainersReady")]
+    status = {
+        "phase": "Running",
+        "conditions": ready,
+        "containerStatuses": [
+            {
+                "name": container["name"],
+                "image": container["image"],
+                "imageID": "",
+                "ready": True,
+                "started": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": _now()}},
+            }
+        ],
+    }
+    kube.patch(PODS, namespace, pod["metadata"]["name"], {"status": status}, subresource="status")
+
+
+def ready_new_pods(kube: KubeClient, namespace: str, selector: str) -> int:
+    """Report Ready every pod matching `selector` that is not yet (a kubelet's loop, one turn)."""
+    started = ("Running", "Succeeded", "Failed")
+    fresh = [p for p in pods(kube, namespace, selector) if (p.get("status") or {}).get("phase") not in started]
+    for pod in fresh:
+        _report_ready(kube, namespace, pod)
+    return len(fresh)

@@ -13,14 +13,19 @@ kubeconfig, except in the namespace test, which starts `optiserve operator` as u
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +39,11 @@ from optiserve.api.rollout import RolloutSpec
 from optiserve.api.spec import API_GROUP, API_VERSION
 from optiserve.handlers import build_registry
 from optiserve.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, KubeClient, Resource
+from optiserve.local.prometheus import PrometheusServer
 from optiserve.settings import Settings
 from tests.cluster.conftest import Cluster, free_ports, kubernetes_client
-from tests.cluster.kubelet_role import finish_job_pod, kubectl_binary, make_pods_ready, pods, until
+from tests.cluster.kubelet_role import finish_job_pod, kubectl_binary, make_pods_ready, pods, ready_new_pods, until
+from tests.cluster.triton_exporter import TritonCounters, serve_triton_metrics
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.cluster
@@ -519,3 +526,168 @@ def _answer(url: str) -> str | None:
         return http_get(url)
     except OSError:
         return None
+
+
+# --- two replicas: one acts, the other takes over ----------------------------------------------------------------
+
+LEASE_ENV = {
+    "OPTISERVE_LEADER_ELECTION": "true",
+    "OPTISERVE_LEASE_DURATION_SECONDS": "4",
+    "OPTISERVE_LEASE_RENEW_DEADLINE_SECONDS": "3",
+    "OPTISERVE_LEASE_RETRY_SECONDS": "0.5",
+    "OPTISERVE_RESYNC_SECONDS": "0.5",
+}
+LEASES = Resource("coordination.k8s.io/v1", "Lease", "leases")
+LOG_TIME = "%Y-%m-%d %H:%M:%S,%f"
+
+
+class Replica:
+    """`optiserve operator` as one replica of the chart's Deployment would run it."""
+
+    def __init__(self, pod_name: str, cluster: Cluster, namespace: str, workdir: Path) -> None:
+        self.pod_name, self.log = pod_name, workdir / f"{pod_name}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+        env |= LEASE_ENV | {"KUBECONFIG": str(cluster.kubeconfig), "POD_NAME": pod_name, "POD_NAMESPACE": namespace}
+        command = [sys.executable, "-m", "optiserve.cli", "operator", "--verbose", "--namespace", namespace]
+        with self.log.open("w") as sink:
+            self.process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def reconcile_times(self) -> list[datetime]:
+        """When this replica's reconciler decided something (its debug lines)."""
+        times = []
+        for line in self.text().splitlines():
+            if "optiserve.reconciler" in line and " generation " in line and line.startswith("["):
+                times.append(datetime.strptime(line[1 : line.index("]")], LOG_TIME))
+        return times
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Timeline:
+    """The model's canary as polled every 0.1 s, and the Lease's holder."""
+
+    rows: list[tuple[float, str, int, int, str]] = dataclasses.field(default_factory=list)
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def follow(self, admin: KubeClient, namespace: str) -> None:
+        selector = f"optiserve.io/model={MODEL},optiserve.io/variant"  # the serving pods, not the Job's
+        while not self.stop.wait(0.1):
+            found = admin.get(OPTIMIZED_MODELS, namespace, MODEL) or {}
+            status = found.get("status") or {}
+            canary = status.get("canary") or {}
+            lease = admin.get(LEASES, namespace, "optiserve-operator") or {}
+            holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
+            row = (
+                time.monotonic(),
+                str(status.get("phase")),
+                int(canary.get("step") or 0),
+                int(canary.get("weight") or 0),
+                holder,
+            )
+            self.rows.append(row)
+            ready_new_pods(admin, namespace, selector)  # and play the kubelet
+
+    def holder(self) -> str:
+        return self.rows[-1][4] if self.rows else ""
+
+
+def stop_all_replicas(replicas: dict[str, Replica]) -> None:
+    for replica in list(replicas.values()):
+        replica.stop()
+
+
+def canary_spec(namespace: str, prometheus: str) -> dict[str, Any]:
+    document = manifest(namespace)
+    document["spec"]["rollout"]["steps"] = [{"weight": 10}, {"weight": 50}, {"weight": 100}]
+    document["spec"]["rollout"]["analysis"] = {
+        "interval": "4s",
+        "warmup": "2s",
+        "scrapeInterval": "1s",
+        "prometheus": {"address": prometheus},
+        "metrics": [{"name": "latency", "maxRelativeIncrease": 0.5}, {"name": "errorRate", "maxAbsoluteIncrease": 0.05}],
+    }
+    return document
+
+
+def test_two_replicas_one_acts_and_the_standby_takes_over_mid_canary(
+    control_plane: Cluster, admin: KubeClient, namespace: str, tmp_path: Path
+) -> None:
+    """Two operators started together on the real API server: one leads, the other waits and does
+    nothing. The leader is killed (SIGKILL) mid-canary: the standby takes the Lease once it
+    expires and carries the same rollout on from `status.canary`, creating nothing twice. The
+    killed one comes back as a standby; a SIGTERM to the leader (a rolling update) releases the
+    Lease, and the other takes over at its next try."""
+    counters = {v: TritonCounters(MODEL, namespace, seed=i) for i, v in enumerate(("candidate", "baseline"))}
+    with contextlib.ExitStack() as stack:
+        targets = {variant: stack.enter_context(serve_triton_metrics(c)) for variant, c in counters.items()}
+        prometheus = stack.enter_context(PrometheusServer(targets, scrape_interval_s=1.0).start())
+        document = canary_spec(namespace, prometheus.url)
+        replicas = {name: Replica(name, control_plane, namespace, tmp_path) for name in ("op-a", "op-b")}
+        stack.callback(stop_all_replicas, replicas)
+        timeline = Timeline()
+        follower = threading.Thread(target=timeline.follow, args=(admin, namespace), daemon=True)
+        follower.start()
+        stack.callback(follower.join, 10)
+        stack.callback(timeline.stop.set)
+
+        # Generation 1, promoted without a canary; then a new spec rolls out through one.
+        server_side_apply(control_plane, document)
+        until("the g1 Job", lambda: admin.get(JOBS, namespace, "minilm-optimize-g1"))
+        finish_job(admin, namespace, "minilm-optimize-g1")
+        wait_phase(admin, namespace, "Promoted")
+        until("the g1 candidate retired", lambda: names(admin, DEPLOYMENTS, namespace) == ["minilm-baseline"], timeout_s=90)
+        changed = canary_spec(namespace, prometheus.url)
+        changed["spec"]["validation"]["maxDegradation"] = 0.02
+        server_side_apply(control_plane, changed)
+        until("the g2 Job", lambda: admin.get(JOBS, namespace, "minilm-optimize-g2"))
+        finish_job(admin, namespace, "minilm-optimize-g2")
+        until("the canary at its second step", lambda: timeline.rows and timeline.rows[-1][2] >= 2, timeout_s=120)
+
+        leader = next(r for r in replicas.values() if timeline.holder().startswith(f"{r.pod_name}_"))
+        standby = next(r for r in replicas.values() if r is not leader)
+        before = {r: uids(admin, r, namespace) for r in (JOBS, DEPLOYMENTS)}
+        step_at_kill = timeline.rows[-1][2]
+        assert standby.reconcile_times() == [], "the standby acted while the other held the Lease"
+        assert "standby: waiting for Lease" in standby.text()
+
+        leader.process.kill()  # the node is gone: no release, the Lease must expire
+        killed_at, killed_wall = time.monotonic(), datetime.now()
+        leader.process.wait()
+        until("the standby to hold the Lease", lambda: timeline.holder().startswith(f"{standby.pod_name}_"), timeout_s=60)
+        took_over_s = time.monotonic() - killed_at
+        promoted = wait_phase(admin, namespace, "Promoted")
+        assert promoted["status"]["pipelineGeneration"] == 2 and promoted["status"]["canary"]["state"] == "Promoted"
+
+        after_kill = [row for row in timeline.rows if row[0] > killed_at]
+        steps = [row[2] for row in after_kill if row[1] == "Canary"]
+        assert steps and min(steps) >= step_at_kill, f"the rollout went back: {step_at_kill} then {steps}"
+        first_act = min(standby.reconcile_times())
+        assert first_act > killed_wall, "the standby acted before the leader was gone"
+        assert names(admin, JOBS, namespace) == ["minilm-optimize-g2"]
+        assert uids(admin, JOBS, namespace) == before[JOBS], "the Job was created again"
+        kept = {name: uid for name, uid in before[DEPLOYMENTS].items() if name in uids(admin, DEPLOYMENTS, namespace)}
+        assert kept == {n: u for n, u in uids(admin, DEPLOYMENTS, namespace).items() if n in before[DEPLOYMENTS]}
+        canary_steps = [row[2] for row in timeline.rows if row[1] == "Canary"]
+        assert canary_steps == sorted(canary_steps), "the canary's steps went back and forth"
+
+        # The killed pod restarts as a standby; a rolling update then stops the leader cleanly.
+        returned = Replica("op-a2", control_plane, namespace, tmp_path)
+        replicas["op-a2"] = returned
+        until("the restarted replica to wait", lambda: "standby: waiting for Lease" in returned.text(), timeout_s=60)
+        standby.process.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        assert standby.process.wait(timeout=RUNNER_TIMEOUT_S) == 0, standby.text()[-3000:]
+        until("the restarted replica to hold the Lease", lambda: timeline.holder().startswith("op-a2_"), timeout_s=60)
+        handed_over_s = time.monotonic() - stopped_at
+        admin.delete(DEPLOYMENTS, namespace, "minilm-baseline")  # the new leader acts: it recreates what serves
+        until("the baseline recreated by the new leader", lambda: admin.get(DEPLOYMENTS, namespace, "minilm-baseline"))
+
+    figures = {"took_over_after_kill_s": round(took_over_s, 1), "handed_over_after_sigterm_s": round(handed_over_s, 1)}
+    print(f"FIGURE {json.dumps({'item': 'standby', 'lease_duration_s': 4, **figures})}", file=sys.__stdout__, flush=True)

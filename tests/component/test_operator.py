@@ -239,15 +239,34 @@ def test_after_promotion_the_baseline_is_kept_and_the_candidate_retired(kube: Ku
     make_ready(kube, baseline)
 
     def candidate_gone() -> bool | None:
-        return True if model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"] else None
+        # The Deployment and then its Service are deleted: wait for both, not the first alone.
+        # The replica-ratio router (the default provider) serves the model through one Service over both variants.
+        retired = model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"]
+        return True if retired and model_objects(kube, SERVICES) == ["minilm", "minilm-baseline"] else None
 
     eventually(candidate_gone, "the candidate retired once the baseline is ready")
-    # The replica-ratio router (the default provider) serves the model through one Service over both variants.
-    assert model_objects(kube, SERVICES) == ["minilm", "minilm-baseline"]
     kube.delete(DEPLOYMENTS, NAMESPACE, "minilm-baseline")  # someone deletes what serves
     recreated = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline recreated")
     assert recreated["metadata"]["annotations"]["optiserve.io/artifact-sha256"] == SHA
     assert status_of(kube)["phase"] == "Promoted"
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_promoted_baseline_slow_to_start_keeps_its_replicas(kube: KubeClient) -> None:
+    """With the replica-ratio router, pinning traffic on the candidate until the baseline is ready
+    would scale the baseline to 0 pods, and it would never be ready: the candidate would serve
+    for ever. Here the baseline stays unready for many resyncs (0.2 s apart)."""
+    promote_first_candidate(kube)
+    eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline Deployment")
+    seen: set[int] = set()
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        seen.add(int((kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline") or {})["spec"]["replicas"]))
+        time.sleep(0.05)
+    assert seen == {2}, f"the baseline's replicas while it started: {sorted(seen)}"
+    assert kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate") is not None, "the candidate serves meanwhile"
+    make_ready(kube, eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline"))
+    eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"] or None, "the candidate retired")
 
 
 @pytest.mark.usefixtures("operator")

@@ -171,6 +171,7 @@ def test_deadline_failure_leaves_the_candidate_out() -> None:
 def test_promoted_keeps_the_baseline_and_retires_the_candidate_only_once_it_serves() -> None:
     waiting = decide(observed(Phase.PROMOTED, baseline_ready=False), NOW)
     assert Child.BASELINE in waiting.want and not waiting.retire_candidate
+    assert waiting.weight is None, "the split is left alone: a replica ratio at 100 % would scale the baseline to 0"
     serving = decide(observed(Phase.PROMOTED, baseline_ready=True), NOW)
-    assert Child.BASELINE in serving.want and serving.retire_candidate
+    assert Child.BASELINE in serving.want and serving.retire_candidate and serving.weight == 0
     assert not decide(observed(Phase.FAILED), NOW).retire_candidate

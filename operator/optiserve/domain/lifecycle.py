@@ -121,7 +121,10 @@ def decide(observed: Observed, now: datetime, deploy_deadline_s: float = DEPLOY_
     if phase is Phase.PROMOTED:
         # Level-based after promotion too: the baseline is kept (recreated if deleted), and the
         # candidate goes once the baseline serves, never before (nothing would serve in between).
-        # Traffic moves back to the baseline Service first, then the candidate goes.
+        # Traffic moves back to the baseline Service first, then the candidate goes. Until the
+        # baseline is ready the split is left as it is, not pinned to the candidate: with the
+        # replica-ratio router, "all on the candidate" is a baseline scaled to 0 pods, which can
+        # never become ready (the reconcile then scales it to its replicas, the candidate keeps its own).
         return Decision(
             phase,
             "Done",
@@ -129,7 +132,7 @@ def decide(observed: Observed, now: datetime, deploy_deadline_s: float = DEPLOY_
             want=frozenset({Child.BASELINE}),
             remove_stale=True,
             retire_candidate=observed.baseline_ready,
-            weight=0 if observed.baseline_ready else 100,
+            weight=0 if observed.baseline_ready else None,
         )
     if phase is Phase.ROLLED_BACK:
         # All traffic on the baseline (it never stopped serving), the candidate scaled away.

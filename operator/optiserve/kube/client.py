@@ -40,6 +40,7 @@ from optiserve.domain.lifecycle import CandidateObservation, JobObservation, Job
 from optiserve.resources.names import GENERATION_LABEL, MODEL_LABEL, VARIANT_LABEL, deployment_name, job_name, labels
 
 if TYPE_CHECKING:
+    from optiserve.kube.lease import LeaseApi
     from optiserve.kube.traffic import TrafficApi
 
 logger = logging.getLogger(__name__)
@@ -327,6 +328,12 @@ class KubeClient:
         from optiserve.kube.traffic import TrafficApi
 
         return TrafficApi(self._api)
+
+    def lease_api(self, namespace: str, name: str) -> LeaseApi:
+        """The same connection, for the leader election's Lease."""
+        from optiserve.kube.lease import LeaseApi
+
+        return LeaseApi(self._api, namespace, name)
 
     @property
     def configuration(self) -> k8s.Configuration:

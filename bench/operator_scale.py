@@ -11,7 +11,7 @@ RSS and CPU are its own; the API runs in another process. A watch follows the mo
 - `--mode backlog`: the models exist before the operator starts (kopf's resume path); the rate is
   N over the time from the operator's launch (Python start-up included) to the last one.
 
-Then, over a steady window, nothing changes but the resync timers fire (operator CPU and timer
+Then, over a steady window, nothing changes but the resync loop runs (operator CPU and resync
 reconciles per second), and `--late` more models are created one by one, 0.5 s apart: how long a
 new model waits in a busy operator. Prints JSON and a markdown table.
 
@@ -307,7 +307,7 @@ def create_models(api: Api, names: list[str], created: dict[str, float]) -> None
 
 
 def late_models(api: Api, count: int, stop: threading.Event, timeout_s: float) -> list[float]:
-    """Latencies of models created one by one while the timers resync every other object."""
+    """Latencies of models created one by one while the resync loop reconciles every other object."""
     late, created = Progress(count, prefix="late-"), {}
     threading.Thread(target=follow, args=(api.client, late, stop), daemon=True).start()
     time.sleep(1.0)
@@ -357,7 +357,7 @@ def run_one(api: Api, mode: str, objects: int, workdir: Path, args: argparse.Nam
         jobs = _jobs_created(api.client)
         run_counts = scrape(metrics_port)
 
-        # Steady state: nothing changes, the resync timers keep reconciling every object.
+        # Steady state: nothing changes, the resync loop keeps reconciling every object.
         steady_cpu_before = _cpu_s([operator.pid])
         time.sleep(args.steady_seconds)
         steady_cpu = (_cpu_s([operator.pid]) - steady_cpu_before) / args.steady_seconds

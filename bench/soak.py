@@ -8,9 +8,9 @@ inconclusive limit 10: this is about resources, not about the judge's verdict on
 
 Each minute: RSS and open file descriptors of every process under the run (tritonservers and
 their backend stubs, nginx master and workers, Prometheus, the comparator, the run itself), and
-Prometheus's own head series. At the end: each process's growth from the first sample after
-warm-up to the last (flat: within 10 %), the failed client requests from the run's report, and
-the series count's range. Prints JSON and a markdown table.
+Prometheus's head series. At the end: each process's growth from the first steady sample (3 minutes
+into serving) to the last one while serving (flat: within 10 %), the failed client requests from
+the run's report, and the series count's range. Prints JSON and a markdown table.
 
     .venv/bin/python bench/soak.py --minutes 30
 """
@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +37,8 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DIGITS = REPO_ROOT / "examples/digits/optimizedmodel.yaml"
 FLAT_WITHIN = 0.10
-WARMUP_SAMPLES = 2
-"""Samples before the baseline of each process's growth: start-up (model loads, first scrapes)."""
+WARMUP_MINUTES = 3.0
+"""Minutes of serving before the baseline of each process's growth (see `steady_samples`)."""
 MB = 1024 * 1024
 
 
@@ -107,15 +106,14 @@ def prometheus_url(root: psutil.Process) -> str | None:
 
 
 def head_series(url: str | None) -> int | None:
+    """The series in Prometheus's head block (its TSDB status; local mode's Prometheus does not scrape itself)."""
     if url is None:
         return None
-    query = urllib.parse.urlencode({"query": "prometheus_tsdb_head_series"})
     try:
-        with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=5) as answer:
-            result = json.load(answer)["data"]["result"]
-    except (OSError, ValueError, KeyError):
+        with urllib.request.urlopen(f"{url}/api/v1/status/tsdb", timeout=5) as answer:
+            return int(json.load(answer)["data"]["headStats"]["numSeries"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return int(float(result[0]["value"][1])) if result else None
 
 
 def run_soak(minutes: float, sample_s: float, workdir: Path) -> tuple[Soak, int, dict[str, Any]]:
@@ -142,10 +140,20 @@ def run_soak(minutes: float, sample_s: float, workdir: Path) -> tuple[Soak, int,
     return soak, int(run.returncode), result
 
 
+def steady_samples(soak: Soak) -> list[Sample]:
+    """Samples while the canary serves (a tritonserver is up), after `WARMUP_MINUTES` of it: the
+    start-up (model loads, the judge's first import of scipy) and the report at the end are not
+    what a soak watches."""
+    serving = [s for s in soak.samples if any(name.startswith("tritonserver") for name in s.processes)]
+    if not serving:
+        return []
+    return [s for s in serving if s.minute >= serving[0].minute + WARMUP_MINUTES]
+
+
 def growth(soak: Soak) -> list[dict[str, Any]]:
-    """Per process: RSS and descriptors at the first sample after warm-up and at the last one it was seen."""
+    """Per process: RSS and descriptors at the first steady sample and at the last one it was seen."""
     rows = []
-    steady = soak.samples[WARMUP_SAMPLES:] or soak.samples
+    steady = steady_samples(soak)
     names = sorted({name for s in steady for name in s.processes})
     for name in names:
         seen = [s.processes[name] for s in steady if name in s.processes]

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from optiserve.kube.client import TransientError
-from optiserve.kube.lease import LeaseConflictError, LeaseRecord
+from optiserve.elected import EXIT_LOST, run_elected
+from optiserve.kube.lease import LeaseRecord
 from optiserve.leader import Attempt, LeaderElector, LeaseTimings
 from optiserve.settings import LeaderElectionSettings, Settings, SettingsError
+from tests.support.memory_lease import MemoryLease
 
 TIMINGS = LeaseTimings(duration_s=15.0, renew_deadline_s=10.0, retry_s=2.0)
 
@@ -22,40 +23,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class MemoryLease:
-    """A Lease with resourceVersions: a write at a stale version is refused (HTTP 409)."""
-
-    def __init__(self) -> None:
-        self.record: LeaseRecord | None = None
-        self.version = 0
-        self.down = False
-
-    def _check(self) -> None:
-        if self.down:
-            raise TransientError("the API server is unreachable")
-
-    def get(self) -> LeaseRecord | None:
-        self._check()
-        return self.record
-
-    def create(self, record: LeaseRecord) -> str:
-        self._check()
-        if self.record is not None:
-            raise LeaseConflictError("exists")
-        return self._store(record)
-
-    def replace(self, record: LeaseRecord) -> str:
-        self._check()
-        if self.record is None or record.resource_version != self.record.resource_version:
-            raise LeaseConflictError("stale")
-        return self._store(record)
-
-    def _store(self, record: LeaseRecord) -> str:
-        self.version += 1
-        self.record = replace(record, resource_version=str(self.version))
-        return str(self.version)
 
 
 def wall_clock(clock: Clock, skew_s: float = 0.0) -> object:
@@ -182,3 +149,34 @@ def test_leader_election_settings_name_the_variable() -> None:
         Settings.from_env({"OPTISERVE_LEADER_ELECTION": "sometimes"})
     election = Settings.from_env({"OPTISERVE_LEADER_ELECTION": "true", "POD_NAMESPACE": "optiserve-system"}).leader_election
     assert election == LeaderElectionSettings(enabled=True, namespace="optiserve-system")
+
+
+FAST = LeaseTimings(duration_s=0.6, renew_deadline_s=0.4, retry_s=0.02)
+
+
+def test_a_leader_whose_lease_is_taken_stops_operating_and_exits_to_come_back_as_a_standby() -> None:
+    lease = MemoryLease()
+    leader = LeaderElector(lease, "a", FAST)
+    operated = threading.Event()
+
+    def operate(stop: threading.Event) -> None:
+        operated.set()
+        assert lease.record is not None
+        lease.record = replace(lease.record, holder="intruder")  # another operator wrote the Lease
+        assert stop.wait(5), "the operator was not told to stop"
+
+    assert run_elected(leader, operate, health=None) == EXIT_LOST
+    assert operated.is_set() and not leader.acting()
+    assert lease.record is not None and lease.record.holder == "intruder", "a lost lease is not released"
+
+
+def test_a_leader_that_stops_on_its_own_releases_the_lease() -> None:
+    lease = MemoryLease()
+    leader, standby = LeaderElector(lease, "a", FAST), LeaderElector(lease, "b", FAST)
+
+    def operate(stop: threading.Event) -> None:
+        assert standby.try_once() is Attempt.HELD
+
+    assert run_elected(leader, operate, health=None) == 0
+    assert lease.record is not None and lease.record.holder == ""
+    assert standby.try_once() is Attempt.LEADING, "released: taken at the next try, not after the duration"

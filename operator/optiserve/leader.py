@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
-from optiserve.kube.client import KubeError
+from optiserve.kube.client import KubeError, TransientError
 from optiserve.kube.lease import LeaseConflictError, LeaseRecord
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class LeaderElector:
         self._seen: LeaseRecord | None = None
         self._seen_at = 0.0
         self._renewed_at: float | None = None
+        self._last_refusal = ""
 
     def _observe(self, record: LeaseRecord) -> None:
         """Remember when the record last changed, by our own clock."""
@@ -89,10 +90,18 @@ class LeaderElector:
     def try_once(self) -> Attempt:
         """One attempt to acquire or renew (client-go's tryAcquireOrRenew)."""
         try:
-            return self._try()
-        except (KubeError, LeaseConflictError) as e:
+            attempt = self._try()
+        except (LeaseConflictError, TransientError) as e:
             logger.debug("lease attempt failed: %s", e)
             return Attempt.FAILED
+        except KubeError as e:
+            # A refusal (403: the Lease's RBAC) does not go away by itself: say so, once per message.
+            if str(e) != self._last_refusal:
+                logger.error("lease attempt refused, retrying every %.0f s: %s", self.timings.retry_s, e)
+                self._last_refusal = str(e)
+            return Attempt.FAILED
+        self._last_refusal = ""
+        return attempt
 
     def _try(self) -> Attempt:
         now, wall = self._clock(), self._wall()

@@ -62,9 +62,10 @@ def render(
     *,
     namespace: str = RELEASE_NAMESPACE,
     include_crds: bool = True,
+    release: str = RELEASE,
 ) -> list[Object]:
     """`helm template` of the chart: every object it would install, in order."""
-    args = ["template", RELEASE, str(CHART), "--namespace", namespace, *values_args(values_files, set_json)]
+    args = ["template", release, str(CHART), "--namespace", namespace, *values_args(values_files, set_json)]
     if include_crds:
         args.append("--include-crds")
     return [doc for doc in yaml.safe_load_all(run_helm(*args).stdout) if doc]

@@ -327,8 +327,9 @@ def test_all_namespaces_mode_reconciles_with_its_cluster_role(
         create_namespace(control_plane, name, RESTRICTED)
     try:
         helm(control_plane, "install", release, str(CHART), "-n", namespace)
-        objects = render(namespace=namespace)
-        assert find(objects, "ClusterRoleBinding") and not find(objects, "RoleBinding")
+        objects = render(namespace=namespace, release=release)  # the same names as installed (the Lease's among them)
+        bindings = [b["metadata"]["name"] for b in find(objects, "RoleBinding")]
+        assert find(objects, "ClusterRoleBinding") and bindings == ["everywhere-optiserve-leader-election"], bindings
         ok(control_plane.request("POST", _models_path(namespace=models), _model("anywhere", models)), 201)
         with running_operator(control_plane, objects, tmp_path, account=(namespace, "everywhere-optiserve")) as operator:
             until("the Job", lambda: _job(control_plane, "anywhere-optimize-g1", models), detail=operator.tail)
@@ -382,7 +383,7 @@ def test_helm_upgrade_and_uninstall(control_plane: Cluster, installed: list[Obje
         assert control_plane.request("GET", roles.format(first)).status == 404  # the old namespace's Role is gone
         assert control_plane.request("GET", roles.format(second)).status == 200
         deployment = control_plane.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/second-optiserve").json()
-        env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["OPTISERVE_NAMESPACES"] == second
 
         helm(control_plane, "uninstall", release, "-n", namespace)

@@ -654,6 +654,7 @@ def test_two_replicas_one_acts_and_the_standby_takes_over_mid_canary(
         standby = next(r for r in replicas.values() if r is not leader)
         before = {r: uids(admin, r, namespace) for r in (JOBS, DEPLOYMENTS)}
         step_at_kill = timeline.rows[-1][2]
+        started_at = model(admin, namespace)["status"]["canary"]["progress"]["started_at"]
         assert standby.reconcile_times() == [], "the standby acted while the other held the Lease"
         assert "standby: waiting for Lease" in standby.text()
 
@@ -664,6 +665,7 @@ def test_two_replicas_one_acts_and_the_standby_takes_over_mid_canary(
         took_over_s = time.monotonic() - killed_at
         promoted = wait_phase(admin, namespace, "Promoted")
         assert promoted["status"]["pipelineGeneration"] == 2 and promoted["status"]["canary"]["state"] == "Promoted"
+        assert promoted["status"]["canary"]["progress"]["started_at"] == started_at, "the canary started again"
 
         after_kill = [row for row in timeline.rows if row[0] > killed_at]
         steps = [row[2] for row in after_kill if row[1] == "Canary"]

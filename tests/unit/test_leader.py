@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from optiserve.elected import EXIT_LOST, run_elected
+from optiserve.kube.client import ApiError
 from optiserve.kube.lease import LeaseRecord
 from optiserve.leader import Attempt, LeaderElector, LeaseTimings
 from optiserve.settings import LeaderElectionSettings, Settings, SettingsError
@@ -180,3 +181,15 @@ def test_a_leader_that_stops_on_its_own_releases_the_lease() -> None:
     assert run_elected(leader, operate, health=None) == 0
     assert lease.record is not None and lease.record.holder == ""
     assert standby.try_once() is Attempt.LEADING, "released: taken at the next try, not after the duration"
+
+
+class RefusingLease(MemoryLease):
+    def get(self) -> LeaseRecord | None:
+        raise ApiError('read Lease ns/optiserve: HTTP 403 leases "optiserve" is forbidden', 403)
+
+
+def test_a_refused_lease_is_reported_once_not_waited_on_silently(caplog: pytest.LogCaptureFixture) -> None:
+    refused = LeaderElector(RefusingLease(), "a", TIMINGS)
+    assert [refused.try_once() for _ in range(3)] == [Attempt.FAILED] * 3
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "403" in errors[0] and "forbidden" in errors[0]

@@ -598,6 +598,11 @@ class Timeline:
         return self.rows[-1][4] if self.rows else ""
 
 
+def changes(values: list[int]) -> list[int]:
+    """The values in order, each run of repeats kept once."""
+    return [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
+
+
 def stop_all_replicas(replicas: dict[str, Replica]) -> None:
     for replica in list(replicas.values()):
         replica.stop()
@@ -678,6 +683,8 @@ def test_two_replicas_one_acts_and_the_standby_takes_over_mid_canary(
         assert kept == {n: u for n, u in uids(admin, DEPLOYMENTS, namespace).items() if n in before[DEPLOYMENTS]}
         canary_steps = [row[2] for row in timeline.rows if row[1] == "Canary"]
         assert canary_steps == sorted(canary_steps), "the canary's steps went back and forth"
+        weight_changes = changes([row[3] for row in timeline.rows if row[1] == "Canary"])
+        assert weight_changes == sorted(set(weight_changes)), f"a weight was set more than once: {weight_changes}"
 
         # The killed pod restarts as a standby; a rolling update then stops the leader cleanly.
         returned = Replica("op-a2", control_plane, namespace, tmp_path)

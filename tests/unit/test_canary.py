@@ -168,6 +168,31 @@ def test_progress_deadline_rolls_back_a_stuck_rollout() -> None:
     assert "progressDeadlineSeconds" in progress.reason
 
 
+def test_a_pause_longer_than_the_deadline_is_not_a_lack_of_progress() -> None:
+    """A 30-minute hold on a step (a soak) with a 10-minute deadline: healthy intervals all through
+    the pause, then the next step; only a rollout stuck past the pause and the deadline rolls back."""
+    p = CanaryPlan(
+        steps=(Step(50, pause_s=1800), Step(100)),
+        checks=(LATENCY,),
+        policy=AnalysisPolicy(warmup_s=15),
+        interval_s=15,
+        progress_deadline_s=600,
+    )
+    progress, trace = run(p, [Outcome.SUCCESSFUL] * 200, tick_s=15)
+    assert progress.state is RolloutState.PROMOTED
+    assert [w for _, w in weights(trace)] == [50, 100]
+    stuck = CanaryPlan(
+        steps=p.steps,
+        checks=p.checks,
+        policy=AnalysisPolicy(warmup_s=15, inconclusive_limit=1000),
+        interval_s=15,
+        progress_deadline_s=600,
+    )
+    progress, _ = run(stuck, [Outcome.INCONCLUSIVE] * 200, tick_s=15)
+    assert progress.state is RolloutState.ROLLED_BACK and "progressDeadlineSeconds" in progress.reason
+    assert 1800 + 600 < (progress.decision_time_s or 0) <= 1800 + 600 + 30
+
+
 def test_final_state_never_changes() -> None:
     p = plan(failure_limit=0)
     progress, _ = run(p, [Outcome.FAILED])

@@ -119,7 +119,7 @@ def analysis_timing(rollout: RolloutSpec) -> Timing:
             f"more than twice the steps' own {nominal:g}s (warm-up, an interval per step, pauses); the canary will "
             "mostly wait for data: scrape the served models more often"
         )
-    if earliest > plan.progress_deadline_s:
+    if earliest - sum(step.pause_s for step in plan.steps) > plan.progress_deadline_s:  # pauses do not count
         warnings.append(
             f"spec.rollout.progressDeadlineSeconds: {plan.progress_deadline_s:g}s is shorter than the earliest promotion "
             f"({earliest:g}s after the first canary traffic): every canary would be rolled back on the deadline"

@@ -205,7 +205,10 @@ def _signals(plan: CanaryPlan, progress: CanaryProgress, now: datetime, signals:
 def _deadline(plan: CanaryPlan, progress: CanaryProgress, now: datetime) -> CanaryProgress | None:
     if progress.state is not RolloutState.PROGRESSING:
         return None  # waiting for a person is not a lack of progress
-    stuck = (now - progress.progressed_at).total_seconds()
+    # A step's own pause is not a lack of progress (as in Argo Rollouts): the deadline counts from
+    # its end, or a pause as long as the deadline would roll back every canary that has one.
+    pause_s = plan.steps[progress.step].pause_s
+    stuck = (now - progress.progressed_at).total_seconds() - pause_s
     if stuck <= plan.progress_deadline_s:
         return None
     reason = f"no progress for {stuck:.0f}s (progressDeadlineSeconds {plan.progress_deadline_s:.0f}); rolled back"

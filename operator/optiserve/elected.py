@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 
+from optiserve.http_serving import serving_until_done
 from optiserve.leader import LeaderElector
 
 logger = logging.getLogger(__name__)
@@ -48,12 +49,8 @@ def standby_health(address: tuple[str, int] | None) -> Iterator[None]:
     server = http.server.ThreadingHTTPServer(address, _StandbyHealth)
     thread = threading.Thread(target=server.serve_forever, name="standby-health", daemon=True)
     thread.start()
-    try:
+    with serving_until_done(server, thread):
         yield
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @contextlib.contextmanager

@@ -45,6 +45,7 @@ from prometheus_client import start_http_server
 
 from optiserve.api.crd import PLURAL
 from optiserve.api.spec import API_GROUP, API_VERSION, KIND
+from optiserve.http_serving import serving_until_done
 from optiserve.kube.client import OPTIMIZED_MODELS, AdoptionError, ApiError, KubeClient, KubeError, TransientError
 from optiserve.observability import TRIGGER_CHANGE, TRIGGER_TIMER, OperatorMetrics
 from optiserve.reconciler import Hooks, reconcile
@@ -261,12 +262,8 @@ def _serve_metrics(config: Settings, metrics: OperatorMetrics) -> contextlib.Abs
             raise kopf.PermanentError(
                 f"OPTISERVE_METRICS_PORT: cannot listen on {config.bind_address}:{config.metrics_port}: {e}"
             ) from e
-        try:
+        with serving_until_done(server, thread):
             yield
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
 
     return serving()
 

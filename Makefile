@@ -22,7 +22,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator optimizer_jobs bench tests
+	$(VENV)/bin/mypy operator optimizer_jobs bench tests e2e
 
 test: setup controlplane lint
 	$(VENV)/bin/pytest -q

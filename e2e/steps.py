@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from e2e.kind import OPTIMIZER_IMAGE, REPO_ROOT, E2EError, KindCluster, until
+from e2e.cluster import REPO_ROOT, Cluster, E2EError, until
 
 MODELS_PVC = "optiserve-models"
 OPTIMIZER_ACCOUNT = "optiserve-optimizer"
@@ -28,7 +28,7 @@ TEST_LABEL = "optiserve.io/e2e-test"
 
 @dataclass
 class Scenario:
-    cluster: KindCluster
+    cluster: Cluster
     namespace: str
     test: str
     log: list[str] = field(default_factory=list)
@@ -66,7 +66,7 @@ class Scenario:
         """The example's folder (and extra files) on the models volume, where the operator resolves relative URIs."""
         self._step(f"given the {example} example's files on {MODELS_PVC}")
         loader = f"{example}-loader"
-        self.cluster.apply(_loader_pod(loader, self.namespace))
+        self.cluster.apply(_loader_pod(loader, self.namespace, self.cluster.images.optimizer))
         self.cluster.kubectl("-n", self.namespace, "wait", f"pod/{loader}", "--for=condition=Ready", "--timeout=300s")
         sources = {"": REPO_ROOT / "examples" / example, **{name: path for name, path in (files or {}).items()}}
         for name, path in sources.items():
@@ -143,7 +143,7 @@ class Scenario:
         return into
 
 
-def _loader_pod(name: str, namespace: str) -> dict[str, Any]:
+def _loader_pod(name: str, namespace: str, image: str) -> dict[str, Any]:
     """A pod that only holds the models volume open for `kubectl cp` (the optimizer image has tar)."""
     return {
         "apiVersion": "v1",
@@ -161,7 +161,7 @@ def _loader_pod(name: str, namespace: str) -> dict[str, Any]:
             "containers": [
                 {
                     "name": "loader",
-                    "image": OPTIMIZER_IMAGE,
+                    "image": image,
                     "command": ["sleep", "3600"],
                     "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
                     "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 from rich.console import Console
@@ -258,6 +258,9 @@ def _operator(args: argparse.Namespace) -> int:
             clusterwide=clusterwide,
             namespaces=() if clusterwide else namespaces,
             standalone=True,  # no KopfPeering: replicas elect a leader on a Lease instead (optiserve.leader)
+            # kopf's own default asks the password database for the user, and an image's UID need not
+            # be in it (a restricted pod's runAsUser, an OpenShift random UID): found on real pods.
+            identity=cast(Any, _identity()),  # kopf's Identity is a NewType of str it does not export
             liveness_endpoint=settings.liveness_endpoint(),
             stop_flag=stop_flag,
         )
@@ -273,18 +276,29 @@ def _operator(args: argparse.Namespace) -> int:
         kube.close()
 
 
-def _elector(settings: Settings, kube: KubeClient) -> LeaderElector:
+_IDENTITY: list[str] = []
+
+
+def _identity() -> str:
+    """This process's name, the pod's and a random suffix: one per process, not per pod.
+
+    A restarted container must not renew its predecessor's Lease.
+    """
     import os
     import socket
     import uuid
 
+    if not _IDENTITY:
+        _IDENTITY.append(f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}")
+    return _IDENTITY[0]
+
+
+def _elector(settings: Settings, kube: KubeClient) -> LeaderElector:
     from optiserve.leader import LeaderElector, LeaseTimings
 
     election = settings.leader_election
-    # Unique per process, not per pod: a restarted container must not renew its predecessor's lease.
-    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     timings = LeaseTimings(election.duration_s, election.renew_deadline_s, election.retry_s)
-    return LeaderElector(kube.lease_api(election.namespace, election.name), identity, timings)
+    return LeaderElector(kube.lease_api(election.namespace, election.name), _identity(), timings)
 
 
 def _comparator(args: argparse.Namespace) -> int:

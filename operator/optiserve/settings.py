@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from optiserve.resources.comparator import ComparatorDeploymentSettings
 from optiserve.resources.job import JobSettings
+from optiserve.resources.pod import ContainerResources
 from optiserve.resources.triton_deployment import ServingSettings
 
 DEFAULT_JOB_IMAGE = "ghcr.io/optiserve/optimizer:0.1.0"
@@ -27,6 +30,25 @@ class SettingsError(ValueError):
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+
+
+def _resources(env: Mapping[str, str], name: str) -> ContainerResources | None:
+    """`{"requests": {"cpu", "memory"}, "limits": {"cpu", "memory"}}` as JSON (the chart writes it), or None."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+        quantities = [str(value[side][kind]) for side in ("requests", "limits") for kind in ("cpu", "memory")]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SettingsError(f"{name}: requests and limits, each with cpu and memory, as JSON; got {raw!r}") from e
+    for quantity in quantities:
+        if not _QUANTITY.match(quantity):
+            raise SettingsError(f"{name}: {quantity!r} is not a Kubernetes quantity")
+    return ContainerResources(*quantities)
 
 
 def _positive(env: Mapping[str, str], name: str, default: float) -> float:
@@ -131,6 +153,10 @@ class Settings:
     """Threads that run reconciles (kopf's executor for sync handlers) and API connections kept
     open for them. A reconcile mostly waits on the API, so this, not CPU, bounds throughput."""
     leader_election: LeaderElectionSettings = field(default_factory=LeaderElectionSettings)
+    job_resources: ContainerResources | None = None
+    """The optimization Job's requests and limits; None: JobSettings' defaults."""
+    triton_resources: ContainerResources | None = None
+    """Each Triton container's requests and limits; None: ServingSettings' defaults."""
 
     def __post_init__(self) -> None:
         # Checked here, not per Job: a misconfigured operator should fail at start, not on every reconcile.
@@ -163,6 +189,8 @@ class Settings:
             bind_address=source.get("OPTISERVE_BIND_ADDRESS", "").strip() or DEFAULT_BIND_ADDRESS,
             reconcile_workers=_count(source, "OPTISERVE_RECONCILE_WORKERS", DEFAULT_RECONCILE_WORKERS),
             leader_election=LeaderElectionSettings.from_env(source),
+            job_resources=_resources(source, "OPTISERVE_JOB_RESOURCES"),
+            triton_resources=_resources(source, "OPTISERVE_TRITON_RESOURCES"),
         )
 
     def liveness_endpoint(self) -> str | None:
@@ -176,10 +204,12 @@ class Settings:
         return not self.allowed_images or image in self.allowed_images
 
     def job_settings(self) -> JobSettings:
-        return JobSettings(image=self.job_image, models_pvc=self.models_pvc, allowed_images=self.allowed_images)
+        job = JobSettings(image=self.job_image, models_pvc=self.models_pvc, allowed_images=self.allowed_images)
+        return replace(job, resources=self.job_resources) if self.job_resources else job
 
     def comparator_settings(self) -> ComparatorDeploymentSettings:
         return ComparatorDeploymentSettings(image=self.operator_image, models_pvc=self.models_pvc)
 
     def serving_settings(self) -> ServingSettings:
-        return ServingSettings(models_pvc=self.models_pvc, verifier_image=self.operator_image)
+        serving = ServingSettings(models_pvc=self.models_pvc, verifier_image=self.operator_image)
+        return replace(serving, resources=self.triton_resources) if self.triton_resources else serving

@@ -27,7 +27,7 @@ from optiserve_jobs.errors import JobError
 
 READY_REQUEST = "ready_request.json"
 _KSERVE_TYPES = {DType.FLOAT32: "FP32", DType.FLOAT16: "FP16", DType.INT64: "INT64", DType.INT32: "INT32"}
-REPOSITORIES = {TritonBackend.ONNXRUNTIME: "model_repository", TritonBackend.PYTHON: "model_repository_python"}
+REPOSITORIES = {backend: backend.repository for backend in TritonBackend}
 _PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 _ONNX_TO_DTYPE = {1: DType.FLOAT32, 10: DType.FLOAT16, 7: DType.INT64, 6: DType.INT32}
 

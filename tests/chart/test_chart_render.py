@@ -343,3 +343,16 @@ def test_several_replicas_without_a_lease_are_refused() -> None:
     )
     assert result.returncode != 0
     assert "replicas: more than one operator replica needs leaderElection.enabled" in result.stderr, result.stderr
+
+
+def test_job_and_triton_resources_reach_what_the_operator_builds() -> None:
+    """A 2-core cluster cannot schedule the defaults (2 CPUs requested each): the chart sizes them."""
+    small = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
+    settings = chart_settings(render(set_json={"optimizer": {"resources": small}, "triton": {"resources": small}}))
+    assert settings.job_settings().resources.manifest() == small
+    assert settings.serving_settings().resources.manifest() == small
+    defaults = chart_settings(render())
+    assert defaults.job_settings().resources == JobSettings(image="any").resources
+    incomplete = {"optimizer": {"resources": {"requests": {"cpu": "1"}}}}
+    result = run_helm("template", "x", str(CHART), *values_args(set_json=incomplete), check=False)
+    assert result.returncode != 0 and "resources" in result.stderr

@@ -1,6 +1,6 @@
-"""What of the kind suite (e2e/) can be checked without Docker and kind: how it skips, and what it would apply.
+"""What of the end-to-end suite (e2e/) can be checked without a cluster: how it skips, and what it applies.
 
-The suite itself needs a Docker engine and kind; this machine has neither. So here: the default
+The suite itself needs a Docker engine (and kind, with E2E_CLUSTER_TYPE=kind). Here: the default
 `pytest` run does not collect it; `make e2e` and `pytest e2e` skip naming exactly what is missing
 (and fail with E2E_REQUIRE=1); the manifests the suite applies are valid, restricted and accepted
 by `optiserve validate`.
@@ -27,14 +27,17 @@ from tests.conftest import REPO_ROOT
 
 @pytest.fixture
 def without_docker_or_kind(tmp_path: Path) -> dict[str, str]:
-    """An environment where `docker` answers but its engine does not, and `kind` is absent."""
+    """An environment where `docker` answers but its engine does not, and `kind` is absent.
+
+    The suite's own Docker setup is turned off (E2E_SETUP_DOCKER=0): it would start an engine.
+    """
     fake = tmp_path / "bin"
     fake.mkdir()
     docker = fake / "docker"
     docker.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
     docker.chmod(0o755)
     path = [str(fake), *(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "kind").exists())]
-    return {**os.environ, "PATH": os.pathsep.join(path)}
+    return {**os.environ, "PATH": os.pathsep.join(path), "E2E_SETUP_DOCKER": "0"}
 
 
 def test_the_default_run_does_not_collect_e2e() -> None:
@@ -47,7 +50,12 @@ def test_make_e2e_skips_naming_what_is_missing(without_docker_or_kind: dict[str,
         ["e2e/run.sh"], cwd=REPO_ROOT, env=without_docker_or_kind, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert "e2e: SKIPPED, the kind suite needs: a Docker engine (`docker info` failed); kind (no `kind` on PATH)" in result.stderr
+    assert "e2e: SKIPPED, the node cluster needs: a Docker engine (`docker info` failed)" in result.stderr
+    with_kind = {**without_docker_or_kind, "E2E_CLUSTER_TYPE": "kind"}
+    result = subprocess.run(["e2e/run.sh"], cwd=REPO_ROOT, env=with_kind, capture_output=True, text=True, check=False)
+    assert (
+        "e2e: SKIPPED, the kind cluster needs: a Docker engine (`docker info` failed); kind (no `kind` on PATH" in result.stderr
+    )
     required = {**without_docker_or_kind, "E2E_REQUIRE": "1"}
     result = subprocess.run(["e2e/run.sh"], cwd=REPO_ROOT, env=required, capture_output=True, text=True, check=False)
     assert result.returncode == 2
@@ -59,7 +67,7 @@ def test_pytest_e2e_skips_every_test_with_the_reason(without_docker_or_kind: dic
     result = subprocess.run(argv, cwd=REPO_ROOT, env=without_docker_or_kind, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
     assert "2 skipped" in result.stdout
-    assert "the kind suite needs a Docker engine (`docker info` failed); kind (no `kind` on PATH" in result.stdout
+    assert "the e2e suite (node cluster) needs a Docker engine (`docker info` failed)" in result.stdout
 
 
 def test_the_suites_model_manifest_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -69,7 +77,7 @@ def test_the_suites_model_manifest_is_valid(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_the_loader_pod_is_admissible_in_a_restricted_namespace() -> None:
-    pod = _loader_pod("digits-loader", "e2e-ns")
+    pod = _loader_pod("digits-loader", "e2e-ns", "ghcr.io/optiserve/optimizer-onnx:e2e")
     kubernetes_validate.validate(pod, "1.33", strict=True)
     assert restricted_violations("loader", pod["spec"]) == []
     assert [v for v in house_violations("loader", pod["spec"]) if "readOnlyRootFilesystem" not in v] == []  # kubectl cp writes

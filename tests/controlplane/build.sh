@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Build the cluster-tier control plane (etcd, kube-apiserver, kube-controller-manager) from source.
+# `build.sh node` also builds what the real-pod tier's node runs besides (kube-scheduler, kubelet,
+# kube-proxy: e2e/node/build.sh calls it so).
 #
 # Versions are pinned by tests/controlplane/go.mod (+ go.sum): k8s.io/kubernetes and the etcd
 # server module that Kubernetes itself requires. Binaries go OUTSIDE the repository, into
@@ -37,11 +39,17 @@ go_version="$("$go" env GOVERSION)"
 stamp="kubernetes=$k8s_version etcd=$etcd_version go=$go_version inputs=$(cat go.mod go.sum tools.go build.sh | sha256sum | cut -c1-16)"
 
 binaries=(etcd kube-apiserver kube-controller-manager)
+node_binaries=()
+if [[ "${1:-}" == node ]]; then
+    node_binaries=(kube-scheduler kubelet kube-proxy)
+    stamp+=" node"
+fi
 
 up_to_date() {
-    [[ -f "$marker" ]] && [[ "$(cat "$marker")" == "$stamp" ]] || return 1
+    # A node build holds the plain one too.
+    [[ -f "$marker" ]] && [[ "$(cat "$marker")" == "$stamp" || "$(cat "$marker")" == "$stamp node" ]] || return 1
     local b
-    for b in "${binaries[@]}"; do
+    for b in "${binaries[@]}" "${node_binaries[@]}"; do
         [[ -x "$bin/$b" ]] || return 1
     done
 }
@@ -89,9 +97,12 @@ total0=$(date +%s)
 build_one etcd go.etcd.io/etcd/server/v3 "-s -w"
 build_one kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
 build_one kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
+for b in "${node_binaries[@]}"; do
+    build_one "$b" "k8s.io/kubernetes/cmd/$b" "$kube_ldflags"
+done
 total1=$(date +%s)
 
-for b in "${binaries[@]}"; do
+for b in "${binaries[@]}" "${node_binaries[@]}"; do
     mv -f "$tmp/$b" "$bin/$b"
 done
 echo "$stamp" >"$marker"

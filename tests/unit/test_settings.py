@@ -54,3 +54,17 @@ def test_a_bad_port_flag_is_refused_by_name(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["operator", "--health-port", "-1"])
     assert "argument --health-port: a port is 1-65535" in capsys.readouterr().err
+
+
+def test_job_and_triton_resources_come_from_json_and_bad_ones_name_the_variable() -> None:
+    small = '{"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": 1, "memory": "2Gi"}}'
+    settings = Settings.from_env({"OPTISERVE_JOB_RESOURCES": small, "OPTISERVE_TRITON_RESOURCES": small})
+    assert settings.job_settings().resources.manifest()["limits"] == {"cpu": "1", "memory": "2Gi"}
+    assert settings.serving_settings().resources.manifest()["requests"] == {"cpu": "250m", "memory": "512Mi"}
+    for bad in (
+        '{"requests": {"cpu": "1"}}',
+        "not json",
+        '{"requests": {"cpu": "lots", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}',
+    ):
+        with pytest.raises(SettingsError, match="OPTISERVE_TRITON_RESOURCES"):
+            Settings.from_env({"OPTISERVE_TRITON_RESOURCES": bad})

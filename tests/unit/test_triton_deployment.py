@@ -87,3 +87,12 @@ def test_the_artifact_is_verified_against_the_jobs_digest_before_triton_starts()
     assert "--model-repository=/models/minilm/g3/model_repository" in triton["args"]
     without = build_triton_deployment(OWNER, "ml", Variant("candidate", 3, 1), TritonSpec(), ServingSettings())
     assert "initContainers" not in without["spec"]["template"]["spec"]
+
+
+def test_the_python_backend_serves_the_python_model_repository() -> None:
+    """A CPU-only Triton (Python backend) cannot load the onnxruntime repository: each backend gets its own."""
+    python = TritonSpec(backend="python", image="ghcr.io/optiserve/tritonserver-cpu:2.51")
+    deployment = build_triton_deployment(OWNER, "ml", Variant("candidate", 3, 1), python, ServingSettings())
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--model-repository=/models/minilm/g3/model_repository_python" in args
+    assert not any(a.endswith("/model_repository") for a in args)

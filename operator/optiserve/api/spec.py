@@ -334,6 +334,11 @@ class TritonBackend(StrEnum):
     ONNXRUNTIME = "onnxruntime"
     PYTHON = "python"
 
+    @property
+    def repository(self) -> str:
+        """The folder of a published artifact that holds this backend's Triton model repository."""
+        return "model_repository" if self is TritonBackend.ONNXRUNTIME else "model_repository_python"
+
 
 class TritonSpec(ApiModel):
     image: str = Field(default="nvcr.io/nvidia/tritonserver:24.10-py3", description="Triton server image.")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from optiserve.api.rollout import LatencySource
+from optiserve.api.spec import TritonBackend
 from optiserve.golden import GOLDEN_FILE
 from optiserve.local.comparator import ComparatorArgs, ComparatorProcess
 from optiserve.local.load_clients import LoadTarget
@@ -24,7 +25,7 @@ from optiserve.local.triton import TritonServer, TritonStartError
 from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
 from optiserve.resources.triton_deployment import READY_REQUEST
 
-REPOSITORY = "model_repository_python"
+REPOSITORY = TritonBackend.PYTHON.repository
 """The CPU tritonserver here has the Python backend only (see docs/local-mode.md)."""
 SCRAPE_INTERVAL_S = 1.0
 Progress = Callable[[str], None]

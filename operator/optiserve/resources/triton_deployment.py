@@ -95,7 +95,7 @@ def build_triton_deployment(
         "image": triton.image,
         "command": ["tritonserver"],
         "args": [
-            f"--model-repository={repository_dir}/model_repository",
+            f"--model-repository={repository_dir}/{triton.backend.repository}",
             "--model-control-mode=explicit",
             f"--load-model={model}",
             "--strict-readiness=true",

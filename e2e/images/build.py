@@ -40,7 +40,8 @@ TRITON_PYTHON_REQUIREMENTS = ("numpy==1.26.4", "onnxruntime==1.32.0")  # as scri
 
 # Packages of each root filesystem (mmdebstrap's minbase variant plus these).
 ROOTFS_PACKAGES: dict[str, tuple[str, ...]] = {
-    "base": ("python3", "python3-venv", "ca-certificates", "curl"),
+    # libpython3.11: the Triton Python-backend stub links it.
+    "base": ("python3", "python3-venv", "libpython3.11", "ca-certificates", "curl"),
     "node": (
         "containerd",
         "runc",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,9 @@ HELM_BIN = Path(os.environ.get("OPTISERVE_HELM_HOME", Path.home() / ".cache/opti
 PROMETHEUS_NAMESPACE = "optiserve-e2e-monitoring"
 PROMETHEUS_ADDRESS = f"http://prometheus.{PROMETHEUS_NAMESPACE}:9090"
 RELEASE, RELEASE_NAMESPACE = "optiserve", "optiserve-system"
+GATEWAY_NAMESPACE, GATEWAY_CLASS = "optiserve-e2e-gateway", "optiserve-e2e"
+GATEWAY_NODE_PORT, GATEWAY_METRICS_NODE_PORT = 30080, 30091
+GATEWAY_MODULE_DIR = REPO_ROOT / "e2e/node/traefik"
 
 T = TypeVar("T")
 
@@ -31,8 +35,10 @@ class E2EError(RuntimeError):
     """A command of the suite failed; the message has its output."""
 
 
-def run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True, timeout_s: float = 1800) -> str:
-    result = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=timeout_s, check=False)
+def run(
+    argv: Sequence[str], *, stdin: str | None = None, check: bool = True, timeout_s: float = 1800, cwd: Path | None = None
+) -> str:
+    result = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=timeout_s, check=False, cwd=cwd)
     if check and result.returncode != 0:
         raise E2EError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result.stdout
@@ -58,6 +64,8 @@ class Images:
     optimizer: str
     triton: str
     prometheus: str
+    gateway: str
+    """Traefik, the Gateway API data plane."""
 
 
 @dataclass
@@ -88,6 +96,23 @@ class Cluster:
         self.apply(manifest.replace("image: prometheus", f"image: {self.images.prometheus}"))
         self.kubectl("-n", PROMETHEUS_NAMESPACE, "rollout", "status", "deployment/prometheus", "--timeout=300s")
 
+    def install_gateway(self) -> None:
+        """The Gateway API CRDs (standard channel, from the module Traefik is built with) and Traefik."""
+        for crd in sorted((gateway_api_dir() / "config/crd/standard").glob("*.yaml")):
+            self.apply(crd.read_text())
+        self.kubectl("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io", "--timeout=60s")
+        manifest = (REPO_ROOT / "e2e/manifests/gateway.yaml").read_text()
+        self.apply(manifest.replace("image: traefik", f"image: {self.images.gateway}"))
+        self.kubectl("-n", GATEWAY_NAMESPACE, "rollout", "status", "deployment/traefik", "--timeout=180s")
+
+    def node_address(self) -> str:
+        """The address of the node, where NodePorts answer from this machine."""
+        raise NotImplementedError
+
+    def import_image(self, reference: str) -> None:
+        """Put an image of this machine's Docker engine into the cluster's node (no registry)."""
+        raise NotImplementedError
+
     def operator_values(self) -> dict[str, Any]:
         """The chart's values, as a platform team sets them: all namespaces, the images this cluster holds."""
         operator = _image_values(self.images.operator)
@@ -110,6 +135,15 @@ class Cluster:
 
     def delete(self) -> None:
         raise NotImplementedError
+
+
+def gateway_api_dir() -> Path:
+    """Where the Go module cache holds sigs.k8s.io/gateway-api at the version Traefik is built with."""
+    go = "go" if shutil.which("go") else "/usr/local/go/bin/go"
+    out = run([go, "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api"], cwd=GATEWAY_MODULE_DIR).strip()
+    if not out:
+        raise E2EError("sigs.k8s.io/gateway-api is not in the Go module cache: run e2e/node/build.sh")
+    return Path(out)
 
 
 def _image_values(reference: str) -> dict[str, str]:

@@ -75,6 +75,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     made = _start_cluster(tmp_path_factory.mktemp("cluster"))
     try:
         made.install_prometheus()
+        made.install_gateway()
         made.install_operator()
         yield made
     finally:

@@ -20,6 +20,7 @@ IMAGES = Images(
     optimizer="ghcr.io/optiserve/optimizer:e2e",
     triton=os.environ.get("E2E_TRITON_IMAGE", "nvcr.io/nvidia/tritonserver:24.10-py3"),
     prometheus="quay.io/prometheus/prometheus:v2.55.1",
+    gateway="docker.io/library/traefik:v3.6",
 )
 
 
@@ -69,6 +70,13 @@ class KindCluster(Cluster):
         if self.created:
             run(["kind", "delete", "cluster", "--name", self.name], check=False)
 
+    def import_image(self, reference: str) -> None:
+        run(["kind", "load", "docker-image", "--name", self.name, reference], timeout_s=3600)
+
+    def node_address(self) -> str:
+        node = f"{self.name}-control-plane"
+        return run(["docker", "inspect", "--format", "{{.NetworkSettings.Networks.kind.IPAddress}}", node]).strip()
+
     def load_images(self) -> None:
         """Build the project's images and load them, and Triton's and Prometheus', into the kind node."""
         builds = {
@@ -77,8 +85,8 @@ class KindCluster(Cluster):
         }
         for tag, dockerfile in builds.items():
             run(["docker", "build", "-f", str(REPO_ROOT / dockerfile), "-t", tag, str(REPO_ROOT)], timeout_s=3600)
-        for pulled in (self.images.triton, self.images.prometheus):
+        for pulled in (self.images.triton, self.images.prometheus, self.images.gateway):
             if run(["docker", "image", "inspect", pulled], check=False).strip() in ("", "[]"):
                 run(["docker", "pull", pulled], timeout_s=3600)
-        for tag in (*builds, self.images.triton, self.images.prometheus):
+        for tag in (*builds, self.images.triton, self.images.prometheus, self.images.gateway):
             run(["kind", "load", "docker-image", "--name", self.name, tag], timeout_s=3600)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from e2e.cluster import REPO_ROOT, Cluster, E2EError, Images, run, until
 from e2e.images.build import (
+    GATEWAY_IMAGE,
     LOCAL_PATH_IMAGE,
     NODE_IMAGE,
     OPERATOR_IMAGE,
@@ -32,8 +33,10 @@ from e2e.images.build import (
 
 NETWORK = "optiserve-e2e"
 CONTAINER = "optiserve-e2e-node"
-IMAGES = Images(operator=OPERATOR_IMAGE, optimizer=OPTIMIZER_IMAGE, triton=TRITON_IMAGE, prometheus=PROMETHEUS_IMAGE)
-POD_IMAGES = (PAUSE_IMAGE, OPERATOR_IMAGE, OPTIMIZER_IMAGE, TRITON_IMAGE, PROMETHEUS_IMAGE, LOCAL_PATH_IMAGE)
+IMAGES = Images(
+    operator=OPERATOR_IMAGE, optimizer=OPTIMIZER_IMAGE, triton=TRITON_IMAGE, prometheus=PROMETHEUS_IMAGE, gateway=GATEWAY_IMAGE
+)
+POD_IMAGES = (PAUSE_IMAGE, OPERATOR_IMAGE, OPTIMIZER_IMAGE, TRITON_IMAGE, PROMETHEUS_IMAGE, LOCAL_PATH_IMAGE, GATEWAY_IMAGE)
 ADMIN_KUBECONFIG = "/etc/optiserve/admin.kubeconfig"
 START_TIMEOUT_S = 240.0
 # What `--privileged` gives, less CAP_SYS_RESOURCE: machines of this kind run Docker without it, and
@@ -133,6 +136,17 @@ class NodeCluster(Cluster):
         self.apply(manifest.replace("image: local-path-provisioner", f"image: {LOCAL_PATH_IMAGE}"))
         self.kubectl("-n", "local-path-storage", "rollout", "status", "deployment/local-path-provisioner", "--timeout=180s")
 
+    def import_image(self, reference: str) -> None:
+        self.load_images((reference,))
+
+    def node_address(self) -> str:
+        address = run(
+            ["docker", "inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{NETWORK}").IPAddress}}}}', self.container]
+        ).strip()
+        if not address:
+            raise E2EError(f"the node container {self.container} has no address on {NETWORK}")
+        return address
+
     def logs(self) -> str:
         return run(["docker", "logs", "--tail", "60", self.container], check=False)
 
@@ -145,6 +159,7 @@ class NodeCluster(Cluster):
     def delete(self) -> None:
         if self.created and os.environ.get("E2E_KEEP") != "1":
             run(["docker", "rm", "-f", "-v", self.container], check=False)
+            run(["docker", "network", "rm", NETWORK], check=False)
 
 
 def _ensure_network() -> None:

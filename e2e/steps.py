@@ -12,18 +12,23 @@ from __future__ import annotations
 import copy
 import json
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from e2e.cluster import REPO_ROOT, Cluster, E2EError, until
+from e2e.cluster import GATEWAY_CLASS, GATEWAY_METRICS_NODE_PORT, GATEWAY_NODE_PORT, REPO_ROOT, Cluster, E2EError, until
+from e2e.gateway_traffic import GatewayLoad, LoadResult, Split, SplitMeter, backend_counts, infer_body
 
 MODELS_PVC = "optiserve-models"
 OPTIMIZER_ACCOUNT = "optiserve-optimizer"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}
 TEST_LABEL = "optiserve.io/e2e-test"
+GATEWAY = "gateway"
 
 
 @dataclass
@@ -33,6 +38,11 @@ class Scenario:
     test: str
     log: list[str] = field(default_factory=list)
     """What the scenario did, step by step: printed with the dump when a test fails."""
+
+    @property
+    def hostname(self) -> str:
+        """The host name of this test's Gateway listener: requests with it reach this namespace's routes only."""
+        return f"{self.namespace}.e2e.optiserve.test"
 
     def _step(self, text: str) -> None:
         self.log.append(f"{time.strftime('%H:%M:%S')} {text}")
@@ -53,6 +63,7 @@ class Scenario:
                 "automountServiceAccountToken": False,
             }
         )
+        self.cluster.apply(_gateway(self.namespace, self.hostname))
         self.cluster.apply(
             {
                 "apiVersion": "v1",
@@ -65,14 +76,17 @@ class Scenario:
     def given_model_files(self, example: str, files: dict[str, Path] | None = None) -> None:
         """The example's folder (and extra files) on the models volume, where the operator resolves relative URIs."""
         self._step(f"given the {example} example's files on {MODELS_PVC}")
-        loader = f"{example}-loader"
-        self.cluster.apply(_loader_pod(loader, self.namespace, self.cluster.images.optimizer))
-        self.cluster.kubectl("-n", self.namespace, "wait", f"pod/{loader}", "--for=condition=Ready", "--timeout=300s")
+        loader = self._with_loader(f"{example}-loader")
         sources = {"": REPO_ROOT / "examples" / example, **{name: path for name, path in (files or {}).items()}}
         for name, path in sources.items():
             target = f"/models/{example}/{name}".rstrip("/")
             self.cluster.kubectl("-n", self.namespace, "cp", str(path), f"{loader}:{target}")
         self.cluster.kubectl("-n", self.namespace, "delete", "pod", loader, "--wait=true")
+
+    def _with_loader(self, name: str) -> str:
+        self.cluster.apply(_loader_pod(name, self.namespace, self.cluster.images.optimizer))
+        self.cluster.kubectl("-n", self.namespace, "wait", f"pod/{name}", "--for=condition=Ready", "--timeout=300s")
+        return name
 
     # --- When ------------------------------------------------------------------------------------
 
@@ -87,6 +101,83 @@ class Scenario:
         self.cluster.kubectl(
             "-n", self.namespace, "patch", "optimizedmodel", name, "--type=merge", "-p", json.dumps({"spec": patch})
         )
+
+    @contextmanager
+    def when_clients_send_through_the_gateway(self, name: str, *, rate: float = 10.0) -> Iterator[tuple[GatewayLoad, SplitMeter]]:
+        """Clients send inference requests to `name` through the Gateway while the body runs; the split is metered."""
+        self._step(f"when clients send requests to {name} through the Gateway ({rate:.0f}/s)")
+        node = self.cluster.node_address()
+        model = self._served_model(name)
+        body = infer_body(model["input"], model["shape"])
+        load = GatewayLoad(
+            (node, GATEWAY_NODE_PORT),
+            self.hostname,
+            f"/v2/models/{model['name']}/infer",
+            body,
+            threads=2,
+            rate_per_thread=rate / 2,
+        )
+        services = {"baseline": f"{name}-baseline", "candidate": f"{name}-candidate"}
+        metrics_url = f"http://{node}:{GATEWAY_METRICS_NODE_PORT}/metrics"
+
+        def counts() -> dict[str, float]:
+            with urllib.request.urlopen(metrics_url, timeout=5) as response:
+                return backend_counts(response.read().decode(), self.namespace, services)
+
+        meter = SplitMeter(lambda: self._canary_weight(name), counts)
+        with load, meter:
+            yield load, meter
+
+    def _served_model(self, name: str) -> dict[str, Any]:
+        """The Triton model name the baseline loads and its first input, from the model's spec."""
+        deployment = self.cluster.kubectl_json("-n", self.namespace, "get", "deployment", f"{name}-baseline")
+        container = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "triton")
+        loaded = next(a.split("=", 1)[1] for a in container["args"] if a.startswith("--load-model="))
+        first = self.model(name)["spec"]["model"]["inputs"][0]
+        return {"name": loaded, "input": first["name"], "shape": [1, *first["shape"]]}
+
+    def _canary_weight(self, name: str) -> int | None:
+        status = self.model(name).get("status") or {}
+        canary = status.get("canary") or {}
+        if status.get("phase") != "Canary" or "weight" not in canary:
+            return 0 if status.get("phase") in ("Promoted", "RolledBack") else None
+        return int(canary["weight"])
+
+    def when_a_file_is_corrupted(self, directory: str, pattern: str = "*.onnx") -> str:
+        """Append bytes to the first file matching `pattern` under `directory` of the models volume; its path there."""
+        loader = self._with_loader("corrupter")
+        find = f'find "/models/{directory}" -type f -name "{pattern}" | sort | head -n 1'
+        script = f'f=$({find}); test -n "$f"; printf corrupt >> "$f"; echo "$f"'
+        path = self.cluster.kubectl("-n", self.namespace, "exec", loader, "--", "sh", "-c", script).strip()
+        self.cluster.kubectl("-n", self.namespace, "delete", "pod", loader, "--wait=true")
+        self._step(f"when {path} on {MODELS_PVC} is corrupted")
+        return path
+
+    def when_pods_deleted(self, selector: str, namespace: str | None = None) -> list[str]:
+        """Delete the pods `selector` matches at once (no grace), as a node failure or an eviction would."""
+        where = namespace or self.namespace
+        names = self.cluster.kubectl("-n", where, "get", "pods", "-l", selector, "-o", "name").split()
+        self._step(f"when pods {names} in {where} are deleted")
+        if not names:
+            raise E2EError(f"no pod in {where} matches {selector}")
+        self.cluster.kubectl("-n", where, "delete", *names, "--grace-period=0", "--force", "--wait=false")
+        return names
+
+    def then_canary_at_step(self, name: str, step: int, *, within_s: float) -> dict[str, Any]:
+        self._step(f"then {name} is in its canary at step {step} or later within {within_s:.0f} s")
+
+        def reached() -> dict[str, Any] | None:
+            model = self.model(name)
+            status = model.get("status") or {}
+            if (
+                status.get("phase") in ("Promoted", "RolledBack", "Failed")
+                and status.get("observedGeneration") == model["metadata"]["generation"]
+            ):
+                raise E2EError(f"{name} ended {status['phase']} before step {step}: {status.get('message')}")
+            canary = status.get("canary") or {}
+            return model if status.get("phase") == "Canary" and int(canary.get("step") or 0) >= step else None
+
+        return until(f"{name} at canary step {step}", reached, timeout_s=within_s, every_s=1.0)
 
     # --- Then ------------------------------------------------------------------------------------
 
@@ -111,6 +202,33 @@ class Scenario:
 
         return until(f"{name} in phase {phase}", reached, timeout_s=within_s, every_s=5.0)
 
+    def then_terminal(self, name: str, *, within_s: float) -> dict[str, Any]:
+        """Wait for Promoted or RolledBack at the current generation (Failed raises)."""
+        self._step(f"then {name} ends Promoted or RolledBack within {within_s:.0f} s")
+
+        def ended() -> dict[str, Any] | None:
+            model = self.model(name)
+            status = model.get("status") or {}
+            if status.get("observedGeneration") != model["metadata"]["generation"]:
+                return None
+            if status.get("phase") == "Failed":
+                raise E2EError(f"{name} Failed: {status.get('message')}")
+            return model if status.get("phase") in ("Promoted", "RolledBack") else None
+
+        return until(f"{name} to end its rollout", ended, timeout_s=within_s, every_s=5.0)
+
+    def then_condition_says(self, name: str, kind: str, text: str, *, within_s: float) -> str:
+        """Wait until condition `kind` is True with `text` in its message (or in status.message); that message."""
+        self._step(f"then {name} has {kind}=True saying {text!r} within {within_s:.0f} s")
+
+        def says() -> str | None:
+            status = self.model(name).get("status") or {}
+            found: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
+            message = f"{found.get('message') or ''} | {status.get('message') or ''}"
+            return message if found.get("status") == "True" and text in message else None
+
+        return until(f"{name} {kind} naming {text}", says, timeout_s=within_s, every_s=2.0)
+
     def then_condition(self, name: str, kind: str, status: str) -> None:
         self._step(f"then {name} has condition {kind}={status}")
         self.cluster.kubectl(
@@ -120,6 +238,22 @@ class Scenario:
     def then_serving(self, deployment: str) -> None:
         self._step(f"then Deployment {deployment} has a ready replica")
         self.cluster.kubectl("-n", self.namespace, "rollout", "status", f"deployment/{deployment}", "--timeout=600s")
+
+    def then_no_request_failed(self, result: LoadResult) -> None:
+        self._step(f"then none of the {result.sent} requests through the Gateway failed")
+        if result.failures or result.succeeded == 0:
+            raise E2EError(f"{len(result.failures)} of {result.sent} requests failed: {result.failures[:10]}")
+
+    def then_split_follows_the_weights(self, split: Split, weights: list[int], min_requests: int = 50) -> None:
+        """At each canary weight, the candidate's share of what the Gateway forwarded is the weight (binomial error)."""
+        self._step(f"then the Gateway's split follows the weights {weights}:\n{split.table()}")
+        print(f"\ne2e: the split the Gateway made\n{split.table()}")  # noqa: T201
+        for weight in weights:
+            share = split.shares.get(weight)
+            if share is None or share.total < min_requests:
+                raise E2EError(f"too few requests were metered at weight {weight} to judge the split:\n{split.table()}")
+            if not share.within():
+                raise E2EError(f"at weight {weight} the candidate got {share.share:.3f} of the requests:\n{split.table()}")
 
     # --- on failure ------------------------------------------------------------------------------
 
@@ -170,4 +304,21 @@ def _loader_pod(name: str, namespace: str, image: str) -> dict[str, Any]:
             ],
             "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": MODELS_PVC}}],
         },
+    }
+
+
+def _gateway(namespace: str, hostname: str) -> dict[str, Any]:
+    """A Gateway of the suite's class in the test's namespace, its listener on the test's own hostname."""
+    listener = {
+        "name": "http",
+        "protocol": "HTTP",
+        "port": 8000,
+        "hostname": hostname,
+        "allowedRoutes": {"namespaces": {"from": "Same"}},
+    }
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": GATEWAY, "namespace": namespace},
+        "spec": {"gatewayClassName": GATEWAY_CLASS, "listeners": [listener]},
     }

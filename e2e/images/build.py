@@ -65,6 +65,7 @@ TRITON_IMAGE = "ghcr.io/optiserve/tritonserver-cpu:2.51-e2e"
 PROMETHEUS_IMAGE = "ghcr.io/optiserve/prometheus:e2e"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 LOCAL_PATH_IMAGE = "ghcr.io/optiserve/local-path-provisioner:e2e"
+GATEWAY_IMAGE = "ghcr.io/optiserve/traefik:e2e"
 NODE_IMAGE = "ghcr.io/optiserve/node:e2e"
 
 
@@ -319,6 +320,12 @@ def build_all(builder: Builder, with_node: bool = True) -> dict[str, str]:
         base,
         tree_digest([provisioner]),
         copying(provisioner),
+    )
+    traefik = NODE_BIN / "traefik"
+    if not traefik.is_file():
+        raise BuildError(f"{traefik} missing; run e2e/node/build.sh first")
+    tags["gateway"] = builder.image(
+        "gateway", "traefik.Dockerfile", GATEWAY_IMAGE, base, tree_digest([traefik]), copying(traefik)
     )
     if with_node:
         tags["node"] = build_node(builder)

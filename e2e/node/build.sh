@@ -36,3 +36,7 @@ build_tool local-path-provisioner github.com/rancher/local-path-provisioner
 cd "$here/prometheus"
 inputs="go=$("$go" env GOVERSION) inputs=$(cat go.mod go.sum tools.go "$here/build.sh" | sha256sum | cut -c1-16)"
 build_tool prometheus github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus
+# Traefik, the Gateway API data plane (its Kubernetes Gateway provider), in a module of its own too.
+cd "$here/traefik"
+inputs="go=$("$go" env GOVERSION) inputs=$(cat go.mod go.sum tools.go "$here/build.sh" | sha256sum | cut -c1-16)"
+build_tool traefik github.com/traefik/traefik/v3/cmd/traefik github.com/traefik/traefik/v3

@@ -1,0 +1,68 @@
+"""End to end on real pods: the operator upgraded with Helm mid-canary, then uninstalled, leaving nothing behind.
+
+5. `helm upgrade` to a new operator image while a canary runs: the new pods take over the Lease and
+   finish the same rollout (one clock, the step never goes back). Then `helm uninstall`: none of the
+   chart's objects is left in the cluster and the Lease has no holder. The suite installs the
+   operator again afterwards, for the scenarios that follow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from e2e.canary_watch import CanaryWatch
+from e2e.cluster import RELEASE, RELEASE_NAMESPACE, Cluster, run, until
+from e2e.digits import CANARY_S, OPTIMIZE_AND_SERVE_S, given_digits_promoted, without_quantization
+from e2e.steps import Scenario
+
+pytestmark = pytest.mark.timeout(3600)
+
+NEXT_TAG = "e2e-next"
+RELEASE_LABEL = f"app.kubernetes.io/instance={RELEASE}"
+CLUSTER_KINDS = "clusterroles,clusterrolebindings"
+NAMESPACED_KINDS = "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets,networkpolicies"
+
+
+def _operator_images(cluster: Cluster) -> set[str]:
+    pods = cluster.kubectl_json("-n", RELEASE_NAMESPACE, "get", "pods", "-l", RELEASE_LABEL)
+    return {c["image"] for pod in pods.get("items") or [] for c in pod["spec"]["containers"]}
+
+
+def _left_behind(cluster: Cluster) -> list[str]:
+    cluster_wide = cluster.kubectl("get", CLUSTER_KINDS, "-l", RELEASE_LABEL, "-o", "name").split()
+    namespaced = cluster.kubectl("get", NAMESPACED_KINDS, "-A", "-l", RELEASE_LABEL, "-o", "name").split()
+    return cluster_wide + namespaced
+
+
+def test_helm_upgrade_mid_canary_then_uninstall_leaves_no_orphans(scenario: Scenario, cluster: Cluster, tmp_path: Path) -> None:
+    manifest = given_digits_promoted(scenario, cluster.images.triton, tmp_path)
+    next_image = cluster.images.operator.rpartition(":")[0] + f":{NEXT_TAG}"
+    run(["docker", "tag", cluster.images.operator, next_image])
+    cluster.import_image(next_image)
+    try:
+        with (
+            scenario.when_clients_send_through_the_gateway("digits"),
+            CanaryWatch(lambda: scenario.model("digits"), lambda: None) as watch,
+        ):
+            scenario.when_spec_changed("digits", without_quantization(manifest))
+            scenario.then_canary_at_step("digits", 1, within_s=OPTIMIZE_AND_SERVE_S)
+            cluster.install_operator({"image": {**cluster.operator_values()["image"], "tag": NEXT_TAG}})
+            until("the operator pods to run the new image", lambda: _operator_images(cluster) == {next_image}, timeout_s=300)
+            scenario.then_phase("digits", "Promoted", within_s=CANARY_S)
+        assert not watch.steps_went_back(), f"the canary's step went back: {watch.steps_went_back()}"
+        assert len(watch.clocks()) == 1, f"the canary was restarted: its clock read {sorted(watch.clocks())}"
+
+        cluster.helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", "--timeout=300s")
+        left = until("the chart's objects to be gone", lambda: not _left_behind(cluster) or None, timeout_s=120, every_s=5)
+        assert left, _left_behind(cluster)
+        leases = cluster.kubectl_json("-n", RELEASE_NAMESPACE, "get", "leases")
+        holders = {
+            lease["metadata"]["name"]: (lease.get("spec") or {}).get("holderIdentity") for lease in leases.get("items") or []
+        }
+        assert not any(holders.values()), f"a Lease is still held after uninstall: {holders}"
+        # The model and what it owns stay: uninstalling an operator does not delete its users' models.
+        scenario.then_serving("digits-baseline")
+    finally:
+        cluster.install_operator()

@@ -124,10 +124,13 @@ class GatewayLoad:
 def backend_counts(metrics_text: str, namespace: str, services: dict[str, str]) -> dict[str, float]:
     """Requests Traefik forwarded to each of `services` (variant -> Service name) in `namespace`, summed over codes.
 
-    Traefik names a Gateway backend `<namespace>-<service>-<port>` (with a provider suffix); the
+    Traefik names a Gateway backend `<namespace>-<service>-<port name>-<port>` (with a provider suffix); the
     weighted round robin above them has a name of its own, which no variant's pattern matches.
     """
-    patterns = {variant: re.compile(rf"^{re.escape(namespace)}-{re.escape(name)}-\d+(@|$)") for variant, name in services.items()}
+    patterns = {
+        variant: re.compile(rf"^{re.escape(namespace)}-{re.escape(name)}-(?:[a-z0-9-]+-)?\d+(@|$)")
+        for variant, name in services.items()
+    }
     counts = dict.fromkeys(services, 0.0)
     for line in metrics_text.splitlines():
         match = _SAMPLE.match(line)

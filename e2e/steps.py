@@ -271,8 +271,11 @@ class Scenario:
         for pod in yaml.safe_load(kubectl(*ns, "get", "pods", "-o", "yaml", check=False) or "{}").get("items") or []:
             name = pod["metadata"]["name"]
             (into / f"pod-{name}.log").write_text(kubectl(*ns, "logs", name, "--all-containers", "--tail=500", check=False))
+        # Every replica's log: the Deployment's log is one pod's, often the standby's.
         (into / "operator.log").write_text(
-            kubectl("-n", "optiserve-system", "logs", "deployment/optiserve", "--tail=2000", check=False)
+            kubectl(
+                "-n", "optiserve-system", "logs", "-l", "app.kubernetes.io/name=optiserve", "--prefix", "--tail=2000", check=False
+            )
         )
         return into
 

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from optiserve.api.job import JobResult
-from optiserve.api.rollout import duration_seconds
+from optiserve.api.rollout import PrometheusSpec, duration_seconds
 from optiserve.api.spec import OptimizedModel
 from optiserve.api.status import Phase
 from optiserve.domain.analysis_spec import canary_plan
@@ -36,6 +36,7 @@ from optiserve.domain.pipeline_generation import described_generation
 from optiserve.providers.measure import Clock, measure_interval
 from optiserve.providers.metrics import MetricsProvider
 from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
+from optiserve.settings import DEFAULT_PROMETHEUS
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,21 @@ def prometheus_metrics(manifest: OptimizedModel, namespace: str) -> MetricsProvi
     The scrape configuration must map the pods' `optiserve.io/variant` label to `variant` (the
     chart's PodMonitor does) and keep `namespace`; docs/canary.md shows the relabelling.
     """
-    address = manifest.spec.rollout.analysis.prometheus.address
+    address = manifest.spec.rollout.analysis.prometheus.address or DEFAULT_PROMETHEUS
     selector = TritonSelector(model=manifest.metadata.name, extra=f'namespace="{namespace}"')
     analysis = manifest.spec.rollout.analysis
     scrape_s = duration_seconds(analysis.scrape_interval)
     return PrometheusMetrics(address, selector, scrape_interval_s=scrape_s, latency_source=analysis.latency_source)
+
+
+def with_prometheus(manifest: OptimizedModel, default_address: str) -> OptimizedModel:
+    """The manifest with its Prometheus address filled in from the operator's default when the spec names none."""
+    analysis = manifest.spec.rollout.analysis
+    if analysis.prometheus.address:
+        return manifest
+    analysis = analysis.model_copy(update={"prometheus": PrometheusSpec(address=default_address)})
+    rollout = manifest.spec.rollout.model_copy(update={"analysis": analysis})
+    return manifest.model_copy(update={"spec": manifest.spec.model_copy(update={"rollout": rollout})})
 
 
 def signals(annotations: Mapping[str, str], manifest: OptimizedModel, candidate_sha256: str | None) -> Signals:
@@ -92,6 +103,8 @@ class CanaryInputs:
     annotations: Mapping[str, str]
     result: JobResult
     now: datetime
+    default_prometheus: str = DEFAULT_PROMETHEUS
+    """The operator's Prometheus (OPTISERVE_PROMETHEUS, the chart's prometheus.address), for a spec that names none."""
 
 
 def _without_analysis(result: JobResult) -> Decision:
@@ -116,7 +129,7 @@ def canary_decision_for(inputs: CanaryInputs, metrics: MetricsFactory = promethe
     window = due_window(plan, progress, inputs.now)
     measurements = []
     if window is not None:
-        provider = metrics(inputs.manifest, inputs.namespace)
+        provider = metrics(with_prometheus(inputs.manifest, inputs.default_prometheus), inputs.namespace)
         queries = {m.name: m.query for m in rollout.analysis.metrics if m.query}
         clock = Clock(progress.started_at.timestamp(), elapsed_s(progress, inputs.now))
         windows = evidence_windows(plan, progress, window)

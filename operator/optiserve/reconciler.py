@@ -249,7 +249,7 @@ def _one_pass(
     ours = job if job is not None and job.generation == generation else None
     if decision.phase is Phase.CANARY and manifest is not None and ours is not None and ours.result is not None:
         annotations = dict(meta.get("annotations") or {})
-        inputs = CanaryInputs(manifest, namespace, generation, status, annotations, ours.result, now)
+        inputs = CanaryInputs(manifest, namespace, generation, status, annotations, ours.result, now, settings.default_prometheus)
         decision = canary_decision_for(inputs, hooks.metrics)
     candidate_deployed = candidate is not None and candidate.observation.generation == generation
     if decision.weight is not None and manifest is not None and candidate_deployed:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from e2e.steps import _loader_pod
-from e2e.test_rollout import digits_manifest
+from e2e.digits import digits_manifest
 from optiserve.cli import main as optiserve
 from tests.chart.policy import house_violations, restricted_violations
 from tests.conftest import REPO_ROOT
@@ -66,7 +66,7 @@ def test_pytest_e2e_skips_every_test_with_the_reason(without_docker_or_kind: dic
     argv = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "e2e"]
     result = subprocess.run(argv, cwd=REPO_ROOT, env=without_docker_or_kind, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
-    assert "2 skipped" in result.stdout
+    assert "6 skipped" in result.stdout
     assert "the e2e suite (node cluster) needs a Docker engine (`docker info` failed)" in result.stdout
 
 
@@ -90,3 +90,18 @@ def test_the_suites_prometheus_is_valid_and_restricted() -> None:
     (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     assert restricted_violations("prometheus", pod) == [] and house_violations("prometheus", pod) == []
+
+
+def test_the_suites_gateway_is_valid_and_restricted() -> None:
+    documents = list(yaml.safe_load_all((REPO_ROOT / "e2e/manifests/gateway.yaml").read_text()))
+    core = [d for d in documents if not d["apiVersion"].startswith("gateway.networking.k8s.io/")]
+    for document in core:
+        kubernetes_validate.validate(document, "1.33", strict=True)
+    (gateway_class,) = [d for d in documents if d["kind"] == "GatewayClass"]
+    assert gateway_class["spec"]["controllerName"] == "traefik.io/gateway-controller"
+    (deployment,) = [d for d in core if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert restricted_violations("traefik", pod) == [] and house_violations("traefik", pod) == []
+    (service,) = [d for d in core if d["kind"] == "Service"]
+    listener_ports = {p["port"] for p in service["spec"]["ports"] if p["name"] == "web"}
+    assert listener_ports == {8000}  # every test's Gateway listens on the web entry point's port

@@ -21,12 +21,12 @@ def _sample(service: str, code: int, value: int, name: str = "traefik_service_re
 METRICS = "\n".join(
     [
         "# TYPE traefik_service_requests_total counter",
-        _sample("e2e-a-digits-baseline-8000", 200, 90),
-        _sample("e2e-a-digits-baseline-8000", 503, 2),
-        _sample("e2e-a-digits-candidate-8000", 200, 8),
+        _sample("e2e-a-digits-baseline-http-8000", 200, 90),
+        _sample("e2e-a-digits-baseline-http-8000", 503, 2),
+        _sample("e2e-a-digits-candidate-http-8000", 200, 8),
         _sample(WRR, 200, 100),
-        _sample("e2e-ab-digits-baseline-8000", 200, 1000),
-        _sample("e2e-a-digits-baseline-8000", 200, 90, name="traefik_service_request_duration_seconds_count"),
+        _sample("e2e-ab-digits-baseline-http-8000", 200, 1000),
+        _sample("e2e-a-digits-baseline-http-8000", 200, 90, name="traefik_service_request_duration_seconds_count"),
     ]
 )
 SERVICES = {"baseline": "digits-baseline", "candidate": "digits-candidate"}

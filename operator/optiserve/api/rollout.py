@@ -110,7 +110,11 @@ class LatencySource(StrEnum):
 
 
 class PrometheusSpec(ApiModel):
-    address: str = Field(default="http://prometheus.monitoring:9090", pattern=r"^https?://", description="Prometheus base URL.")
+    address: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Prometheus base URL (default: the operator's, the chart's prometheus.address).",
+    )
 
 
 class AnalysisSpec(ApiModel):

@@ -103,7 +103,7 @@ class Scenario:
         )
 
     @contextmanager
-    def when_clients_send_through_the_gateway(self, name: str, *, rate: float = 10.0) -> Iterator[tuple[GatewayLoad, SplitMeter]]:
+    def when_clients_send_through_the_gateway(self, name: str, *, rate: float = 20.0) -> Iterator[tuple[GatewayLoad, SplitMeter]]:
         """Clients send inference requests to `name` through the Gateway while the body runs; the split is metered."""
         self._step(f"when clients send requests to {name} through the Gateway ({rate:.0f}/s)")
         node = self.cluster.node_address()
@@ -244,7 +244,7 @@ class Scenario:
         if result.failures or result.succeeded == 0:
             raise E2EError(f"{len(result.failures)} of {result.sent} requests failed: {result.failures[:10]}")
 
-    def then_split_follows_the_weights(self, split: Split, weights: list[int], min_requests: int = 50) -> None:
+    def then_split_follows_the_weights(self, split: Split, weights: list[int], min_requests: int = 30) -> None:
         """At each canary weight, the candidate's share of what the Gateway forwarded is the weight (binomial error)."""
         self._step(f"then the Gateway's split follows the weights {weights}:\n{split.table()}")
         print(f"\ne2e: the split the Gateway made\n{split.table()}")  # noqa: T201

@@ -52,6 +52,17 @@ class RouteBackends:
         return {"group": "", "kind": "Service", "name": service, "port": self.port, "weight": weight}
 
 
+def _split_refs(backends: RouteBackends, candidate_weight: int) -> list[dict[str, Any]]:
+    """Both Services, or the baseline alone at weight 0.
+
+    A route must not name the candidate's Service once no traffic goes there: the operator deletes
+    that Service when the rollout ends, and a Gateway may drop a whole route whose backendRef does
+    not resolve (Traefik does: every request answered 404 until the route changes, found on real pods).
+    """
+    refs = [backends.ref(backends.baseline, 100 - candidate_weight)]
+    return [*refs, backends.ref(backends.candidate, candidate_weight)] if candidate_weight > 0 else refs
+
+
 def build_httproute(
     owner: Owner, namespace: str, name: str, gateway: GatewayRef, backends: RouteBackends, candidate_weight: int
 ) -> dict[str, Any]:
@@ -75,10 +86,7 @@ def build_httproute(
             "rules": [
                 {
                     "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                    "backendRefs": [
-                        backends.ref(backends.baseline, 100 - candidate_weight),
-                        backends.ref(backends.candidate, candidate_weight),
-                    ],
+                    "backendRefs": _split_refs(backends, candidate_weight),
                 }
             ],
         },

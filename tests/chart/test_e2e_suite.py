@@ -18,8 +18,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from e2e.steps import _loader_pod
 from e2e.digits import digits_manifest
+from e2e.steps import _loader_pod
 from optiserve.cli import main as optiserve
 from tests.chart.policy import house_violations, restricted_violations
 from tests.conftest import REPO_ROOT

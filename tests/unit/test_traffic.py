@@ -166,7 +166,8 @@ def test_httproute_golden() -> None:
 def test_httproute_parent_ref_defaults_to_the_models_namespace_and_every_listener() -> None:
     route = build_httproute(OWNER, "ml", "minilm", GatewayRef(name="public"), BACKENDS, 0)
     assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public"}]
-    assert [ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]] == [100]  # at weight 0 the candidate Service is not referenced: it is deleted next
+    # At weight 0 the candidate Service is not referenced: it is deleted next.
+    assert [ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]] == [100]
 
 
 def test_model_service_golden_and_valid_for_kubernetes() -> None:

@@ -96,3 +96,14 @@ def test_the_python_backend_serves_the_python_model_repository() -> None:
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--model-repository=/models/minilm/g3/model_repository_python" in args
     assert not any(a.endswith("/model_repository") for a in args)
+
+
+def test_a_pod_going_away_keeps_serving_while_the_proxies_learn_it_left() -> None:
+    """A rolling update or a retired candidate: the pod leaves the endpoints first, and a Gateway
+    still sends it requests for a moment; the preStop sleep covers that, within the grace period."""
+    pod = build_triton_deployment(OWNER, "ml", Variant("baseline", 3, 2), TritonSpec(), ServingSettings(drain_seconds=7), SHA)
+    spec = pod["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 7}}}
+    assert spec["terminationGracePeriodSeconds"] > 7
+    assert pod["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}

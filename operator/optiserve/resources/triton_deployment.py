@@ -39,6 +39,10 @@ class ServingSettings:
     models_pvc: str = "optiserve-models"
     resources: ContainerResources = field(default_factory=lambda: ContainerResources("2", "2Gi", "4", "4Gi"))
     startup_seconds: int = 600
+    drain_seconds: int = 10
+    """How long a Triton pod that is going away keeps serving after it leaves its Service's
+    endpoints: a Gateway or proxy learns of the change a moment later and sends it requests until
+    then (a preStop sleep, as a rolling update behind any proxy needs)."""
     verifier_image: str = "ghcr.io/optiserve/operator:0.1.0"
     """Runs `optiserve verify-artifact` before Triton starts (the operator's own image)."""
     verifier_resources: ContainerResources = field(default_factory=lambda: ContainerResources("100m", "64Mi", "1", "256Mi"))
@@ -117,6 +121,7 @@ def build_triton_deployment(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
         **_probes(model, repository_dir, settings.startup_seconds),
+        "lifecycle": {"preStop": {"sleep": {"seconds": settings.drain_seconds}}},
     }
     verifier = _verify_container(repository_dir, artifact_sha256, settings) if artifact_sha256 else None
     return {
@@ -143,6 +148,8 @@ def build_triton_deployment(
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
+                    # The drain, then Triton's own shutdown (it finishes in-flight requests).
+                    "terminationGracePeriodSeconds": settings.drain_seconds + 30,
                     "securityContext": restricted_pod_security(TRITON_UID),
                     **({"initContainers": [verifier]} if verifier else {}),
                     "containers": [container],

@@ -74,10 +74,11 @@ def without_quantization(manifest: dict[str, Any]) -> dict[str, Any]:
 def given_digits_promoted(
     scenario: Scenario, triton_image: str, tmp_path: Path, extra: dict[str, Path] | None = None
 ) -> dict[str, Any]:
-    """The digits example applied and Promoted (the first artifact has no baseline to compare with); its manifest."""
+    """The digits example applied, Promoted (the first artifact has no baseline to compare with) and settled; its manifest."""
     scenario.given_model_files("digits", {ONNX_MODEL: export_onnx(tmp_path / "digits_cnn.onnx"), **(extra or {})})
     manifest = digits_manifest(triton_image)
     scenario.when_applied(manifest)
     scenario.then_phase("digits", "Promoted", within_s=OPTIMIZE_AND_SERVE_S)
     scenario.then_condition("digits", "Ready", "True")
+    scenario.then_only_the_baseline_serves("digits")
     return manifest

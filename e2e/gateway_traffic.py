@@ -195,6 +195,8 @@ class SplitMeter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.errors: list[str] = []
+        self.changes: list[str] = []
+        """When each weight was first read from status (wall clock, as the load's failures)."""
 
     def __enter__(self) -> SplitMeter:
         self._thread.start()
@@ -212,7 +214,10 @@ class SplitMeter:
         except Exception as exc:  # a failed reading is skipped, not fatal: the next one resumes
             self.errors.append(f"{type(exc).__name__}: {exc}")
             return None
-        return (weight_before if weight_before == weight_after else None), counts
+        weight = weight_before if weight_before == weight_after else None
+        if weight is not None and (not self.changes or not self.changes[-1].endswith(f" weight {weight}")):
+            self.changes.append(f"{time.strftime('%H:%M:%S')} weight {weight}")
+        return weight, counts
 
     def _run(self) -> None:
         previous = self._reading()

@@ -13,6 +13,7 @@ import copy
 import json
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +22,16 @@ from typing import Any
 
 import yaml
 
-from e2e.cluster import GATEWAY_CLASS, GATEWAY_METRICS_NODE_PORT, GATEWAY_NODE_PORT, REPO_ROOT, Cluster, E2EError, until
+from e2e.cluster import (
+    GATEWAY_CLASS,
+    GATEWAY_METRICS_NODE_PORT,
+    GATEWAY_NAMESPACE,
+    GATEWAY_NODE_PORT,
+    REPO_ROOT,
+    Cluster,
+    E2EError,
+    until,
+)
 from e2e.gateway_traffic import GatewayLoad, LoadResult, Split, SplitMeter, backend_counts, infer_body
 
 MODELS_PVC = "optiserve-models"
@@ -125,8 +135,12 @@ class Scenario:
                 return backend_counts(response.read().decode(), self.namespace, services)
 
         meter = SplitMeter(lambda: self._canary_weight(name), counts)
-        with load, meter:
-            yield load, meter
+        try:
+            with load, meter:
+                yield load, meter
+        finally:
+            self.log.extend(f"{change} (status.canary, as the split meter read it)" for change in meter.changes)
+            self._step(f"clients stopped: {load.result.sent} sent, {len(load.result.failures)} failed")
 
     def _served_model(self, name: str) -> dict[str, Any]:
         """The Triton model name the baseline loads and its first input, from the model's spec."""
@@ -239,10 +253,27 @@ class Scenario:
         self._step(f"then Deployment {deployment} has a ready replica")
         self.cluster.kubectl("-n", self.namespace, "rollout", "status", f"deployment/{deployment}", "--timeout=600s")
 
+    def then_only_the_baseline_serves(self, name: str, within_s: float = 300) -> None:
+        """The rollout has settled: the baseline's pods are ready and the candidate's Deployment is gone.
+
+        Status says Promoted (and Ready) as soon as the first candidate is promoted, while the baseline's
+        pod is still starting and the candidate still serves; clients wait for this instead.
+        """
+        self.then_serving(f"{name}-baseline")
+        self._step(f"then Deployment {name}-candidate is gone")
+
+        def candidate_gone() -> bool:
+            found = self.cluster.kubectl("-n", self.namespace, "get", "deployments", "-o", "name", check=False)
+            return f"deployment.apps/{name}-candidate" not in found.split()
+
+        until(f"Deployment {name}-candidate to be removed", candidate_gone, within_s)
+
     def then_no_request_failed(self, result: LoadResult) -> None:
         self._step(f"then none of the {result.sent} requests through the Gateway failed")
         if result.failures or result.succeeded == 0:
-            raise E2EError(f"{len(result.failures)} of {result.sent} requests failed: {result.failures[:10]}")
+            when = Counter(failure.split(" ", 2)[0] + " " + failure.split(" ", 2)[-1][:40] for failure in result.failures)
+            summary = "; ".join(f"{count} x {what}" for what, count in sorted(when.items()))
+            raise E2EError(f"{len(result.failures)} of {result.sent} requests failed, by second: {summary}")
 
     def then_split_follows_the_weights(self, split: Split, weights: list[int], min_requests: int = 30) -> None:
         """At each canary weight, the candidate's share of what the Gateway forwarded is the weight (binomial error)."""
@@ -277,7 +308,18 @@ class Scenario:
                 "-n", "optiserve-system", "logs", "-l", "app.kubernetes.io/name=optiserve", "--prefix", "--tail=2000", check=False
             )
         )
+        self._dump_gateway(into)
         return into
+
+    def _dump_gateway(self, into: Path) -> None:
+        """The Gateway's side: its pods (restarts included), its log, and the route status it wrote."""
+        kubectl = self.cluster.kubectl
+        gateway = ("-n", GATEWAY_NAMESPACE)
+        (into / "gateway-pods.txt").write_text(kubectl(*gateway, "get", "pods", "-o", "wide", check=False))
+        (into / "gateway.log").write_text(kubectl(*gateway, "logs", "deployment/traefik", "--tail=2000", check=False))
+        (into / "gateway-previous.log").write_text(
+            kubectl(*gateway, "logs", "deployment/traefik", "--previous", "--tail=500", check=False)
+        )
 
 
 def _loader_pod(name: str, namespace: str, image: str) -> dict[str, Any]:

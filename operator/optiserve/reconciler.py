@@ -154,20 +154,39 @@ def _default_router(manifest: OptimizedModel, context: RouterContext) -> Traffic
     return router_for(manifest.spec, context)
 
 
+def _route_weight(decision: Decision, candidate_deployed: bool, *, baseline_exists: bool) -> int | None:
+    """The candidate weight the router must have now; None to leave it alone.
+
+    While this generation's candidate is deployed, the decision's. Without it, once a baseline exists,
+    0: nothing else can serve. That makes an owned route exist from the first promotion on (clients
+    use the Gateway before any canary runs), and it takes the traffic off a candidate of an earlier
+    generation (a spec changed mid-canary) before that candidate is removed as stale. Both were
+    found on real pods: every request through the Gateway answered 404 until a canary began.
+    """
+    if candidate_deployed:
+        return decision.weight
+    return 0 if baseline_exists else None
+
+
 def _route(
-    decision: Decision, manifest: OptimizedModel, owner: Owner, namespace: str, kube: KubeClient, routers: Routers
+    decision: Decision,
+    weight: int,
+    manifest: OptimizedModel,
+    owner: Owner,
+    namespace: str,
+    kube: KubeClient,
+    routers: Routers,
 ) -> Decision:
-    """Give the router the decision's weight, verified by reading it back; before anything is retired,
+    """Give the router `weight`, verified by reading it back; before anything is retired,
     so traffic always leaves a variant before the variant goes.
 
     A router that cannot be set up (a missing HTTPRoute, a provider that does not fit) fails the
     rollout with the field named; the baseline keeps serving. A transient failure is retried.
     """
-    assert decision.weight is not None
     try:
         router = routers(manifest, RouterContext(owner=owner, namespace=namespace, api=kube.traffic_api()))
-        if router.current_weight() != router.achievable_weight(decision.weight):
-            verify(router, decision.weight)
+        if router.current_weight() != router.achievable_weight(weight):
+            verify(router, weight)
     except TransientTrafficError as e:
         raise TransientError(f"traffic: {e}", delay_s=e.delay_s) from e
     except (PermanentTrafficError, TrafficError) as e:
@@ -252,8 +271,9 @@ def _one_pass(
         inputs = CanaryInputs(manifest, namespace, generation, status, annotations, ours.result, now, settings.default_prometheus)
         decision = canary_decision_for(inputs, hooks.metrics)
     candidate_deployed = candidate is not None and candidate.observation.generation == generation
-    if decision.weight is not None and manifest is not None and candidate_deployed:
-        decision = _route(decision, manifest, owner, namespace, kube, hooks.routers)
+    weight = _route_weight(decision, candidate_deployed, baseline_exists=baseline is not None)
+    if weight is not None and manifest is not None:
+        decision = _route(decision, weight, manifest, owner, namespace, kube, hooks.routers)
     if decision.phase in TERMINAL and any(key in (meta.get("annotations") or {}) for key in SIGNAL_ANNOTATIONS):
         kube.remove_annotations(namespace, name, SIGNAL_ANNOTATIONS)
     logger.debug("%s/%s generation %d: %s -> %s (%s)", namespace, name, generation, phase, decision.phase, decision.reason)

@@ -81,6 +81,23 @@ class TimedRouter(FakeRouter):
 
 
 @dataclass
+class RouteRouter(FakeRouter):
+    """A route that does not exist (reads None) until a weight is first set; each set notes the model's
+    Deployments at that moment, to show whether traffic left a variant before the variant went."""
+
+    kube: KubeClient | None = None
+    deployments_at_set: list[list[str]] = field(default_factory=list)
+
+    def set_weight(self, candidate_weight: int) -> None:
+        super().set_weight(candidate_weight)
+        if self.kube is not None:
+            self.deployments_at_set.append(model_objects(self.kube, DEPLOYMENTS))
+
+    def current_weight(self) -> int | None:
+        return super().current_weight() if self.history else None
+
+
+@dataclass
 class Backend:
     """Answers like Prometheus over Triton and the comparator; `candidate_scale` slows the candidate."""
 
@@ -291,3 +308,30 @@ def test_prometheus_down_is_never_a_promotion(kube: KubeClient, fakes: Fakes) ->
     status = wait_phase(kube, "RolledBack")
     assert "could not be measured" in status["message"]
     assert status["artifact"]["sha256"] == SHA
+
+
+@pytest.mark.usefixtures("operator")
+def test_the_route_is_written_from_the_first_promotion_on(kube: KubeClient, fakes: Fakes) -> None:
+    # Clients reach the baseline through the route as soon as it is promoted, canary or not: a spec
+    # changed right after the first promotion must not leave the route unwritten until the next canary.
+    fakes.router = router = RouteRouter()
+    promote_first_candidate(kube)
+    kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"spec": {"rollout": QUICK_ROLLOUT}})
+    eventually(lambda: kube.get(*job_key(2)), "the g2 Job")
+    eventually(lambda: router.history or None, "the route written")
+    assert router.history[0] == 0 and router.current_weight() == 0, router.history
+    assert kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate") is None or status_of(kube)["phase"] != "Canary"
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_spec_changed_mid_canary_takes_the_traffic_off_the_candidate_before_it_goes(kube: KubeClient, fakes: Fakes) -> None:
+    slow = {**QUICK_ROLLOUT, "steps": [{"weight": 10, "pause": "1h"}, {"weight": 100}]}
+    fakes.router = router = RouteRouter(kube=kube)
+    start_canary(kube, slow)
+    eventually(lambda: router.weight == 10 or None, "the candidate at weight 10")
+    kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"spec": {"validation": {"maxDegradation": 0.01}}})  # a new pipeline
+    eventually(lambda: kube.get(*job_key(3)), "the g3 Job")
+    eventually(lambda: router.weight == 0 or None, "the traffic back on the baseline")
+    back = len(router.history) - 1 - router.history[::-1].index(0)
+    assert "minilm-candidate" in router.deployments_at_set[back], "traffic left the g2 candidate while it still existed"
+    eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the stale candidate removed")

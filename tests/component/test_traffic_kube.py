@@ -237,11 +237,17 @@ def test_ready_weight_follows_the_ready_pods(kube: KubeClient, api: TrafficApi) 
 
 
 def test_a_missing_deployment_is_transient_and_a_foreign_service_permanent(kube: KubeClient, api: TrafficApi) -> None:
-    _deploy(kube, "baseline", 3)
     router = router_for(_spec({"provider": "replicas"}, replicas=3), _context(api))
     with pytest.raises(TransientTrafficError, match=r"must both exist"):
+        router.set_weight(0)
+    assert router.current_weight() is None, "no baseline: no split to read"
+
+    _deploy(kube, "baseline", 3)
+    with pytest.raises(TransientTrafficError, match=r"must both exist"):
         router.set_weight(10)
-    assert router.current_weight() is None
+    # Without a candidate the baseline serves alone: that is weight 0, and setting it needs no candidate.
+    assert router.current_weight() == 0
+    verify(router, 0)
 
     _deploy(kube, "candidate", 0)
     kube.delete(SERVICES, NAMESPACE, "minilm")

@@ -33,6 +33,7 @@ from optiserve.resources.names import deployment_name
 from optiserve.resources.pod import Owner
 
 REPLICAS_FIELD = "spec.serving.replicas"
+NO_REPLICAS = Replicas(desired=0, ready=0)
 
 
 def replica_split(candidate_weight: int, total: int) -> tuple[int, int]:
@@ -79,7 +80,7 @@ class ReplicaRouter:
         with _api_errors(f"set candidate weight {candidate_weight} by replicas in namespace {self.namespace}"):
             self._ensure_model_service()
             now = self._read()
-            if now is None:
+            if now is None or (candidate > 0 and not self._candidate_exists()):
                 raise TransientTrafficError(
                     f"Deployments {self.baseline} and {self.candidate} must both exist before the split is set; retrying"
                 )
@@ -104,9 +105,13 @@ class ReplicaRouter:
             )
 
     def _read(self) -> tuple[Replicas, Replicas] | None:
+        """Both variants' counts; a candidate that does not exist has none (the baseline serves alone)."""
         baseline = self.api.get_replicas(self.namespace, self.baseline)
         candidate = self.api.get_replicas(self.namespace, self.candidate)
-        return None if baseline is None or candidate is None else (baseline, candidate)
+        return None if baseline is None else (baseline, candidate or NO_REPLICAS)
+
+    def _candidate_exists(self) -> bool:
+        return self.api.get_replicas(self.namespace, self.candidate) is not None
 
     def current_weight(self) -> int | None:
         """The split the Deployments are scaled to (their spec)."""

@@ -25,7 +25,7 @@ from optiserve.api.rollout import TrafficProvider
 from optiserve.api.spec import API_GROUP, API_VERSION, KIND, OptimizedModel
 from optiserve.api.status import Phase
 from optiserve.canary_reconcile import SIGNAL_ANNOTATIONS, CanaryInputs, MetricsFactory, canary_decision_for, prometheus_metrics
-from optiserve.domain.lifecycle import TERMINAL, Child, Decision, JobObservation, Observed, decide
+from optiserve.domain.lifecycle import TERMINAL, Child, Decision, JobObservation, Observed, decide, guard_failing_candidate
 from optiserve.domain.pipeline_generation import described_generation, pipeline_generation, spec_digest
 from optiserve.kube.client import ARTIFACT_ANNOTATION, BASELINE, CANDIDATE, KubeClient, TransientError, deployment_ready
 from optiserve.merge_patch import apply_merge_patch
@@ -270,6 +270,10 @@ def _one_pass(
         annotations = dict(meta.get("annotations") or {})
         inputs = CanaryInputs(manifest, namespace, generation, status, annotations, ours.result, now, settings.default_prometheus)
         decision = canary_decision_for(inputs, hooks.metrics)
+        replica_split = manifest.spec.rollout.traffic.provider is TrafficProvider.REPLICAS
+        decision = guard_failing_candidate(
+            decision, observed, now, settings.deploy_deadline_seconds, traffic_off=None if replica_split else 0
+        )
     candidate_deployed = candidate is not None and candidate.observation.generation == generation
     weight = _route_weight(decision, candidate_deployed, baseline_exists=baseline is not None)
     if weight is not None and manifest is not None:

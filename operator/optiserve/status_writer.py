@@ -16,7 +16,7 @@ from typing import Any, Literal
 from optiserve.api.job import JobResult
 from optiserve.api.status import ArtifactStatus, CanaryStatus, Condition, OptimizationSummary, Phase
 from optiserve.domain.canary import CanaryProgress
-from optiserve.domain.lifecycle import TERMINAL, Decision, JobObservation, JobState
+from optiserve.domain.lifecycle import PROMOTED_STARTING, TERMINAL, Decision, JobObservation, JobState
 from optiserve.domain.pipeline_generation import described_generation
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -54,16 +54,27 @@ def _optimized_and_validated(job: JobObservation | None) -> tuple[Wanted, Wanted
 def wanted_conditions(decision: Decision, job: JobObservation | None) -> dict[str, Wanted]:
     optimized, validated = _optimized_and_validated(job)
     phase = decision.phase
-    ready = (
-        Wanted("True", decision.reason, decision.message)
-        if phase is Phase.PROMOTED
-        else Wanted("False", decision.reason, decision.message)
-    )
     terminal = phase in TERMINAL
-    progressing = Wanted("False" if terminal else "True", decision.reason, decision.message)
     degraded_now = phase in WARNING_PHASES or decision.reason == "Degraded"
     degraded = Wanted("True", decision.reason, decision.message) if degraded_now else Wanted("False", "AsExpected")
-    return {"Ready": ready, "Optimized": optimized, "Validated": validated, "Progressing": progressing, "Degraded": degraded}
+    return {
+        "Ready": _ready(decision),
+        "Optimized": optimized,
+        "Validated": validated,
+        "Progressing": Wanted("False" if terminal else "True", decision.reason, decision.message),
+        "Degraded": degraded,
+    }
+
+
+def _ready(decision: Decision) -> Wanted:
+    """True once promoted *and* the baseline serves the promoted artifact: a promotion writes the
+    baseline, and its pods start after; until they are ready the model is not (the candidate may
+    still serve, and a spec changed then removes it)."""
+    if decision.phase is Phase.PROMOTED and decision.serving:
+        return Wanted("True", decision.reason, decision.message)
+    if decision.phase is Phase.PROMOTED:
+        return Wanted("False", "BaselineStarting", PROMOTED_STARTING)
+    return Wanted("False", decision.reason, decision.message)
 
 
 def _conditions(wanted: Mapping[str, Wanted], previous: object, generation: int, now: datetime) -> list[dict[str, Any]]:
@@ -85,6 +96,31 @@ def _conditions(wanted: Mapping[str, Wanted], previous: object, generation: int,
         )
         conditions.append(condition.model_dump(mode="json", by_alias=True, exclude_none=True))
     return conditions
+
+
+def _with_ready(previous: object, ready: Wanted, generation: int, now: datetime) -> list[dict[str, Any]] | None:
+    """The written conditions with Ready replaced, where its status changed; None where it did not."""
+    if not isinstance(previous, list):
+        return None
+    before = next((c for c in previous if isinstance(c, dict) and c.get("type") == "Ready"), None)
+    if before is not None and before.get("status") == ready.status:
+        return None
+    condition = Condition(
+        type="Ready",
+        status=ready.status,
+        reason=ready.reason,
+        message=ready.message,
+        last_transition_time=rfc3339(now),
+        observed_generation=generation,
+    ).model_dump(mode="json", by_alias=True, exclude_none=True)
+    return (
+        [condition if isinstance(c, dict) and c.get("type") == "Ready" else c for c in previous]
+        if before
+        else [
+            *previous,
+            condition,
+        ]
+    )
 
 
 def summary(result: JobResult) -> dict[str, Any]:
@@ -128,8 +164,13 @@ def build_status(
         tracking["specDigest"] = spec_digest
     reconfirmed = same_generation and previous.get("observedGeneration") == observed
     if reconfirmed and decision.phase in TERMINAL and previous.get("phase") == decision.phase.value:
-        # A terminal phase re-confirmed: the Job may be gone by now, so keep what was written.
-        return {"phase": decision.phase.value, "phaseSince": since, **tracking}
+        # A terminal phase re-confirmed: the Job may be gone by now, so keep what was written,
+        # except Ready, which follows the baseline's pods.
+        kept: dict[str, Any] = {"phase": decision.phase.value, "phaseSince": since, **tracking}
+        conditions = _with_ready(previous.get("conditions"), _ready(decision), observed, now)
+        if conditions is not None:
+            kept["conditions"] = conditions
+        return kept
     status: dict[str, Any] = {
         "phase": decision.phase.value,
         "phaseSince": since,

@@ -279,8 +279,12 @@ def test_apply_to_promotion_with_real_controllers_and_kubectl(
         server_side_apply(control_plane, manifest(namespace))
 
         make_pods_ready(admin, namespace, "minilm-candidate")
-        promoted = wait_phase(admin, namespace, "Promoted")
+        wait_phase(admin, namespace, "Promoted")
+        until("the baseline Deployment", lambda: admin.get(DEPLOYMENTS, namespace, "minilm-baseline"))
+        assert waiter.poll() is None, "kubectl wait returned while no pod of the baseline was ready"
+        make_pods_ready(admin, namespace, "minilm-baseline")
         output, _ = waiter.communicate(timeout=90)
+        promoted = until("the model", lambda: admin.get(OPTIMIZED_MODELS, namespace, MODEL))
         assert waiter.returncode == 0, output
         assert f"optimizedmodel.optiserve.io/{MODEL} condition met" in output
     finally:

@@ -133,6 +133,14 @@ def conditions_of(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in status.get("conditions", [])}
 
 
+def wait_condition(kube: KubeClient, kind: str, value: str, name: str = MODEL) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        status = status_of(kube, name)
+        return status if conditions_of(status).get(kind, {}).get("status") == value else None
+
+    return eventually(reached, f"condition {kind}={value}")
+
+
 def finish_job(kube: KubeClient, job: str, result: JobResult) -> None:
     """What the Job controller and kubelet would report: the pod's termination message, then the condition."""
     exit_code = 0 if result.passed else 1
@@ -207,7 +215,11 @@ def test_a_new_model_is_optimized_deployed_and_promoted(kube: KubeClient) -> Non
     make_ready(kube, candidate)
     status = wait_phase(kube, "Promoted")
     conditions = conditions_of(status)
-    assert conditions["Ready"]["status"] == "True" and conditions["Ready"]["observedGeneration"] == 1
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "BaselineStarting")
+    make_ready(kube, eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline Deployment"))
+    status = wait_condition(kube, "Ready", "True")
+    conditions = conditions_of(status)
+    assert conditions["Ready"]["observedGeneration"] == 1
     assert conditions["Optimized"]["status"] == "True" and conditions["Validated"]["status"] == "True"
     assert conditions["Progressing"]["status"] == "False" and conditions["Degraded"]["status"] == "False"
     assert status["observedGeneration"] == 1

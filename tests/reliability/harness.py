@@ -179,7 +179,8 @@ class Life:
         """Promoted for `generation`, the baseline serving it and ready, the candidate retired."""
         status = self.status()
         promoted = status.get("phase") == "Promoted" and status.get("pipelineGeneration") == generation
-        return status if promoted and self.deployments() == [f"{MODEL}-baseline"] else None
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        return status if promoted and ready and self.deployments() == [f"{MODEL}-baseline"] else None
 
 
 def first_manifest() -> dict[str, Any]:

@@ -13,10 +13,12 @@ from optiserve.domain.lifecycle import (
     TRANSITIONS,
     CandidateObservation,
     Child,
+    Decision,
     JobObservation,
     JobState,
     Observed,
     decide,
+    guard_failing_candidate,
 )
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -96,7 +98,8 @@ CASES: list[tuple[str, Observed, Phase, str]] = [
         Phase.CANARY,
         "CanaryInProgress",
     ),
-    ("promoted stays", observed(Phase.PROMOTED), Phase.PROMOTED, "Done"),
+    ("promoted, its baseline starting", observed(Phase.PROMOTED), Phase.PROMOTED, "BaselineStarting"),
+    ("promoted stays", observed(Phase.PROMOTED, baseline_ready=True), Phase.PROMOTED, "Done"),
     ("failed stays", observed(Phase.FAILED), Phase.FAILED, "Done"),
     (
         "spec changed mid-canary restarts",
@@ -172,6 +175,42 @@ def test_promoted_keeps_the_baseline_and_retires_the_candidate_only_once_it_serv
     waiting = decide(observed(Phase.PROMOTED, baseline_ready=False), NOW)
     assert Child.BASELINE in waiting.want and not waiting.retire_candidate
     assert waiting.weight is None, "the split is left alone: a replica ratio at 100 % would scale the baseline to 0"
+    assert not waiting.serving and waiting.requeue_after_s, "not Ready until the baseline serves; looked at again"
     serving = decide(observed(Phase.PROMOTED, baseline_ready=True), NOW)
     assert Child.BASELINE in serving.want and serving.retire_candidate and serving.weight == 0
+    assert serving.serving and serving.requeue_after_s is None
     assert not decide(observed(Phase.FAILED), NOW).retire_candidate
+
+
+CANARY_STEP = Decision(Phase.CANARY, "CanaryProgressing", "step 1/3 at weight 10%", weight=10)
+CRASHING = "pod digits-candidate-x: container verify-artifact: CrashLoopBackOff: error model.onnx: sha256 differs"
+
+
+def failing(seconds: float, ready: bool = False, failure: str = CRASHING) -> Observed:
+    crashing = replace(candidate(ready, failure=failure), failing_since=NOW - timedelta(seconds=seconds))
+    return observed(Phase.CANARY, job=job(JobState.SUCCEEDED, PASSED), candidate=crashing)
+
+
+def test_a_candidate_failing_mid_canary_is_degraded_with_its_traffic_on_the_baseline() -> None:
+    guarded = guard_failing_candidate(CANARY_STEP, failing(30), NOW, 600, traffic_off=0)
+    assert (guarded.phase, guarded.reason, guarded.weight) == (Phase.CANARY, "Degraded", 0)
+    assert "model.onnx: sha256 differs" in guarded.message
+    replicas = guard_failing_candidate(CANARY_STEP, failing(30), NOW, 600, traffic_off=None)
+    assert (replicas.reason, replicas.weight) == ("Degraded", 10), "the replica ratio's split is left as it is"
+
+
+def test_a_candidate_failing_past_the_deadline_is_rolled_back() -> None:
+    guarded = guard_failing_candidate(CANARY_STEP, failing(601), NOW, 600, traffic_off=0)
+    assert (guarded.phase, guarded.reason, guarded.weight) == (Phase.ROLLED_BACK, "CandidateFailed", 0)
+    assert guarded.retire_candidate and Child.CANDIDATE not in guarded.want
+    assert "model.onnx: sha256 differs" in guarded.message and "baseline serves" in guarded.message
+
+
+@pytest.mark.parametrize(
+    "state",
+    [failing(900, ready=True), failing(900, failure=""), replace(failing(900), phase=Phase.DEPLOYING)],
+    ids=["ready", "no cause known (a pod restarting)", "not in a canary"],
+)
+def test_the_canary_is_left_to_the_judge_without_a_known_failure(state: Observed) -> None:
+    decision = CANARY_STEP if state.phase is Phase.CANARY else replace(CANARY_STEP, phase=state.phase)
+    assert guard_failing_candidate(decision, state, NOW, 600, traffic_off=0) == decision

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from optiserve.kube.client import pod_failure
+from optiserve.kube.client import failing_since, pod_failure
 
 VERIFY_LOG = "error: model_repository/minilm/1/model.onnx: sha256 differs from the manifest (truncated or modified)\n"
 
@@ -32,3 +33,21 @@ def test_a_passed_artifact_check_and_a_starting_triton_are_no_failure() -> None:
     done: dict[str, Any] = {"name": "verify-artifact", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
     starting: dict[str, Any] = {"name": "triton", "state": {"running": {}}}
     assert pod_failure([pod([done], [starting])]) == ""
+
+
+def test_a_failure_counts_from_the_newest_failing_pod() -> None:
+    crash_looping: dict[str, Any] = {
+        "name": "verify-artifact",
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": VERIFY_LOG}},
+    }
+    older, newer, healthy = (
+        pod([crash_looping], []),
+        pod([crash_looping], []),
+        pod([], [{"name": "triton", "state": {"running": {}}}]),
+    )
+    older["metadata"]["creationTimestamp"] = "2026-12-03T10:00:00Z"
+    newer["metadata"]["creationTimestamp"] = "2026-12-03T10:05:00Z"
+    healthy["metadata"]["creationTimestamp"] = "2026-12-03T10:09:00Z"
+    assert failing_since([older, newer, healthy]) == datetime(2026, 12, 3, 10, 5, tzinfo=UTC)
+    assert failing_since([healthy]) is None

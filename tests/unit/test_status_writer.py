@@ -48,3 +48,25 @@ def test_phase_since_is_part_of_the_status_schema() -> None:
     later = (NOW + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     parsed = OptimizedModelStatus.model_validate({"phase": "Deploying", "phaseSince": later})
     assert parsed.phase_since == later
+
+
+def _ready(status: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == "Ready")
+
+
+def test_promoted_is_ready_only_once_the_baseline_serves() -> None:
+    promoted = Decision(Phase.PROMOTED, "Initialized", "first candidate promoted")
+    first = build_status(promoted, generation=2, previous={"phase": "Deploying", "observedGeneration": 2}, job=None, now=NOW)
+    assert first["phase"] == "Promoted"
+    assert (_ready(first)["status"], _ready(first)["reason"]) == ("False", "BaselineStarting")
+
+    later = NOW + timedelta(seconds=20)
+    serving = Decision(Phase.PROMOTED, "Done", "promoted; the baseline serves", serving=True)
+    second = build_status(serving, generation=2, previous=first, job=None, now=later)
+    assert (_ready(second)["status"], _ready(second)["lastTransitionTime"]) == ("True", "2026-11-23T12:00:20Z")
+    others = {c["type"]: c for c in second["conditions"] if c["type"] != "Ready"}
+    assert others == {c["type"]: c for c in first["conditions"] if c["type"] != "Ready"}, "only Ready follows the pods"
+    assert "message" not in second, "the promotion's message is kept"
+
+    again = build_status(serving, generation=2, previous={**first, **second}, job=None, now=later + timedelta(seconds=5))
+    assert "conditions" not in again, "nothing to write while Ready stays"

@@ -1,7 +1,8 @@
 -- Argo CD health check for optiserve.io/OptimizedModel.
--- Healthy:     phase Promoted, and the operator has observed the current generation.
--- Progressing: no status yet, a generation not yet observed, or phase Pending, Optimizing,
---              Validating, Deploying or Canary.
+-- Healthy:     phase Promoted, the operator has observed the current generation, and Ready is not
+--              False (the baseline's pods serve the promoted model).
+-- Progressing: no status yet, a generation not yet observed, phase Pending, Optimizing,
+--              Validating, Deploying or Canary, or Promoted while the baseline's pods start.
 -- Degraded:    phase Failed or RolledBack, or a Degraded condition that is True for this generation.
 local hs = {status = "Progressing", message = "Waiting for the operator to report status"}
 local status = obj.status
@@ -23,6 +24,7 @@ local function describe(default)
   return status.phase .. ": " .. default
 end
 
+local not_ready = nil
 if status.conditions ~= nil then
   for _, condition in ipairs(status.conditions) do
     local current = condition.observedGeneration == nil or generation == nil or condition.observedGeneration >= generation
@@ -31,11 +33,17 @@ if status.conditions ~= nil then
       hs.message = describe(condition.message or condition.reason or "degraded")
       return hs
     end
+    if condition.type == "Ready" and condition.status == "False" and current then
+      not_ready = condition
+    end
   end
 end
 
 local phase = status.phase
-if phase == "Promoted" then
+if phase == "Promoted" and not_ready ~= nil then
+  hs.status = "Progressing"
+  hs.message = phase .. ": " .. (not_ready.message or not_ready.reason or "waiting for the baseline to serve")
+elseif phase == "Promoted" then
   hs.status = "Healthy"
   hs.message = describe("the optimized model serves all traffic")
 elseif phase == "Failed" or phase == "RolledBack" then

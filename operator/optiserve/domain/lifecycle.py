@@ -57,6 +57,8 @@ class CandidateObservation:
     """Triton reports the model ready and a real inference succeeded (warm)."""
     failure: str = ""
     """Why the candidate cannot become ready (e.g. the model failed to load), when known."""
+    failing_since: datetime | None = None
+    """When the newest pod saying so was created: how long it has been failing."""
 
 
 @dataclass(frozen=True)
@@ -103,10 +105,15 @@ class Decision:
     """The rollout's state after this reconcile (written to status.canary)."""
     candidate_sha256: str | None = None
     """The artifact on trial (status.canary.candidateArtifact: what a GitOps approval names)."""
+    serving: bool = False
+    """The baseline is ready with the promoted artifact: what the Ready condition reports, so that
+    `kubectl wait --for=condition=Ready` returns only once the optimized model answers."""
 
 
 DEPLOY_DEADLINE_S = 600.0
 POLL_S = 10.0
+PROMOTED_SERVING = "promoted; the baseline serves the optimized model"
+PROMOTED_STARTING = "promoted; waiting for the baseline's pods to serve the optimized model"
 
 
 def _restarted(observed: Observed) -> bool:
@@ -125,14 +132,17 @@ def decide(observed: Observed, now: datetime, deploy_deadline_s: float = DEPLOY_
         # baseline is ready the split is left as it is, not pinned to the candidate: with the
         # replica-ratio router, "all on the candidate" is a baseline scaled to 0 pods, which can
         # never become ready (the reconcile then scales it to its replicas, the candidate keeps its own).
+        serving = observed.baseline_ready
         return Decision(
             phase,
-            "Done",
-            "promoted; the baseline serves the optimized model",
+            "Done" if serving else "BaselineStarting",
+            PROMOTED_SERVING if serving else PROMOTED_STARTING,
             want=frozenset({Child.BASELINE}),
             remove_stale=True,
-            retire_candidate=observed.baseline_ready,
-            weight=0 if observed.baseline_ready else None,
+            retire_candidate=serving,
+            weight=0 if serving else None,
+            serving=serving,
+            requeue_after_s=None if serving else POLL_S,
         )
     if phase is Phase.ROLLED_BACK:
         # All traffic on the baseline (it never stopped serving), the candidate scaled away.
@@ -197,6 +207,42 @@ def _deploying(observed: Observed, result: JobResult, now: datetime, deadline_s:
         )
     message = f"deploying the candidate (artifact {result.artifact.sha256[:12]})" + (f": {failure}" if failure else "")
     return Decision(Phase.DEPLOYING, "Degraded" if failure else "Deploying", message, want=want, requeue_after_s=POLL_S)
+
+
+def guard_failing_candidate(
+    decision: Decision, observed: Observed, now: datetime, deadline_s: float, traffic_off: int | None
+) -> Decision:
+    """A candidate that stops serving mid-canary with a known cause (its artifact check failing, its
+    model not loading, a crash loop) is not left to the judge, which sees only missing data and would
+    hold for a person: the resource is Degraded with the cause named, its traffic goes to the baseline
+    (`traffic_off`: 0 for a Gateway; None for the replica ratio, where an unready pod gets none
+    anyway), and once the latest attempt has failed for longer than the deploy deadline it is rolled
+    back. A candidate that recovers before that carries on where its canary was."""
+    candidate = observed.candidate
+    if decision.phase is not Phase.CANARY or candidate is None or candidate.generation != observed.generation:
+        return decision
+    if candidate.ready or not candidate.failure:
+        return decision
+    failing_s = (now - candidate.failing_since).total_seconds() if candidate.failing_since else 0.0
+    if failing_s > deadline_s:
+        reason = f"the candidate stopped serving for {failing_s:.0f}s (deadline {deadline_s:.0f}s): {candidate.failure}"
+        progress = decision.canary
+        final = (
+            progress.model_copy(update={"state": RolloutState.ROLLED_BACK, "reason": reason, "weight": 0}) if progress else None
+        )
+        return Decision(
+            Phase.ROLLED_BACK,
+            "CandidateFailed",
+            f"{reason}; rolled back, the baseline serves",
+            want=frozenset({Child.JOB}),
+            retire_candidate=True,
+            weight=0,
+            canary=final,
+            candidate_sha256=decision.candidate_sha256,
+        )
+    message = f"the candidate stopped serving: {candidate.failure}; its traffic is on the baseline"
+    weight = traffic_off if traffic_off is not None else decision.weight
+    return replace(decision, reason="Degraded", message=message, weight=weight)
 
 
 def canary_decision(progress: CanaryProgress, result: JobResult, steps: int, poll_s: float) -> Decision:

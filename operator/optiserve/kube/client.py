@@ -272,6 +272,14 @@ def pod_failure(pods: Iterable[Mapping[str, Any]]) -> str:
     return ""
 
 
+def failing_since(pods: Iterable[Mapping[str, Any]]) -> datetime | None:
+    """When the newest pod that says why it cannot be ready was created: how long the latest
+    attempt has been failing (a crash-looping pod stays; a deleted one is replaced by a new pod)."""
+    created = [_timestamp(_meta(pod).get("creationTimestamp")) for pod in pods if pod_failure([pod])]
+    known = [moment for moment in created if moment is not None]
+    return max(known) if known else None
+
+
 def _api_message(error: ApiException) -> str:
     """The API server's own `message` from a Status body, else the HTTP reason."""
     try:
@@ -442,16 +450,17 @@ class KubeClient:
         meta = _meta(deployment)
         generation = _generation(deployment)
         ready = deployment_ready(deployment)
-        failure = ""
+        failure, since = "", None
         if not ready:
             match = dict(((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
             pods = self.select(PODS, namespace, _selector({**match, GENERATION_LABEL: str(generation)}))
-            failure = pod_failure(pods)
+            failure, since = pod_failure(pods), failing_since(pods)
         observation = CandidateObservation(
             generation=generation,
             artifact_sha256=str((meta.get("annotations") or {}).get(ARTIFACT_ANNOTATION, "")),
             ready=ready,
             failure=failure,
+            failing_since=since,
         )
         return CandidateState(observation, _timestamp(meta.get("creationTimestamp")))
 

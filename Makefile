@@ -33,7 +33,7 @@ e2e-tools:
 	@e2e/node/build.sh
 
 test: setup controlplane e2e-tools lint
-	E2E_REQUIRE=1 $(VENV)/bin/pytest -q tests $(E2E_IN_TEST)
+	E2E_REQUIRE=1 $(VENV)/bin/pytest -q --durations=25 tests $(E2E_IN_TEST)
 
 unit: setup
 	$(VENV)/bin/pytest -q tests/unit

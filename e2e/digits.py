@@ -18,6 +18,8 @@ from e2e.steps import GATEWAY, Scenario
 
 EXAMPLE = REPO_ROOT / "examples/digits/optimizedmodel.yaml"
 OPTIMIZE_AND_SERVE_S = 1800.0
+SERVE_S = 600.0
+"""A promoted artifact's baseline pods ready (Triton started and warm): what Ready waits for."""
 CANARY_S = 1800.0
 
 
@@ -79,6 +81,6 @@ def given_digits_promoted(
     manifest = digits_manifest(triton_image)
     scenario.when_applied(manifest)
     scenario.then_phase("digits", "Promoted", within_s=OPTIMIZE_AND_SERVE_S)
-    scenario.then_condition("digits", "Ready", "True")
+    scenario.then_condition("digits", "Ready", "True", within_s=SERVE_S)
     scenario.then_only_the_baseline_serves("digits")
     return manifest

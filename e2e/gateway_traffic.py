@@ -36,12 +36,18 @@ def infer_body(input_name: str, shape: list[int]) -> bytes:
     return json.dumps({"inputs": [{"name": input_name, "shape": shape, "datatype": "FP32", "data": [0.0] * count}]}).encode()
 
 
+GATEWAY_REACTION_S = 5.0
+"""How long Traefik may take to apply a changed HTTPRoute: its provider's throttle (2 s) and the watch."""
+
+
 @dataclass
 class LoadResult:
     sent: int = 0
     succeeded: int = 0
     failures: list[str] = field(default_factory=list)
     """One line per failed request: when, and the status or error."""
+    failed_at: list[float] = field(default_factory=list)
+    """When each failed, as `time.time()`."""
 
 
 class GatewayLoad:
@@ -101,6 +107,7 @@ class GatewayLoad:
                     self.result.succeeded += 1
                 else:
                     self.result.failures.append(f"{time.strftime('%H:%M:%S')} {error}")
+                    self.result.failed_at.append(time.time())
             if error is not None:
                 connection.close()
                 connection = None

@@ -243,11 +243,10 @@ class Scenario:
 
         return until(f"{name} {kind} naming {text}", says, timeout_s=within_s, every_s=2.0)
 
-    def then_condition(self, name: str, kind: str, status: str) -> None:
+    def then_condition(self, name: str, kind: str, status: str, within_s: float = 60) -> None:
         self._step(f"then {name} has condition {kind}={status}")
-        self.cluster.kubectl(
-            "-n", self.namespace, "wait", f"optimizedmodel/{name}", f"--for=condition={kind}={status}", "--timeout=60s"
-        )
+        wait = ("wait", f"optimizedmodel/{name}", f"--for=condition={kind}={status}", f"--timeout={within_s:.0f}s")
+        self.cluster.kubectl("-n", self.namespace, *wait)
 
     def then_serving(self, deployment: str) -> None:
         self._step(f"then Deployment {deployment} has a ready replica")
@@ -256,8 +255,8 @@ class Scenario:
     def then_only_the_baseline_serves(self, name: str, within_s: float = 300) -> None:
         """The rollout has settled: the baseline's pods are ready and the candidate's Deployment is gone.
 
-        Status says Promoted (and Ready) as soon as the first candidate is promoted, while the baseline's
-        pod is still starting and the candidate still serves; clients wait for this instead.
+        Ready already says the baseline's pods serve; this waits for the candidate's to be gone too, so
+        that the clients a scenario starts next meet only the baseline.
         """
         self.then_serving(f"{name}-baseline")
         self._step(f"then Deployment {name}-candidate is gone")
@@ -274,6 +273,19 @@ class Scenario:
             when = Counter(failure.split(" ", 2)[0] + " " + failure.split(" ", 2)[-1][:40] for failure in result.failures)
             summary = "; ".join(f"{count} x {what}" for what, count in sorted(when.items()))
             raise E2EError(f"{len(result.failures)} of {result.sent} requests failed, by second: {summary}")
+
+    def when_time_passes(self, seconds: float) -> None:
+        self._step(f"when {seconds:.0f} s pass")
+        time.sleep(seconds)
+
+    def then_no_request_failed_after(self, result: LoadResult, since: float, what: str) -> None:
+        """No request failed after `since` (`time.time()`); those before it are reported, not failed on."""
+        self._step(f"then none of the {result.sent} requests through the Gateway failed after {what}")
+        late = [line for line, at in zip(result.failures, result.failed_at, strict=True) if at > since]
+        early = len(result.failures) - len(late)
+        print(f"e2e: {early} of {result.sent} requests failed before {what}")  # noqa: T201
+        if late or result.succeeded == 0:
+            raise E2EError(f"{len(late)} of {result.sent} requests failed after {what}: {late[:10]}")
 
     def then_split_follows_the_weights(self, split: Split, weights: list[int], min_requests: int = 30) -> None:
         """At each canary weight, the candidate's share of what the Gateway forwarded is the weight (binomial error)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from e2e.cluster import Cluster
-from e2e.digits import CANARY_S, OPTIMIZE_AND_SERVE_S, export_onnx, given_digits_promoted, without_quantization
+from e2e.digits import CANARY_S, OPTIMIZE_AND_SERVE_S, SERVE_S, export_onnx, given_digits_promoted, without_quantization
 from e2e.steps import Scenario
 
 # A scenario optimizes, serves and rolls out twice on a 2-core node: far past the unit tiers' timeout.
@@ -34,7 +34,7 @@ def test_applied_example_is_promoted_through_the_gateway(scenario: Scenario, clu
         promoted = scenario.then_phase("digits", "Promoted", within_s=OPTIMIZE_AND_SERVE_S + CANARY_S)
 
     # Then it is promoted, the Gateway split the requests as status said, and no request failed
-    scenario.then_condition("digits", "Ready", "True")
+    scenario.then_condition("digits", "Ready", "True", within_s=SERVE_S)
     scenario.then_serving("digits-baseline")
     assert promoted["status"]["artifact"]["sha256"] != first["status"]["artifact"]["sha256"]
     assert promoted["status"]["optimization"]["fidelityMean"] >= 0.995  # the Job's offline proof, reported in status

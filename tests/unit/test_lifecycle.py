@@ -206,11 +206,15 @@ def test_a_candidate_failing_past_the_deadline_is_rolled_back() -> None:
     assert "model.onnx: sha256 differs" in guarded.message and "baseline serves" in guarded.message
 
 
+def test_a_candidate_unready_with_no_cause_known_is_left_to_the_judge_with_its_traffic_on_the_baseline() -> None:
+    restarting = failing(900, failure="")
+    assert guard_failing_candidate(CANARY_STEP, restarting, NOW, 600, traffic_off=0) == replace(CANARY_STEP, weight=0)
+    assert guard_failing_candidate(CANARY_STEP, restarting, NOW, 600, traffic_off=None) == CANARY_STEP
+
+
 @pytest.mark.parametrize(
-    "state",
-    [failing(900, ready=True), failing(900, failure=""), replace(failing(900), phase=Phase.DEPLOYING)],
-    ids=["ready", "no cause known (a pod restarting)", "not in a canary"],
+    "state", [failing(900, ready=True), replace(failing(900), phase=Phase.DEPLOYING)], ids=["ready", "not in a canary"]
 )
-def test_the_canary_is_left_to_the_judge_without_a_known_failure(state: Observed) -> None:
+def test_a_serving_candidate_or_another_phase_is_left_alone(state: Observed) -> None:
     decision = CANARY_STEP if state.phase is Phase.CANARY else replace(CANARY_STEP, phase=state.phase)
     assert guard_failing_candidate(decision, state, NOW, 600, traffic_off=0) == decision

@@ -217,12 +217,17 @@ def guard_failing_candidate(
     hold for a person: the resource is Degraded with the cause named, its traffic goes to the baseline
     (`traffic_off`: 0 for a Gateway; None for the replica ratio, where an unready pod gets none
     anyway), and once the latest attempt has failed for longer than the deploy deadline it is rolled
-    back. A candidate that recovers before that carries on where its canary was."""
+    back. A candidate that recovers before that carries on where its canary was. Unready with no
+    cause known, only its traffic moves."""
     candidate = observed.candidate
     if decision.phase is not Phase.CANARY or candidate is None or candidate.generation != observed.generation:
         return decision
-    if candidate.ready or not candidate.failure:
+    if candidate.ready:
         return decision
+    if not candidate.failure:
+        # No pod says why (one restarting, being rescheduled): the judge decides, but the traffic waits
+        # on the baseline, since a Gateway would answer 503 for the share of a Service with no ready pod.
+        return replace(decision, weight=traffic_off) if traffic_off is not None else decision
     failing_s = (now - candidate.failing_since).total_seconds() if candidate.failing_since else 0.0
     if failing_s > deadline_s:
         reason = f"the candidate stopped serving for {failing_s:.0f}s (deadline {deadline_s:.0f}s): {candidate.failure}"

@@ -8,14 +8,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from e2e.canary_watch import CanaryWatch
-from e2e.cluster import RELEASE, RELEASE_NAMESPACE, Cluster, run, until
+from e2e.cluster import HELM_BIN, RELEASE, RELEASE_NAMESPACE, Cluster, run, until
 from e2e.digits import CANARY_S, OPTIMIZE_AND_SERVE_S, given_digits_promoted, without_quantization
 from e2e.steps import Scenario
 
@@ -48,6 +51,22 @@ def _lease_holders(cluster: Cluster) -> dict[str, str]:
     return held
 
 
+@contextlib.contextmanager
+def _operator_logs(cluster: Cluster, path: Path) -> Iterator[Path]:
+    """Follow every operator pod's log into `path` while the block runs (the pods are gone after)."""
+    command = [str(HELM_BIN / "kubectl"), "--kubeconfig", str(cluster.kubeconfig), "-n", RELEASE_NAMESPACE, "logs", "-f"]
+    with path.open("w") as out:
+        follower = subprocess.Popen(
+            [*command, "--prefix", "--max-log-requests=4", "-l", RELEASE_LABEL, "--tail=20"], stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            yield path
+            time.sleep(2)
+        finally:
+            follower.terminate()
+            follower.wait(timeout=30)
+
+
 def _left_behind(cluster: Cluster) -> list[str]:
     cluster_wide = cluster.kubectl("get", CLUSTER_KINDS, "-l", RELEASE_LABEL, "-o", "name").split()
     namespaced = cluster.kubectl("get", NAMESPACED_KINDS, "-A", "-l", RELEASE_LABEL, "-o", "name").split()
@@ -72,7 +91,10 @@ def test_helm_upgrade_mid_canary_then_uninstall_leaves_no_orphans(scenario: Scen
         assert not watch.steps_went_back(), f"the canary's step went back: {watch.steps_went_back()}"
         assert len(watch.clocks()) == 1, f"the canary was restarted: its clock read {sorted(watch.clocks())}"
 
-        cluster.helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", "--timeout=300s")
+        with _operator_logs(cluster, tmp_path / "operator-at-uninstall.log") as log:
+            cluster.helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", "--timeout=300s")
+        lease_lines = [line for line in log.read_text().splitlines() if "ease" in line][-6:]
+        print("e2e: the operator's last words on its Lease:", *lease_lines, sep="\n")  # noqa: T201
         left = until("the chart's objects to be gone", lambda: not _left_behind(cluster) or None, timeout_s=120, every_s=5)
         assert left, _left_behind(cluster)
         # The leader releases the Lease when it stops, but `helm uninstall` deletes the chart's Role in

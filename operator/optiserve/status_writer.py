@@ -86,41 +86,31 @@ def _conditions(wanted: Mapping[str, Wanted], previous: object, generation: int,
         since = (
             old.get("lastTransitionTime") if old.get("status") == want.status and old.get("lastTransitionTime") else rfc3339(now)
         )
-        condition = Condition(
-            type=kind,
-            status=want.status,
-            reason=want.reason,
-            message=want.message,
-            last_transition_time=since,
-            observed_generation=generation,
-        )
-        conditions.append(condition.model_dump(mode="json", by_alias=True, exclude_none=True))
+        conditions.append(_condition(kind, want, str(since), generation))
     return conditions
+
+
+def _condition(kind: str, want: Wanted, since: str, generation: int) -> dict[str, Any]:
+    condition = Condition(
+        type=kind,
+        status=want.status,
+        reason=want.reason,
+        message=want.message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+    return condition.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def _with_ready(previous: object, ready: Wanted, generation: int, now: datetime) -> list[dict[str, Any]] | None:
     """The written conditions with Ready replaced, where its status changed; None where it did not."""
     if not isinstance(previous, list):
         return None
-    before = next((c for c in previous if isinstance(c, dict) and c.get("type") == "Ready"), None)
-    if before is not None and before.get("status") == ready.status:
+    is_ready = [isinstance(c, dict) and c.get("type") == "Ready" for c in previous]
+    if any(is_ready) and previous[is_ready.index(True)].get("status") == ready.status:
         return None
-    condition = Condition(
-        type="Ready",
-        status=ready.status,
-        reason=ready.reason,
-        message=ready.message,
-        last_transition_time=rfc3339(now),
-        observed_generation=generation,
-    ).model_dump(mode="json", by_alias=True, exclude_none=True)
-    return (
-        [condition if isinstance(c, dict) and c.get("type") == "Ready" else c for c in previous]
-        if before
-        else [
-            *previous,
-            condition,
-        ]
-    )
+    others = [c for c, ready_type in zip(previous, is_ready, strict=True) if not ready_type]
+    return [_condition("Ready", ready, rfc3339(now), generation), *others]
 
 
 def summary(result: JobResult) -> dict[str, Any]:

@@ -220,9 +220,7 @@ def guard_failing_candidate(
     back. A candidate that recovers before that carries on where its canary was. Unready with no
     cause known, only its traffic moves."""
     candidate = observed.candidate
-    if decision.phase is not Phase.CANARY or candidate is None or candidate.generation != observed.generation:
-        return decision
-    if candidate.ready:
+    if decision.phase is not Phase.CANARY or candidate is None or candidate.generation != observed.generation or candidate.ready:
         return decision
     if not candidate.failure:
         # No pod says why (one restarting, being rescheduled): the judge decides, but the traffic waits

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from optiserve.local.nginx import NginxServer
+from optiserve.local.nginx_router import NginxRouter
 from optiserve.providers.traffic import verify
-from optiserve.providers.traffic_nginx import NginxRouter
 
 BODY = b'{"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0, 0, 0, 0, 0, 0, 0, 0]}]}'
 

@@ -1,4 +1,4 @@
-"""The Canary phase's I/O: read the rollout's state, measure the due interval, apply the router.
+"""The operator as a host of the rollout engine (`optiserve.rollout_engine`, shared with local mode).
 
 `reconcile` calls `canary_decision_for` while the resource is in Canary; everything that decides
 lives in `optiserve.domain.canary` (pure) and `optiserve.domain.lifecycle.canary_decision`. The
@@ -30,12 +30,12 @@ from optiserve.api.rollout import PrometheusSpec, duration_seconds
 from optiserve.api.spec import OptimizedModel
 from optiserve.api.status import Phase
 from optiserve.domain.analysis_spec import canary_plan
-from optiserve.domain.canary import CanaryProgress, Signals, advance, due_window, elapsed_s, evidence_windows, start
+from optiserve.domain.canary import CanaryProgress, Signals
 from optiserve.domain.lifecycle import Child, Decision, canary_decision
 from optiserve.domain.pipeline_generation import described_generation
-from optiserve.providers.measure import Clock, measure_interval
 from optiserve.providers.metrics import MetricsProvider
 from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
+from optiserve.rollout_engine import RolloutEngine
 from optiserve.settings import DEFAULT_PROMETHEUS
 
 logger = logging.getLogger(__name__)
@@ -120,20 +120,16 @@ def _without_analysis(result: JobResult) -> Decision:
 
 
 def canary_decision_for(inputs: CanaryInputs, metrics: MetricsFactory = prometheus_metrics) -> Decision:
-    """One step of the rollout: measure what is due, advance the state machine, say what to do."""
+    """One step of the rollout engine, hosted by the operator: its state from status, Prometheus in
+    the cluster, the person's or pipeline's signals; what the resource does next."""
     rollout = inputs.manifest.spec.rollout
     if not rollout.analysis.metrics:
         return _without_analysis(inputs.result)
     plan = canary_plan(rollout)
-    progress = stored_progress(inputs.status, inputs.generation) or start(plan, inputs.now)
-    window = due_window(plan, progress, inputs.now)
-    measurements = []
-    if window is not None:
-        provider = metrics(with_prometheus(inputs.manifest, inputs.default_prometheus), inputs.namespace)
-        queries = {m.name: m.query for m in rollout.analysis.metrics if m.query}
-        clock = Clock(progress.started_at.timestamp(), elapsed_s(progress, inputs.now))
-        windows = evidence_windows(plan, progress, window)
-        measurements = measure_interval(plan.checks, provider, windows, clock, queries, plan.policy.evidence_test)
+    manifest = with_prometheus(inputs.manifest, inputs.default_prometheus)
+    queries = {m.name: m.query for m in rollout.analysis.metrics if m.query}
+    engine = RolloutEngine(plan, lambda: metrics(manifest, inputs.namespace), queries)
     sha = inputs.result.artifact.sha256 if inputs.result.artifact else None
-    progress = advance(plan, progress, inputs.now, signals(inputs.annotations, inputs.manifest, sha), window, measurements)
-    return canary_decision(progress, inputs.result, len(plan.steps), min(plan.interval_s, MAX_POLL_S))
+    wants = signals(inputs.annotations, inputs.manifest, sha)
+    outcome = engine.tick(stored_progress(inputs.status, inputs.generation), inputs.now, wants)
+    return canary_decision(outcome.progress, inputs.result, len(plan.steps), min(plan.interval_s, MAX_POLL_S))

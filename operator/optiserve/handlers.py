@@ -45,8 +45,9 @@ from prometheus_client import start_http_server
 
 from optiserve.api.crd import PLURAL
 from optiserve.api.spec import API_GROUP, API_VERSION, KIND
+from optiserve.errors import OptiServeError, TransientError
 from optiserve.http_serving import serving_until_done
-from optiserve.kube.client import OPTIMIZED_MODELS, AdoptionError, ApiError, KubeClient, KubeError, TransientError
+from optiserve.kube.client import OPTIMIZED_MODELS, AdoptionError, ApiError, KubeClient
 from optiserve.observability import TRIGGER_CHANGE, TRIGGER_TIMER, OperatorMetrics
 from optiserve.reconciler import Hooks, reconcile
 from optiserve.resync import ModelIndex, ModelKey, resync_forever
@@ -156,7 +157,7 @@ class ObjectLocks:
         return first
 
 
-def _retryable(error: KubeError) -> kopf.TemporaryError:
+def _retryable(error: OptiServeError) -> kopf.TemporaryError:
     if isinstance(error, TransientError):
         return kopf.TemporaryError(str(error), delay=error.delay_s)
     if isinstance(error, AdoptionError):
@@ -218,7 +219,7 @@ def _reconcile(op: Operator, trigger: str, key: ModelKey, known_status: dict[str
                 outcome = reconcile(name, namespace, fresh, op.config, kube=op.kube, hooks=op.hooks)
                 write = {"status": outcome.status}
                 op.kube.patch(OPTIMIZED_MODELS, namespace, name, write, subresource="status", field_manager=FIELD_MANAGER)
-        except KubeError as e:
+        except OptiServeError as e:
             op.metrics.track(namespace, name, status)
             raise _retryable(e) from e
     op.metrics.observe_status(namespace, name, status, outcome.status)
@@ -238,7 +239,7 @@ def _cleanup(op: Operator, namespace: str | None, body: kopf.Body, logger: kopf.
         else:
             try:
                 removed = op.kube.remove_children(namespace, name, uid)
-            except KubeError as e:
+            except OptiServeError as e:
                 raise _retryable(e) from e
             logger.info("removed %d children: %s", len(removed), ", ".join(removed) or "none left")
         first = op.locks.deleted(uid)

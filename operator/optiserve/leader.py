@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
-from optiserve.kube.client import KubeError, TransientError
+from optiserve.errors import OptiServeError, TransientError
 from optiserve.kube.lease import LeaseConflictError, LeaseRecord
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class LeaderElector:
         except (LeaseConflictError, TransientError) as e:
             logger.debug("lease attempt failed: %s", e)
             return Attempt.FAILED
-        except KubeError as e:
+        except OptiServeError as e:
             # A refusal (403: the Lease's RBAC) does not go away by itself: say so, once per message.
             if str(e) != self._last_refusal:
                 logger.error("lease attempt refused, retrying every %.0f s: %s", self.timings.retry_s, e)
@@ -139,7 +139,7 @@ class LeaderElector:
         released = replace(self._seen, holder="", duration_s=1.0, renewed=self._wall())
         try:
             self.store.replace(released)
-        except (KubeError, LeaseConflictError) as e:
+        except (OptiServeError, LeaseConflictError) as e:
             logger.warning("could not release the lease (a standby takes over once it expires): %s", e)
 
     def wait_to_lead(self, stop: threading.Event) -> bool:

@@ -27,7 +27,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from optiserve.api.status import Phase
-from optiserve.kube.client import AdoptionError, ApiError, TransientError
+from optiserve.errors import TransientError
+from optiserve.kube.client import AdoptionError, ApiError
 from optiserve.merge_patch import apply_merge_patch
 
 TRIGGER_CHANGE: Final = "change"

@@ -27,13 +27,15 @@ from optiserve.api.status import Phase
 from optiserve.canary_reconcile import SIGNAL_ANNOTATIONS, CanaryInputs, MetricsFactory, canary_decision_for, prometheus_metrics
 from optiserve.domain.lifecycle import TERMINAL, Child, Decision, JobObservation, Observed, decide, guard_failing_candidate
 from optiserve.domain.pipeline_generation import described_generation, pipeline_generation, spec_digest
-from optiserve.kube.client import ARTIFACT_ANNOTATION, BASELINE, CANDIDATE, KubeClient, TransientError, deployment_ready
+from optiserve.errors import PermanentError
+from optiserve.kube.client import ARTIFACT_ANNOTATION, BASELINE, CANDIDATE, KubeClient, deployment_ready
 from optiserve.merge_patch import apply_merge_patch
-from optiserve.providers.traffic import PermanentTrafficError, TrafficError, TrafficRouter, TransientTrafficError, verify
+from optiserve.providers.traffic import TrafficRouter
 from optiserve.providers.traffic_factory import RouterContext, router_for
 from optiserve.resources.comparator import build_comparator_deployment, build_comparator_service
 from optiserve.resources.job import MODELS_MOUNT, Owner, build_optimization_job
 from optiserve.resources.triton_deployment import Variant, build_triton_deployment, build_triton_service
+from optiserve.rollout_engine import route
 from optiserve.settings import Settings
 from optiserve.status_writer import WARNING_PHASES, build_status
 
@@ -181,15 +183,13 @@ def _route(
     so traffic always leaves a variant before the variant goes.
 
     A router that cannot be set up (a missing HTTPRoute, a provider that does not fit) fails the
-    rollout with the field named; the baseline keeps serving. A transient failure is retried.
+    rollout with the field named; the baseline keeps serving. A transient failure propagates as it
+    is (a `TransientError`) and the handler retries it.
     """
     try:
         router = routers(manifest, RouterContext(owner=owner, namespace=namespace, api=kube.traffic_api()))
-        if router.current_weight() != router.achievable_weight(weight):
-            verify(router, weight)
-    except TransientTrafficError as e:
-        raise TransientError(f"traffic: {e}", delay_s=e.delay_s) from e
-    except (PermanentTrafficError, TrafficError) as e:
+        route(router, weight)
+    except PermanentError as e:
         message = f"{e}; the baseline keeps serving"
         return Decision(
             Phase.FAILED, "TrafficError", message, want=frozenset({Child.JOB}), remove_stale=True, retire_candidate=True

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from optiserve.local.nginx import VARIANT_HEADER, NginxConfigError, NginxServer, Split, accepting_workers, render_config
+from optiserve.local.nginx_router import NginxRouter
 from optiserve.providers.traffic import PermanentTrafficError, TransientTrafficError, verify
-from optiserve.providers.traffic_nginx import NginxRouter
 
 REQUESTS = 400
 SIGMAS = 4.0  # a correct split fails this bound with probability < 1e-4

@@ -1,12 +1,14 @@
 """The canary rollout as a pure state machine: steps, pauses, judged intervals, approval, abort, deadline.
 
-The operator (in Canary phase) and local mode call the same two functions each time they wake:
+One step of a rollout, each time its host wakes (`optiserve.rollout_engine` drives it, for the
+operator and for local mode alike):
 
 1. `due_window(plan, progress, now)` says whether an analysis interval has ended and, if so, the
    window to measure (seconds since the first canary traffic);
-2. the caller measures that window (Prometheus, the comparator) into `Measurement`s;
-3. `advance(plan, progress, now, signals, measurements)` folds them into the judge and returns the
-   next `CanaryProgress` (kept in status) and what to do with traffic.
+2. the engine measures that window (Prometheus, the comparator) into `Measurement`s;
+3. `step(plan, progress, now, signals, window, measurements, verified_weight)` folds them into the
+   judge (`advance`) and returns the next `CanaryProgress` (kept in status, or in memory in local
+   mode), the weight the router must have and the interval's verdict.
 
 Timeline. The first call sets the first step's weight and starts the clock (``started_at``: the first
 canary traffic). Intervals end at ``warmup + k * interval`` after it; each judges everything since
@@ -266,3 +268,39 @@ def advance(
     if window is None:
         return progress
     return _judged(plan, progress, now, window, measurements)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one step of the rollout says to do."""
+
+    progress: CanaryProgress
+    weight: int
+    """The candidate weight the router must have now."""
+    route: bool
+    """The router's verified weight is not ``weight``: set it (and read it back)."""
+    judged: IntervalRecord | None
+    """The interval this step judged (its verdict and measurements); None when none ended."""
+    step_changed: bool
+
+
+def step(
+    plan: CanaryPlan,
+    progress: CanaryProgress,
+    now: datetime,
+    signals: Signals,
+    window: Window | None,
+    measurements: Sequence[Measurement],
+    verified_weight: int | None,
+) -> StepOutcome:
+    """`advance`, and what it means for the router: ``verified_weight`` is what the router read
+    back last (None: unknown), so a weight already in place is not set again."""
+    after = advance(plan, progress, now, signals, window, measurements)
+    judged = after.history[-1] if window is not None and after.history and after.history[-1].at_s == window.end_s else None
+    return StepOutcome(
+        progress=after,
+        weight=after.weight,
+        route=verified_weight != after.weight,
+        judged=judged,
+        step_changed=after.step != progress.step,
+    )

@@ -1,5 +1,6 @@
 """The only code that talks to the Kubernetes API (see `client.py`)."""
 
-from optiserve.kube.client import AdoptionError, ApiError, BaselineState, CandidateState, KubeClient, KubeError, TransientError
+from optiserve.errors import TransientError
+from optiserve.kube.client import AdoptionError, ApiError, BaselineState, CandidateState, KubeClient, KubeError
 
 __all__ = ["AdoptionError", "ApiError", "BaselineState", "CandidateState", "KubeClient", "KubeError", "TransientError"]

@@ -37,6 +37,8 @@ from optiserve.api.crd import PLURAL
 from optiserve.api.job import JobResult
 from optiserve.api.spec import API_GROUP, API_VERSION, KIND
 from optiserve.domain.lifecycle import CandidateObservation, JobObservation, JobState
+from optiserve.errors import DEFAULT_RETRY_S, OptiServeError, PermanentError
+from optiserve.errors import TransientError as TransientError
 from optiserve.resources.names import GENERATION_LABEL, MODEL_LABEL, VARIANT_LABEL, deployment_name, job_name, labels
 
 if TYPE_CHECKING:
@@ -56,7 +58,6 @@ BASELINE: Final = "baseline"
 CANDIDATE: Final = "candidate"
 COMPARATOR: Final = "comparator"
 
-DEFAULT_RETRY_S: Final = 5.0
 MERGE_PATCH: Final = "application/merge-patch+json"
 
 # Pod states that will not fix themselves: worth reporting while a candidate is not ready.
@@ -96,19 +97,11 @@ OPTIMIZED_MODELS = Resource(f"{API_GROUP}/{API_VERSION}", KIND, PLURAL)
 RESOURCES = {(r.api_version, r.kind): r for r in (JOBS, DEPLOYMENTS, SERVICES, PODS)}
 
 
-class KubeError(Exception):
-    """Something the Kubernetes API refused or could not answer."""
+KubeError = OptiServeError
+"""Something the Kubernetes API refused or could not answer: a `TransientError`, `ApiError` or `AdoptionError`."""
 
 
-class TransientError(KubeError):
-    """Worth retrying as is after a delay: throttling, a server error, a lost connection."""
-
-    def __init__(self, message: str, delay_s: float = DEFAULT_RETRY_S) -> None:
-        super().__init__(message)
-        self.delay_s = delay_s
-
-
-class ApiError(KubeError):
+class ApiError(PermanentError):
     """The API answered with an error that retrying the same request will not fix."""
 
     def __init__(self, message: str, status: int) -> None:
@@ -116,7 +109,7 @@ class ApiError(KubeError):
         self.status = status
 
 
-class AdoptionError(KubeError):
+class AdoptionError(PermanentError):
     """A child's deterministic name is taken by an object that another controller owns."""
 
 

@@ -10,7 +10,8 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from optiserve.kube.client import ApiError, TransientError, classify_api_error
+from optiserve.errors import TransientError
+from optiserve.kube.client import ApiError, classify_api_error
 
 
 @dataclass(frozen=True)

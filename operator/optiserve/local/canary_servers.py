@@ -20,6 +20,7 @@ from optiserve.golden import GOLDEN_FILE
 from optiserve.local.comparator import ComparatorArgs, ComparatorProcess
 from optiserve.local.load_clients import LoadTarget
 from optiserve.local.nginx import NginxServer
+from optiserve.local.nginx_router import NginxRouter
 from optiserve.local.prometheus import PrometheusServer
 from optiserve.local.triton import TritonServer, TritonStartError
 from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
@@ -54,11 +55,9 @@ class CanaryServers:
             latency_source=self.latency_source,
         )
 
-    def set_weight(self, candidate_weight: int) -> None:
-        """Set the split and read it back from nginx (raises if nginx serves anything else)."""
-        served = self.nginx.set_candidate_weight(candidate_weight)
-        if served.candidate != candidate_weight:
-            raise RuntimeError(f"nginx serves candidate weight {served.candidate}, expected {candidate_weight}")
+    def router(self) -> NginxRouter:
+        """The split between the two servers, as the rollout engine sets and reads it back."""
+        return NginxRouter(self.nginx)
 
 
 def warm(server: TritonServer, model: str, artifact_dir: Path) -> None:

@@ -3,7 +3,7 @@
 Optimizing (the optimization job, in this process) -> Validating (its gates) -> Deploying (a
 baseline and a candidate `tritonserver`, each ready and warm) -> Canary (nginx splits a bounded
 load by weight; Prometheus scrapes both servers and the comparator; every interval the same judge
-as the operator decides, through the same `optiserve.domain.canary` state machine) -> Promoted or
+as the operator decides, through the same rollout engine, `optiserve.rollout_engine`) -> Promoted or
 RolledBack. Every process it starts is stopped on the way out, whatever happens (an error, Ctrl-C).
 
 On one machine nothing was promoted before, so the baseline is the unoptimized model, exported to
@@ -28,24 +28,15 @@ from optiserve.api.status import Phase
 from optiserve.comparator.compare import agreement_threshold
 from optiserve.domain.analysis import Measurement
 from optiserve.domain.analysis_spec import canary_plan
-from optiserve.domain.canary import (
-    CanaryPlan,
-    CanaryProgress,
-    RolloutState,
-    Signals,
-    advance,
-    due_window,
-    elapsed_s,
-    evidence_windows,
-    start,
-)
+from optiserve.domain.canary import CanaryPlan, CanaryProgress, RolloutState, StepOutcome
 from optiserve.golden import GOLDEN_FILE, load_golden
 from optiserve.local.canary_servers import SCRAPE_INTERVAL_S, CanaryServers, ComparatorSettings, start_canary_servers
 from optiserve.local.injected_candidate import served_candidate
 from optiserve.local.job_cache import JobOutputs, optimization_outputs
 from optiserve.local.load import BackgroundLoad, LoadConfig, LoadResult
 from optiserve.local.run_overrides import local_manifest
-from optiserve.providers.measure import Clock, measure_interval
+from optiserve.providers.traffic import TrafficRouter
+from optiserve.rollout_engine import RolloutEngine, route
 
 logger = logging.getLogger(__name__)
 
@@ -152,32 +143,23 @@ def _queries(manifest: OptimizedModel) -> dict[str, str]:
     return {m.name: m.query for m in (rollout.analysis.metrics if rollout else []) if m.query}
 
 
-def _set_weight(servers: CanaryServers, run: CanaryRun, timeline: Timeline, weight: int) -> None:
+def _route(router: TrafficRouter, timeline: Timeline, weight: int) -> int:
     changed = timeline.now_s()
-    servers.set_weight(weight)
-    timeline.weights.append((changed, weight))
+    verified = route(router, weight)
+    timeline.weights.append((changed, verified))
     timeline.transitions.append((changed - TRANSITION_MARGIN_S, timeline.now_s() + TRANSITION_MARGIN_S))
+    return verified
 
 
-def _step_once(plan: CanaryPlan, run: CanaryRun, servers: CanaryServers, timeline: Timeline, queries: dict[str, str]) -> None:
-    now = datetime.now(UTC)
-    before = run.progress
-    window = due_window(plan, before, now)
-    measurements = []
-    if window is not None:
-        clock = Clock(before.started_at.timestamp(), elapsed_s(before, now))
-        windows = evidence_windows(plan, before, window)
-        measurements = measure_interval(plan.checks, servers.metrics(), windows, clock, queries, plan.policy.evidence_test)
-    run.progress = advance(plan, before, now, Signals(), window, measurements)
-    if window is not None and run.progress.history and run.progress.history[-1].at_s == window.end_s:
-        record = run.progress.history[-1]
+def _record(run: CanaryRun, before: CanaryProgress, outcome: StepOutcome, timeline: Timeline) -> None:
+    run.progress = outcome.progress
+    if outcome.judged is not None:
+        record = outcome.judged
         run.intervals.append(
             JudgedInterval(timeline.now_s(), before.step + 1, before.weight, record.decision.value, record.measurements)
         )
-    if run.progress.step != before.step:
+    if outcome.step_changed:
         run.step_starts.append(timeline.now_s())
-    if run.progress.weight != before.weight:
-        _set_weight(servers, run, timeline, run.progress.weight)
 
 
 def canary_loop(
@@ -189,14 +171,23 @@ def canary_loop(
     display: Display,
     max_s: float,
 ) -> CanaryRun:
-    """Drive the rollout until it is final or held (local mode has no person to release a hold)."""
-    progress = start(plan, datetime.now(UTC))
-    run = CanaryRun(plan=plan, progress=progress, canary_started_s=timeline.now_s())
+    """Drive the rollout until it is final or held (local mode has no person to release a hold).
+
+    The host of the rollout engine here: its Prometheus, the progress in memory, no signals, and
+    the nginx router between the two servers."""
+    engine = RolloutEngine(plan, servers.metrics, queries)
+    router = servers.router()
+    first = engine.tick(None, datetime.now(UTC))
+    run = CanaryRun(plan=plan, progress=first.progress, canary_started_s=timeline.now_s())
     run.step_starts.append(run.canary_started_s)
-    _set_weight(servers, run, timeline, progress.weight)
+    verified = _route(router, timeline, first.weight)
     while not run.progress.is_final and run.progress.state is not RolloutState.HELD:
         time.sleep(TICK_S)
-        _step_once(plan, run, servers, timeline, queries)
+        before = run.progress
+        outcome = engine.tick(before, datetime.now(UTC), verified_weight=verified)
+        _record(run, before, outcome, timeline)
+        if outcome.route:
+            verified = _route(router, timeline, outcome.weight)
         display(live_view(run, load, timeline))
         if timeline.now_s() - run.canary_started_s > max_s:
             raise RunError(f"the canary did not decide within {max_s:.0f}s")

@@ -15,34 +15,26 @@ compare against what the router can do rather than fail on rounding.
 
 Errors: `TransientTrafficError` is worth retrying as is (API throttled, nginx still reloading, a
 concurrent change); `PermanentTrafficError` will not fix itself (a spec or setup problem) and its
-message names the field to change.
+message names the field to change. They are the operator's own `TransientError` and
+`PermanentError` (`optiserve.errors`), so no caller translates them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Protocol
 
-DEFAULT_RETRY_S = 5.0
+from optiserve.errors import OptiServeError, PermanentError, TransientError
 
-
-class TrafficError(Exception):
-    """The split could not be set or read."""
-
-    transient: ClassVar[bool] = False
+TrafficError = OptiServeError
+"""The split could not be set or read: a `TransientTrafficError` or a `PermanentTrafficError`."""
 
 
-class TransientTrafficError(TrafficError):
+class TransientTrafficError(TransientError):
     """Retry after `delay_s`: the same call can succeed later."""
 
-    transient = True
 
-    def __init__(self, message: str, delay_s: float = DEFAULT_RETRY_S) -> None:
-        super().__init__(message)
-        self.delay_s = delay_s
-
-
-class PermanentTrafficError(TrafficError):
+class PermanentTrafficError(PermanentError):
     """A spec or setup problem; the message names the field or the missing object."""
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from optiserve.kube.client import ApiError, KubeError, TransientError
+from optiserve.errors import OptiServeError, TransientError
+from optiserve.kube.client import ApiError
 from optiserve.providers.traffic import PermanentTrafficError, TransientTrafficError
 
 
@@ -16,6 +17,6 @@ def api_errors(what: str, not_found_hint: str = "") -> Iterator[None]:
         yield
     except TransientError as e:
         raise TransientTrafficError(f"{what}: {e}", delay_s=e.delay_s) from e
-    except KubeError as e:
+    except OptiServeError as e:
         hint = not_found_hint if isinstance(e, ApiError) and e.status == 404 else ""
         raise PermanentTrafficError(f"{what}: {e}{hint}") from e

@@ -2,7 +2,8 @@
 
 A registry, one builder per provider: a provider without one, or one whose fields or environment
 are missing, is a `PermanentTrafficError` naming the field, never a silent fallback to another
-way of splitting.
+way of splitting. The operator's routers only: local mode splits with its own nginx
+(`optiserve.local.nginx_router`), so ``provider: nginx`` in a cluster is refused here, naming the field.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from dataclasses import dataclass
 from optiserve.api.rollout import TrafficProvider
 from optiserve.api.spec import OptimizedModelSpec
 from optiserve.kube.traffic import TrafficApi
-from optiserve.local.nginx import NginxServer
 from optiserve.providers.traffic import PermanentTrafficError, TrafficRouter
 from optiserve.providers.traffic_gateway import GatewayRouter, OwnedRoute
-from optiserve.providers.traffic_nginx import NginxRouter
 from optiserve.providers.traffic_replicas import ReplicaRouter
 from optiserve.resources.httproute import RouteBackends
 from optiserve.resources.pod import Owner
@@ -26,14 +25,11 @@ PROVIDER_FIELD = "spec.rollout.traffic.provider"
 
 @dataclass(frozen=True)
 class RouterContext:
-    """Where the router works: the model (owner of what it creates) and what it can talk to."""
+    """Where the router works: the model (owner of what it creates) and the API it talks to."""
 
     owner: Owner
     namespace: str
     api: TrafficApi | None = None
-    """The Kubernetes API (operator mode)."""
-    nginx: NginxServer | None = None
-    """The local nginx (local mode)."""
 
 
 def _kube(context: RouterContext, provider: TrafficProvider) -> TrafficApi:
@@ -58,11 +54,9 @@ def _gateway(spec: OptimizedModelSpec, context: RouterContext) -> TrafficRouter:
 
 
 def _nginx(spec: OptimizedModelSpec, context: RouterContext) -> TrafficRouter:
-    if context.nginx is None:
-        raise PermanentTrafficError(
-            f"{PROVIDER_FIELD}: nginx splits traffic in local mode only (optiserve run); in a cluster use replicas or gateway-api"
-        )
-    return NginxRouter(context.nginx)
+    raise PermanentTrafficError(
+        f"{PROVIDER_FIELD}: nginx splits traffic in local mode only (optiserve run); in a cluster use replicas or gateway-api"
+    )
 
 
 REGISTRY: dict[str, Callable[[OptimizedModelSpec, RouterContext], TrafficRouter]] = {

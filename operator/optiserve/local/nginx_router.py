@@ -1,4 +1,4 @@
-"""`TrafficRouter` on the local nginx: upstream weights, read back from what the workers serve."""
+"""`TrafficRouter` on the local nginx (local mode's router): upstream weights, read back from what the workers serve."""
 
 from __future__ import annotations
 

@@ -21,14 +21,13 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from pydantic import ValidationError
 
 from optiserve.api.job import JobResult
 from optiserve.api.rollout import PrometheusSpec, duration_seconds
 from optiserve.api.spec import OptimizedModel
-from optiserve.api.status import Phase
+from optiserve.api.status import OptimizedModelStatus, Phase
 from optiserve.domain.analysis_spec import canary_plan
 from optiserve.domain.canary import CanaryProgress, Signals
 from optiserve.domain.lifecycle import Child, Decision, canary_decision
@@ -79,14 +78,11 @@ def signals(annotations: Mapping[str, str], manifest: OptimizedModel, candidate_
     return Signals(approved=approved, aborted=annotations.get(ABORT_ANNOTATION) == "true")
 
 
-def stored_progress(status: Mapping[str, Any], generation: int) -> CanaryProgress | None:
+def stored_progress(status: OptimizedModelStatus, generation: int) -> CanaryProgress | None:
     """The rollout's state from status, if it belongs to this generation's canary."""
-    canary = status.get("canary")
-    if described_generation(status) != generation or not isinstance(canary, Mapping):
+    if described_generation(status) != generation or status.canary is None or status.canary.progress is None:
         return None
-    stored = canary.get("progress")
-    if not isinstance(stored, Mapping):
-        return None
+    stored = status.canary.progress
     try:
         return CanaryProgress.model_validate(stored)
     except ValidationError:
@@ -99,7 +95,7 @@ class CanaryInputs:
     manifest: OptimizedModel
     namespace: str
     generation: int
-    status: Mapping[str, Any]
+    status: OptimizedModelStatus
     annotations: Mapping[str, str]
     result: JobResult
     now: datetime

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -23,9 +23,19 @@ from optiserve.api.job import ArtifactRef, JobResult, job_request_from_manifest
 from optiserve.api.manifest import ManifestError, parse_manifest
 from optiserve.api.rollout import TrafficProvider
 from optiserve.api.spec import API_GROUP, API_VERSION, KIND, OptimizedModel
-from optiserve.api.status import Phase
+from optiserve.api.status import OptimizedModelStatus, Phase
 from optiserve.canary_reconcile import SIGNAL_ANNOTATIONS, CanaryInputs, MetricsFactory, canary_decision_for, prometheus_metrics
-from optiserve.domain.lifecycle import TERMINAL, Child, Decision, JobObservation, Observed, decide, guard_failing_candidate
+from optiserve.domain.lifecycle import (
+    TERMINAL,
+    CanaryStep,
+    Child,
+    Decision,
+    JobObservation,
+    Observed,
+    decide,
+    route_weight,
+    traffic_failed,
+)
 from optiserve.domain.pipeline_generation import described_generation, pipeline_generation, spec_digest
 from optiserve.errors import PermanentError
 from optiserve.kube.client import ARTIFACT_ANNOTATION, BASELINE, CANDIDATE, KubeClient, deployment_ready
@@ -37,7 +47,7 @@ from optiserve.resources.job import MODELS_MOUNT, Owner, build_optimization_job
 from optiserve.resources.triton_deployment import Variant, build_triton_deployment, build_triton_service
 from optiserve.rollout_engine import route
 from optiserve.settings import Settings
-from optiserve.status_writer import WARNING_PHASES, build_status
+from optiserve.status_writer import WARNING_PHASES, build_status, read_status
 
 logger = logging.getLogger(__name__)
 
@@ -92,125 +102,11 @@ def _parse(
     return manifest, ()
 
 
-def _triton_manifests(
-    owner: Owner, namespace: str, variant: Variant, manifest: OptimizedModel, result: JobResult, settings: Settings
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    assert result.artifact is not None
-    deployment = build_triton_deployment(
-        owner, namespace, variant, manifest.spec.serving.triton, settings.serving_settings(), result.artifact.sha256
-    )
-    deployment["metadata"]["annotations"] = {ARTIFACT_ANNOTATION: result.artifact.sha256}
-    return deployment, build_triton_service(owner, namespace, variant.name)
-
-
-def _act(
-    decision: Decision,
-    *,
-    owner: Owner,
-    namespace: str,
-    generation: int,
-    manifest: OptimizedModel | None,
-    job: JobObservation | None,
-    settings: Settings,
-    kube: KubeClient,
-    promoted: JobResult | None,
-) -> None:
-    # With the replica-ratio router the split *is* the replica counts: the router owns them.
-    scale_owned = not (
-        manifest is not None
-        and manifest.spec.rollout.traffic.provider is TrafficProvider.REPLICAS
-        and decision.weight is not None
-    )
-    if manifest is not None and Child.JOB in decision.want and job is None:
-        request = job_request_from_manifest(manifest, base_dir=source_dir(owner.name))
-        kube.ensure(build_optimization_job(owner, namespace, generation, request, settings.job_settings()))
-    result = job.result if job is not None else None
-    if manifest is not None and Child.CANDIDATE in decision.want and result is not None:
-        for child in _triton_manifests(owner, namespace, Variant(CANDIDATE, generation, 1), manifest, result, settings):
-            kube.ensure(child, scale_owned)
-    if manifest is not None and Child.COMPARATOR in decision.want:
-        comparator = settings.comparator_settings()
-        kube.ensure(build_comparator_deployment(owner, namespace, generation, manifest.spec, comparator))
-        kube.ensure(build_comparator_service(owner, namespace))
-    if decision.remove_stale:
-        kube.remove_stale(namespace, owner.name, generation)
-    serve = decision.promote or (promoted if Child.BASELINE in decision.want else None)
-    baseline_still_ready = True
-    if manifest is not None and serve is not None:
-        variant = Variant(BASELINE, generation, manifest.spec.serving.replicas)
-        for child in _triton_manifests(owner, namespace, variant, manifest, serve, settings):
-            written = kube.ensure(child, scale_owned)
-            if written.get("kind") == "Deployment":
-                baseline_still_ready = deployment_ready(written)
-    # The decision saw the baseline before this reconcile wrote it: a write that changed what it
-    # serves (a promotion repeated after its status write was lost) starts a new rollout of the
-    # baseline, and the candidate stays until a later reconcile sees that rollout ready.
-    if decision.retire_candidate and baseline_still_ready:
-        kube.retire_candidate(namespace, owner.name)
-
-
 Routers = Callable[[OptimizedModel, RouterContext], TrafficRouter]
 
 
 def _default_router(manifest: OptimizedModel, context: RouterContext) -> TrafficRouter:
     return router_for(manifest.spec, context)
-
-
-def _route_weight(decision: Decision, candidate_deployed: bool, *, baseline_exists: bool) -> int | None:
-    """The candidate weight the router must have now; None to leave it alone.
-
-    While this generation's candidate is deployed, the decision's. Without it, once a baseline exists,
-    0: nothing else can serve. That makes an owned route exist from the first promotion on (clients
-    use the Gateway before any canary runs), and it takes the traffic off a candidate of an earlier
-    generation (a spec changed mid-canary) before that candidate is removed as stale. Both were
-    found on real pods: every request through the Gateway answered 404 until a canary began.
-    """
-    if candidate_deployed:
-        return decision.weight
-    return 0 if baseline_exists else None
-
-
-def _route(
-    decision: Decision,
-    weight: int,
-    manifest: OptimizedModel,
-    owner: Owner,
-    namespace: str,
-    kube: KubeClient,
-    routers: Routers,
-) -> Decision:
-    """Give the router `weight`, verified by reading it back; before anything is retired,
-    so traffic always leaves a variant before the variant goes.
-
-    A router that cannot be set up (a missing HTTPRoute, a provider that does not fit) fails the
-    rollout with the field named; the baseline keeps serving. A transient failure propagates as it
-    is (a `TransientError`) and the handler retries it.
-    """
-    try:
-        router = routers(manifest, RouterContext(owner=owner, namespace=namespace, api=kube.traffic_api()))
-        route(router, weight)
-    except PermanentError as e:
-        message = f"{e}; the baseline keeps serving"
-        return Decision(
-            Phase.FAILED, "TrafficError", message, want=frozenset({Child.JOB}), remove_stale=True, retire_candidate=True
-        )
-    return decision
-
-
-def _promoted_result(status: Mapping[str, Any]) -> JobResult | None:
-    """The promoted artifact, from status: the Job that made it may be long gone (TTL)."""
-    artifact = status.get("artifact")
-    if not isinstance(artifact, Mapping):
-        return None
-    return JobResult(passed=True, artifact=ArtifactRef.model_validate(artifact))
-
-
-def _events(before: Phase, restarted: bool, decision: Decision) -> list[Event]:
-    events = [Event("Normal", decision.reason, message) for message in decision.events]
-    if decision.phase is not before or restarted:
-        kind: Literal["Normal", "Warning"] = "Warning" if decision.phase in WARNING_PHASES else "Normal"
-        events.append(Event(kind, decision.reason, f"{before.value} -> {decision.phase.value}: {decision.message}"))
-    return events
 
 
 @dataclass(frozen=True)
@@ -221,88 +117,240 @@ class Hooks:
     routers: Routers = _default_router
 
 
-def _one_pass(
-    name: str,
-    namespace: str,
-    body: Mapping[str, Any],
-    status: Mapping[str, Any],
-    settings: Settings,
-    kube: KubeClient,
-    now: datetime,
-    hooks: Hooks,
-) -> tuple[Decision, dict[str, Any], list[Event]]:
+@dataclass(frozen=True)
+class ReconcileContext:
+    """What every reconcile works with: the operator's settings, the API, where the canary reads
+    metrics and sets traffic, and the time of this reconcile."""
+
+    settings: Settings
+    kube: KubeClient
+    hooks: Hooks
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One OptimizedModel as this pass reads it: parsed once, its status as the status model."""
+
+    name: str
+    namespace: str
+    owner: Owner
+    annotations: Mapping[str, str]
+    status: OptimizedModelStatus
+    generation: int
+    """The pipeline's (see `optiserve.domain.pipeline_generation`): an approval does not restart it."""
+    metadata_generation: int
+    spec: object
+    manifest: OptimizedModel | None
+    spec_errors: tuple[str, ...]
+
+
+def _resource(name: str, namespace: str, body: Mapping[str, Any], status: OptimizedModelStatus, settings: Settings) -> Resource:
     meta = body.get("metadata") or {}
     metadata_generation = int(meta.get("generation") or 1)
-    # The pipeline's generation: a new spec restarts it, an approval (promoteArtifact) does not.
-    generation = pipeline_generation(metadata_generation, body.get("spec"), status)
-    phase = _phase(status.get("phase"))
-    observed_generation = described_generation(status)
     manifest, spec_errors = _parse(name, namespace, body, settings)
-    owner = Owner(api_version=f"{API_GROUP}/{API_VERSION}", kind=KIND, name=name, uid=str(meta.get("uid", "")))
+    return Resource(
+        name=name,
+        namespace=namespace,
+        owner=Owner(api_version=f"{API_GROUP}/{API_VERSION}", kind=KIND, name=name, uid=str(meta.get("uid", ""))),
+        annotations=dict(meta.get("annotations") or {}),
+        status=status,
+        generation=pipeline_generation(metadata_generation, body.get("spec"), status),
+        metadata_generation=metadata_generation,
+        spec=body.get("spec"),
+        manifest=manifest,
+        spec_errors=spec_errors,
+    )
 
+
+def _triton_manifests(
+    resource: Resource, variant: Variant, artifact: ArtifactRef, settings: Settings
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    assert resource.manifest is not None
+    triton = resource.manifest.spec.serving.triton
+    deployment = build_triton_deployment(
+        resource.owner, resource.namespace, variant, triton, settings.serving_settings(), artifact.sha256
+    )
+    deployment["metadata"]["annotations"] = {ARTIFACT_ANNOTATION: artifact.sha256}
+    return deployment, build_triton_service(resource.owner, resource.namespace, variant.name)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What this pass read of the cluster, for `decide` and for acting on its decision."""
+
+    observed: Observed
+    job: JobObservation | None
+    router: TrafficRouter | None
+    """Built and read where the decision may route; None where nothing can be routed yet."""
+    weight: int | None
+    """The candidate weight the router read back."""
+
+
+def _observe_router(resource: Resource, context: ReconcileContext) -> tuple[TrafficRouter | None, int | None, str]:
+    """The router and the weight it reads back, or why it cannot be set up or read."""
+    assert resource.manifest is not None
+    api = context.kube.traffic_api()
+    try:
+        router = context.hooks.routers(resource.manifest, RouterContext(resource.owner, resource.namespace, api))
+        return router, router.current_weight(), ""
+    except PermanentError as e:
+        return None, None, str(e)
+
+
+def _replica_split(manifest: OptimizedModel | None) -> bool:
+    return manifest is not None and manifest.spec.rollout.traffic.provider is TrafficProvider.REPLICAS
+
+
+def _observe(resource: Resource, context: ReconcileContext) -> Observation:
+    kube, name, namespace, generation = context.kube, resource.name, resource.namespace, resource.generation
+    phase, observed_generation = resource.status.phase, described_generation(resource.status)
     settled = phase in TERMINAL and observed_generation == generation
     job = candidate = baseline = None
-    if manifest is not None and not settled:  # a settled resource needs no job reads until its spec changes
+    if resource.manifest is not None and not settled:  # a settled resource needs no job reads until its spec changes
         job = kube.observe_job(namespace, name, generation)
-    if manifest is not None and (not settled or phase is Phase.PROMOTED):  # promoted: keep the baseline serving
+    if resource.manifest is not None and (not settled or phase is Phase.PROMOTED):  # promoted: keep the baseline serving
         candidate = kube.observe_candidate(namespace, name)
         baseline = kube.observe_baseline(namespace, name)
     # A baseline already serving this generation means the promotion happened and only the status
     # write was lost (a crash in between): decide must see the baseline from before this rollout.
-    promoted = None
-    if baseline is not None and baseline.generation != generation:
-        promoted = baseline.artifact_sha256 or None
-    phase_since = candidate.created if candidate is not None and candidate.observation.generation == generation else None
+    promoted = baseline.artifact_sha256 or None if baseline is not None and baseline.generation != generation else None
+    ours = candidate is not None and candidate.observation.generation == generation
     observed = Observed(
         generation=generation,
         phase=phase,
         observed_generation=observed_generation,
-        phase_since=phase_since,
+        phase_since=candidate.created if candidate is not None and ours else None,
         promoted_sha256=promoted,
         job=job,
         candidate=candidate.observation if candidate is not None else None,
-        spec_errors=spec_errors,
+        spec_errors=resource.spec_errors,
         baseline_ready=baseline is not None and baseline.ready and baseline.generation == generation,
+        baseline_exists=baseline is not None,
+        replica_split=resource.manifest is not None
+        and resource.manifest.spec.rollout.traffic.provider is TrafficProvider.REPLICAS,
     )
-    decision = decide(observed, now, settings.deploy_deadline_seconds)
-    ours = job if job is not None and job.generation == generation else None
-    if decision.phase is Phase.CANARY and manifest is not None and ours is not None and ours.result is not None:
-        annotations = dict(meta.get("annotations") or {})
-        inputs = CanaryInputs(manifest, namespace, generation, status, annotations, ours.result, now, settings.default_prometheus)
-        decision = canary_decision_for(inputs, hooks.metrics)
-        replica_split = manifest.spec.rollout.traffic.provider is TrafficProvider.REPLICAS
-        decision = guard_failing_candidate(
-            decision, observed, now, settings.deploy_deadline_seconds, traffic_off=None if replica_split else 0
+    router, weight, error = None, None, ""
+    if resource.manifest is not None and (ours or baseline is not None):
+        router, weight, error = _observe_router(resource, context)
+    return Observation(replace(observed, traffic_error=error), job, router, weight)
+
+
+def _canary_step(resource: Resource, context: ReconcileContext) -> CanaryStep:
+    """The rollout engine's step, hosted here: status holds its state, Prometheus its data."""
+
+    def step(result: JobResult) -> Decision:
+        assert resource.manifest is not None
+        inputs = CanaryInputs(
+            resource.manifest,
+            resource.namespace,
+            resource.generation,
+            resource.status,
+            resource.annotations,
+            result,
+            context.now,
+            context.settings.default_prometheus,
         )
-    candidate_deployed = candidate is not None and candidate.observation.generation == generation
-    weight = _route_weight(decision, candidate_deployed, baseline_exists=baseline is not None)
-    if weight is not None and manifest is not None:
-        decision = _route(decision, weight, manifest, owner, namespace, kube, hooks.routers)
-    if decision.phase in TERMINAL and any(key in (meta.get("annotations") or {}) for key in SIGNAL_ANNOTATIONS):
-        kube.remove_annotations(namespace, name, SIGNAL_ANNOTATIONS)
-    logger.debug("%s/%s generation %d: %s -> %s (%s)", namespace, name, generation, phase, decision.phase, decision.reason)
-    _act(
-        decision,
-        owner=owner,
-        namespace=namespace,
-        generation=generation,
-        manifest=manifest,
-        job=job,
-        settings=settings,
-        kube=kube,
-        promoted=_promoted_result(status),
+        return canary_decision_for(inputs, context.hooks.metrics)
+
+    return step
+
+
+def _route(decision: Decision, seen: Observation) -> tuple[Decision, int | None]:
+    """Give the router the weight the decision needs, verified by reading it back; before anything
+    is retired, so traffic always leaves a variant before the variant goes. Returns the decision
+    (failed, where the router refused the weight: the baseline keeps serving) and the weight read back.
+    A transient failure propagates as it is (a `TransientError`) and the handler retries it."""
+    weight = route_weight(decision, seen.observed)
+    if weight is None or seen.router is None:
+        return decision, seen.weight
+    try:
+        return decision, route(seen.router, weight)
+    except PermanentError as e:
+        return traffic_failed(str(e)), None
+
+
+def _act(decision: Decision, resource: Resource, seen: Observation, context: ReconcileContext) -> None:
+    manifest, kube, settings = resource.manifest, context.kube, context.settings
+    namespace, generation, job = resource.namespace, resource.generation, seen.job
+    # With the replica-ratio router the split *is* the replica counts: the router owns them.
+    scale_owned = not (seen.observed.replica_split and decision.weight is not None)
+    if manifest is not None and Child.JOB in decision.want and job is None:
+        request = job_request_from_manifest(manifest, base_dir=source_dir(resource.name))
+        kube.ensure(build_optimization_job(resource.owner, namespace, generation, request, settings.job_settings()))
+    result = job.result if job is not None else None
+    if manifest is not None and Child.CANDIDATE in decision.want and result is not None and result.artifact is not None:
+        for child in _triton_manifests(resource, Variant(CANDIDATE, generation, 1), result.artifact, settings):
+            kube.ensure(child, scale_owned)
+    if manifest is not None and Child.COMPARATOR in decision.want:
+        comparator = settings.comparator_settings()
+        kube.ensure(build_comparator_deployment(resource.owner, namespace, generation, manifest.spec, comparator))
+        kube.ensure(build_comparator_service(resource.owner, namespace))
+    if decision.remove_stale:
+        kube.remove_stale(namespace, resource.name, generation)
+    baseline_still_ready = _serve_baseline(decision, resource, context, scale_owned)
+    # The decision saw the baseline before this reconcile wrote it: a write that changed what it
+    # serves (a promotion repeated after its status write was lost) starts a new rollout of the
+    # baseline, and the candidate stays until a later reconcile sees that rollout ready.
+    if decision.retire_candidate and baseline_still_ready:
+        kube.retire_candidate(namespace, resource.name)
+
+
+def _serve_baseline(decision: Decision, resource: Resource, context: ReconcileContext, scale_owned: bool) -> bool:
+    """Write the baseline with the promoted artifact (the one promoted now, or the one status names:
+    the Job that made it may be long gone); whether it is still ready after the write."""
+    promoted = decision.promote.artifact if decision.promote is not None else None
+    if promoted is None and Child.BASELINE in decision.want and resource.status.artifact is not None:
+        promoted = ArtifactRef.model_validate(resource.status.artifact.model_dump())
+    if resource.manifest is None or promoted is None:
+        return True
+    variant = Variant(BASELINE, resource.generation, resource.manifest.spec.serving.replicas)
+    still_ready = True
+    for child in _triton_manifests(resource, variant, promoted, context.settings):
+        written = context.kube.ensure(child, scale_owned)
+        if written.get("kind") == "Deployment":
+            still_ready = deployment_ready(written)
+    return still_ready
+
+
+def _events(before: Phase, restarted: bool, decision: Decision) -> list[Event]:
+    events = [Event("Normal", decision.reason, message) for message in decision.events]
+    if decision.phase is not before or restarted:
+        kind: Literal["Normal", "Warning"] = "Warning" if decision.phase in WARNING_PHASES else "Normal"
+        events.append(Event(kind, decision.reason, f"{before.value} -> {decision.phase.value}: {decision.message}"))
+    return events
+
+
+def _one_pass(resource: Resource, context: ReconcileContext) -> tuple[Decision, dict[str, Any], list[Event]]:
+    """Observe, decide once, act, and the status that says so."""
+    seen = _observe(resource, context)
+    observed = seen.observed
+    decision = decide(observed, context.now, context.settings.deploy_deadline_seconds, _canary_step(resource, context))
+    decision, verified_weight = _route(decision, seen)
+    if decision.phase in TERMINAL and any(key in resource.annotations for key in SIGNAL_ANNOTATIONS):
+        context.kube.remove_annotations(resource.namespace, resource.name, SIGNAL_ANNOTATIONS)
+    logger.debug(
+        "%s/%s generation %d: %s -> %s (%s)",
+        resource.namespace,
+        resource.name,
+        resource.generation,
+        observed.phase,
+        decision.phase,
+        decision.reason,
     )
+    _act(decision, resource, seen, context)
     new_status = build_status(
         decision,
-        generation=generation,
-        previous=status,
-        job=job,
-        now=now,
-        observed_generation=metadata_generation,
-        spec_digest=spec_digest(body.get("spec")),
+        generation=resource.generation,
+        previous=resource.status,
+        job=seen.job,
+        now=context.now,
+        observed_generation=resource.metadata_generation,
+        spec_digest=spec_digest(resource.spec),
+        verified_weight=verified_weight,
     )
-    restarted = observed_generation is not None and observed_generation != generation
-    return decision, new_status, _events(phase, restarted, decision)
+    restarted = observed.observed_generation is not None and observed.observed_generation != resource.generation
+    return decision, new_status, _events(observed.phase, restarted, decision)
 
 
 def reconcile(
@@ -318,18 +366,18 @@ def reconcile(
     """Bring one OptimizedModel's children in line with its spec; return the status to write.
 
     An invalid spec is not an exception: it becomes phase Failed with every error named by field.
-    Transient API errors propagate as `kube.TransientError` for the caller to retry.
+    Transient API errors propagate as `TransientError` for the caller to retry.
     """
-    status: dict[str, Any] = dict(body.get("status") or {})
+    context = ReconcileContext(settings, kube, hooks or Hooks(), now or datetime.now(UTC))
+    raw: dict[str, Any] = dict(body.get("status") or {})
     patch: dict[str, Any] = {}
     events: list[Event] = []
     decision = None
     for _ in range(MAX_PASSES):
-        decision, step, step_events = _one_pass(
-            name, namespace, body, status, settings, kube, now or datetime.now(UTC), hooks or Hooks()
-        )
+        resource = _resource(name, namespace, body, read_status(raw), settings)
+        decision, step, step_events = _one_pass(resource, context)
         patch = {**patch, **step}  # each pass writes whole top-level fields; None (remove) is kept
-        status = apply_merge_patch(status, step)
+        raw = apply_merge_patch(raw, step)
         events.extend(step_events)
         if decision.requeue_after_s != 0:
             break

@@ -1,4 +1,7 @@
-"""The one module that turns a `Decision` into the status the operator writes.
+"""The one module that reads status into its model and turns a `Decision` into the status the operator writes.
+
+`read_status` parses what the API server holds once per reconcile (`OptimizedModelStatus`); every
+reader after it works on that model, never on camelCase keys.
 
 Conditions follow the Kubernetes conventions: every type is always present (Unknown until
 known), `lastTransitionTime` changes only when the condition's status changes, and each carries
@@ -8,16 +11,21 @@ phase, so a failure says which of the two failed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from optiserve.api.job import JobResult
-from optiserve.api.status import ArtifactStatus, CanaryStatus, Condition, OptimizationSummary, Phase
+from optiserve.api.status import ArtifactStatus, CanaryStatus, Condition, OptimizationSummary, OptimizedModelStatus, Phase
 from optiserve.domain.canary import CanaryProgress
 from optiserve.domain.lifecycle import PROMOTED_STARTING, TERMINAL, Decision, JobObservation, JobState
 from optiserve.domain.pipeline_generation import described_generation
+
+logger = logging.getLogger(__name__)
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 CONDITION_TYPES = ("Ready", "Optimized", "Validated", "Progressing", "Degraded")
@@ -29,6 +37,22 @@ class Wanted:
     status: ConditionStatus
     reason: str
     message: str = ""
+
+
+def read_status(raw: Mapping[str, Any]) -> OptimizedModelStatus:
+    """The status as its model. A field that does not parse (edited by hand, or written by a
+    version that is gone) is dropped with a warning rather than failing the reconcile: the
+    operator writes it again from what it observes."""
+    document = dict(raw)
+    while True:
+        try:
+            return OptimizedModelStatus.model_validate(document)
+        except ValidationError as e:
+            bad = {str(error["loc"][0]) for error in e.errors() if error["loc"]} & set(document)
+            if not bad:
+                return OptimizedModelStatus()
+            logger.warning("status fields %s do not parse; they are rewritten", ", ".join(sorted(bad)))
+            document = {key: value for key, value in document.items() if key not in bad}
 
 
 def rfc3339(moment: datetime) -> str:
@@ -77,16 +101,16 @@ def _ready(decision: Decision) -> Wanted:
     return Wanted("False", decision.reason, decision.message)
 
 
-def _conditions(wanted: Mapping[str, Wanted], previous: object, generation: int, now: datetime) -> list[dict[str, Any]]:
-    before = {c.get("type"): c for c in previous if isinstance(c, dict)} if isinstance(previous, list) else {}
+def _conditions(
+    wanted: Mapping[str, Wanted], previous: Sequence[Condition], generation: int, now: datetime
+) -> list[dict[str, Any]]:
+    before = {c.type: c for c in previous}
     conditions = []
     for kind in CONDITION_TYPES:
         want = wanted[kind]
-        old = before.get(kind, {})
-        since = (
-            old.get("lastTransitionTime") if old.get("status") == want.status and old.get("lastTransitionTime") else rfc3339(now)
-        )
-        conditions.append(_condition(kind, want, str(since), generation))
+        old = before.get(kind)
+        kept = old.last_transition_time if old is not None and old.status == want.status else None
+        conditions.append(_condition(kind, want, kept or rfc3339(now), generation))
     return conditions
 
 
@@ -102,14 +126,13 @@ def _condition(kind: str, want: Wanted, since: str, generation: int) -> dict[str
     return condition.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _with_ready(previous: object, ready: Wanted, generation: int, now: datetime) -> list[dict[str, Any]] | None:
+def _with_ready(previous: Sequence[Condition], ready: Wanted, generation: int, now: datetime) -> list[dict[str, Any]] | None:
     """The written conditions with Ready replaced, where its status changed; None where it did not."""
-    if not isinstance(previous, list):
+    if not previous:
         return None
-    is_ready = [isinstance(c, dict) and c.get("type") == "Ready" for c in previous]
-    if any(is_ready) and previous[is_ready.index(True)].get("status") == ready.status:
+    if any(c.type == "Ready" and c.status == ready.status for c in previous):
         return None
-    others = [c for c, ready_type in zip(previous, is_ready, strict=True) if not ready_type]
+    others = [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in previous if c.type != "Ready"]
     return [_condition("Ready", ready, rfc3339(now), generation), *others]
 
 
@@ -123,41 +146,45 @@ def summary(result: JobResult) -> dict[str, Any]:
     ).model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def phase_since(phase: Phase, previous: Mapping[str, Any], generation: int, now: datetime) -> str:
+def phase_since(phase: Phase, previous: OptimizedModelStatus, generation: int, now: datetime) -> str:
     """When the resource entered `phase`: kept while phase and generation stay, `now` otherwise
     (a spec change restarts the pipeline, even when it lands in the phase it was in)."""
-    kept = previous.get("phaseSince")
-    unchanged = previous.get("phase") == phase.value and described_generation(previous) == generation
-    return kept if unchanged and isinstance(kept, str) and kept else rfc3339(now)
+    kept = previous.phase_since
+    unchanged = previous.phase is phase and described_generation(previous) == generation
+    return kept if unchanged and kept else rfc3339(now)
 
 
 def build_status(
     decision: Decision,
     *,
     generation: int,
-    previous: Mapping[str, Any],
+    previous: OptimizedModelStatus | Mapping[str, Any],
     job: JobObservation | None,
     now: datetime,
     observed_generation: int | None = None,
     spec_digest: str | None = None,
+    verified_weight: int | None = None,
 ) -> dict[str, Any]:
     """The status patch (JSON merge patch: a None value removes the field) for this decision.
 
     ``generation`` is the pipeline's (see `optiserve.domain.pipeline_generation`);
-    ``observed_generation``, the resource's metadata.generation now (defaults to it).
+    ``observed_generation``, the resource's metadata.generation now (defaults to it);
+    ``verified_weight``, the candidate weight the router read back in this reconcile.
     """
+    if not isinstance(previous, OptimizedModelStatus):
+        previous = read_status(previous)
     observed = observed_generation if observed_generation is not None else generation
     same_generation = described_generation(previous) == generation
     since = phase_since(decision.phase, previous, generation, now)
     tracking: dict[str, Any] = {"observedGeneration": observed, "pipelineGeneration": generation}
     if spec_digest is not None:
         tracking["specDigest"] = spec_digest
-    reconfirmed = same_generation and previous.get("observedGeneration") == observed
-    if reconfirmed and decision.phase in TERMINAL and previous.get("phase") == decision.phase.value:
+    reconfirmed = same_generation and previous.observed_generation == observed
+    if reconfirmed and decision.phase in TERMINAL and previous.phase is decision.phase:
         # A terminal phase re-confirmed: the Job may be gone by now, so keep what was written,
         # except Ready, which follows the baseline's pods.
         kept: dict[str, Any] = {"phase": decision.phase.value, "phaseSince": since, **tracking}
-        conditions = _with_ready(previous.get("conditions"), _ready(decision), observed, now)
+        conditions = _with_ready(previous.conditions, _ready(decision), observed, now)
         if conditions is not None:
             kept["conditions"] = conditions
         return kept
@@ -166,7 +193,7 @@ def build_status(
         "phaseSince": since,
         **tracking,
         "message": decision.message,
-        "conditions": _conditions(wanted_conditions(decision, job), previous.get("conditions"), observed, now),
+        "conditions": _conditions(wanted_conditions(decision, job), previous.conditions, observed, now),
     }
     ours = job if job is not None and job.generation == generation else None
     if ours is not None and ours.result is not None:
@@ -178,18 +205,23 @@ def build_status(
         artifact = ArtifactStatus(uri=promoted.uri, sha256=promoted.sha256, size_bytes=promoted.size_bytes)
         status["artifact"] = artifact.model_dump(mode="json", by_alias=True)
     if decision.canary is not None:
-        status["canary"] = canary_status(decision.canary, decision.candidate_sha256)
+        status["canary"] = canary_status(decision.canary, decision.candidate_sha256, verified_weight)
     elif not same_generation:
         status["canary"] = None  # a new spec: the last rollout's progress describes nothing now
     return status
 
 
-def canary_status(progress: CanaryProgress, candidate_sha256: str | None = None) -> dict[str, Any]:
-    """What `kubectl get/describe om` shows of the rollout, and its state for the next reconcile."""
+def canary_status(
+    progress: CanaryProgress, candidate_sha256: str | None = None, verified_weight: int | None = None
+) -> dict[str, Any]:
+    """What `kubectl get/describe om` shows of the rollout, and its state for the next reconcile.
+
+    ``weight`` is what the router verified (a failing candidate's traffic is on the baseline while
+    its step's weight stays in the progress); the step's own weight where the router was not read."""
     latest = progress.history[-1] if progress.history else None
     measurements = [m.model_dump(mode="json", exclude_none=True) for m in latest.measurements] if latest else []
     return CanaryStatus(
-        weight=progress.weight,
+        weight=progress.weight if verified_weight is None else verified_weight,
         step=progress.step + 1,
         candidate_artifact=f"sha256:{candidate_sha256}" if candidate_sha256 else None,
         state=progress.state.value,

@@ -11,6 +11,7 @@ initialisation, it is promoted once ready, without a canary.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -74,6 +75,18 @@ class Observed:
     spec_errors: tuple[str, ...] = ()
     baseline_ready: bool = False
     """The baseline Deployment serves the promoted artifact and is ready."""
+    baseline_exists: bool = False
+    """A baseline Deployment exists (of any generation): something the router can send traffic to."""
+    traffic_error: str = ""
+    """The router could not be set up or read (the message names the field); empty when it was fine or not needed."""
+    replica_split: bool = False
+    """The traffic split is the replica ratio: an unready pod gets no traffic, so a failing candidate's
+    weight is left alone (see `guard_failing_candidate`)."""
+
+    @property
+    def candidate_deployed(self) -> bool:
+        """This generation's candidate Deployment exists."""
+        return self.candidate is not None and self.candidate.generation == self.generation
 
 
 class Child(StrEnum):
@@ -116,12 +129,52 @@ PROMOTED_SERVING = "promoted; the baseline serves the optimized model"
 PROMOTED_STARTING = "promoted; waiting for the baseline's pods to serve the optimized model"
 
 
+CanaryStep = Callable[[JobResult], "Decision"]
+"""The rollout engine's step for this reconcile, given the candidate's job result (the host measures
+the due interval and advances the canary); `decide` calls it only while the resource is in Canary."""
+
+
+def route_weight(decision: Decision, observed: Observed) -> int | None:
+    """The candidate weight the router must have after ``decision``; None to leave it alone.
+
+    While this generation's candidate is deployed, the decision's. Without it, once a baseline exists,
+    0: nothing else can serve. That makes an owned route exist from the first promotion on (clients
+    use the Gateway before any canary runs), and it takes the traffic off a candidate of an earlier
+    generation (a spec changed mid-canary) before that candidate is removed as stale. Both were
+    found on real pods: every request through the Gateway answered 404 until a canary began.
+    """
+    if observed.candidate_deployed:
+        return decision.weight
+    return 0 if observed.baseline_exists else None
+
+
+def traffic_failed(error: str) -> Decision:
+    """The router cannot be set up or does not take the weight: the rollout fails with the field
+    named, and the baseline keeps serving."""
+    message = f"{error}; the baseline keeps serving"
+    return Decision(Phase.FAILED, "TrafficError", message, want=frozenset({Child.JOB}), remove_stale=True, retire_candidate=True)
+
+
 def _restarted(observed: Observed) -> bool:
     return observed.observed_generation is not None and observed.generation != observed.observed_generation
 
 
-def decide(observed: Observed, now: datetime, deploy_deadline_s: float = DEPLOY_DEADLINE_S) -> Decision:
-    """The next step for one resource, from what is observed now."""
+def decide(
+    observed: Observed, now: datetime, deploy_deadline_s: float = DEPLOY_DEADLINE_S, canary: CanaryStep | None = None
+) -> Decision:
+    """The next step for one resource, from what is observed now: computed once per reconcile.
+
+    In Canary, ``canary`` (the rollout engine's step) says where the rollout goes, and a candidate
+    that stopped serving is guarded (`guard_failing_candidate`); without it (the pure tests of the
+    phase machine) the resource stays in Canary. A router that could not be read fails the rollout
+    wherever the decision needs it."""
+    decision = _decide(observed, now, deploy_deadline_s, canary)
+    if observed.traffic_error and route_weight(decision, observed) is not None:
+        return traffic_failed(observed.traffic_error)
+    return decision
+
+
+def _decide(observed: Observed, now: datetime, deploy_deadline_s: float, canary: CanaryStep | None) -> Decision:
     if observed.spec_errors:
         return Decision(Phase.FAILED, "InvalidSpec", "; ".join(observed.spec_errors), remove_stale=True)
     phase = Phase.PENDING if _restarted(observed) else observed.phase
@@ -157,7 +210,11 @@ def decide(observed: Observed, now: datetime, deploy_deadline_s: float = DEPLOY_
         reason = (result.reason if result and result.reason else job.failure) or "the optimization job failed"
         gates = f" (failed gates: {', '.join(result.failed_gates)})" if result and result.failed_gates else ""
         return Decision(Phase.FAILED, "OptimizationFailed", reason + gates, remove_stale=True)
-    return _deploying(observed, result, now, deploy_deadline_s)
+    decision = _deploying(observed, result, now, deploy_deadline_s)
+    if decision.phase is not Phase.CANARY or canary is None:
+        return decision
+    traffic_off = None if observed.replica_split else 0
+    return guard_failing_candidate(canary(result), observed, now, deploy_deadline_s, traffic_off)
 
 
 def _optimizing(observed: Observed, job: JobObservation | None) -> Decision:

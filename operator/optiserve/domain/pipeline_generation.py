@@ -16,6 +16,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from optiserve.api.status import OptimizedModelStatus
+
 APPROVAL_FIELDS: tuple[tuple[str, str], ...] = (("rollout", "promoteArtifact"),)
 """Spec fields that answer the running rollout instead of changing what it builds."""
 
@@ -31,19 +33,15 @@ def spec_digest(spec: object) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def described_generation(status: Mapping[str, Any]) -> int | None:
+def described_generation(status: OptimizedModelStatus) -> int | None:
     """The generation the status (and the running pipeline) describes."""
-    for key in ("pipelineGeneration", "observedGeneration"):
-        value = status.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+    return status.pipeline_generation if status.pipeline_generation is not None else status.observed_generation
 
 
-def pipeline_generation(metadata_generation: int, spec: object, status: Mapping[str, Any]) -> int:
+def pipeline_generation(metadata_generation: int, spec: object, status: OptimizedModelStatus) -> int:
     """The running pipeline's generation if only approval fields changed since it started, else the new one."""
     running = described_generation(status)
-    unchanged = status.get("specDigest") == spec_digest(spec)
+    unchanged = status.spec_digest == spec_digest(spec)
     if unchanged and running is not None and running <= metadata_generation:
         return running
     return metadata_generation

@@ -26,10 +26,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from optiserve.api.status import Phase
+from optiserve.api.status import CanaryStatus, Phase
 from optiserve.errors import TransientError
 from optiserve.kube.client import AdoptionError, ApiError
 from optiserve.merge_patch import apply_merge_patch
+from optiserve.status_writer import read_status
 
 TRIGGER_CHANGE: Final = "change"
 """Create, update and resume: kopf saw the resource change (or the operator start)."""
@@ -77,27 +78,24 @@ class ModelState:
     """End of the latest judged interval (status.canary.progress.last_interval_s): a change means a new verdict."""
 
 
-def _canary_measurements(canary: object) -> tuple[tuple[Mapping[str, Any], ...], float | None]:
-    if not isinstance(canary, Mapping):
+def _canary_measurements(canary: CanaryStatus | None) -> tuple[tuple[Mapping[str, Any], ...], float | None]:
+    if canary is None:
         return (), None
-    measurements = tuple(m for m in canary.get("measurements") or () if isinstance(m, Mapping) and m.get("metric"))
-    progress = canary.get("progress")
-    judged = progress.get("last_interval_s") if isinstance(progress, Mapping) else None
+    measurements = tuple(m for m in canary.measurements if m.get("metric"))
+    judged = (canary.progress or {}).get("last_interval_s")
     return measurements, float(judged) if isinstance(judged, int | float) and judged > 0 else None
 
 
-def model_state(status: Mapping[str, Any]) -> ModelState | None:
+def model_state(raw: Mapping[str, Any]) -> ModelState | None:
     """What the metrics show of one resource's status; None before the operator wrote one."""
-    phase = status.get("phase")
-    if not isinstance(phase, str) or not phase:
+    status = read_status(raw)
+    if "phase" not in status.model_fields_set:
         return None
-    canary = status.get("canary")
-    weight = canary.get("weight") if isinstance(canary, Mapping) else None
-    measurements, judged_at = _canary_measurements(canary)
+    measurements, judged_at = _canary_measurements(status.canary)
     return ModelState(
-        phase=phase,
-        phase_since=parse_time(status.get("phaseSince")),
-        canary_weight=int(weight) if isinstance(weight, int | float) else None,
+        phase=status.phase.value,
+        phase_since=parse_time(status.phase_since),
+        canary_weight=status.canary.weight if status.canary is not None else None,
         measurements=measurements,
         judged_at_s=judged_at,
     )

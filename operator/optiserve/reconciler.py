@@ -47,7 +47,7 @@ from optiserve.resources.job import MODELS_MOUNT, Owner, build_optimization_job
 from optiserve.resources.triton_deployment import Variant, build_triton_deployment, build_triton_service
 from optiserve.rollout_engine import route
 from optiserve.settings import Settings
-from optiserve.status_writer import WARNING_PHASES, build_status, read_status
+from optiserve.status_writer import WARNING_PHASES, Tracking, build_status, read_status
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +111,11 @@ def _default_router(manifest: OptimizedModel, context: RouterContext) -> Traffic
 
 @dataclass(frozen=True)
 class Hooks:
-    """Where the canary reads metrics and sets traffic; tests substitute their own."""
+    """Where the canary reads metrics and sets traffic, and the clock; tests substitute their own."""
 
     metrics: MetricsFactory = prometheus_metrics
     routers: Routers = _default_router
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -345,9 +346,7 @@ def _one_pass(resource: Resource, context: ReconcileContext) -> tuple[Decision, 
         previous=resource.status,
         job=seen.job,
         now=context.now,
-        observed_generation=resource.metadata_generation,
-        spec_digest=spec_digest(resource.spec),
-        verified_weight=verified_weight,
+        tracking=Tracking(resource.metadata_generation, spec_digest(resource.spec), verified_weight),
     )
     restarted = observed.observed_generation is not None and observed.observed_generation != resource.generation
     return decision, new_status, _events(observed.phase, restarted, decision)
@@ -360,7 +359,6 @@ def reconcile(
     settings: Settings,
     *,
     kube: KubeClient,
-    now: datetime | None = None,
     hooks: Hooks | None = None,
 ) -> StatusPatch:
     """Bring one OptimizedModel's children in line with its spec; return the status to write.
@@ -368,7 +366,8 @@ def reconcile(
     An invalid spec is not an exception: it becomes phase Failed with every error named by field.
     Transient API errors propagate as `TransientError` for the caller to retry.
     """
-    context = ReconcileContext(settings, kube, hooks or Hooks(), now or datetime.now(UTC))
+    hooks = hooks or Hooks()
+    context = ReconcileContext(settings, kube, hooks, hooks.clock())
     raw: dict[str, Any] = dict(body.get("status") or {})
     patch: dict[str, Any] = {}
     events: list[Event] = []

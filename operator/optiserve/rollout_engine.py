@@ -23,6 +23,7 @@ from optiserve.domain.analysis import Measurement
 from optiserve.domain.canary import (
     CanaryPlan,
     CanaryProgress,
+    MeasuredInterval,
     Signals,
     StepOutcome,
     Window,
@@ -57,8 +58,8 @@ class RolloutEngine:
         """One step: the first one starts the rollout's clock at the first step's weight."""
         current = progress or start(self.plan, now)
         window = due_window(self.plan, current, now)
-        measurements = self._measure(current, window, now) if window is not None else []
-        return step(self.plan, current, now, signals or Signals(), window, measurements, verified_weight)
+        measured = MeasuredInterval(window, self._measure(current, window, now)) if window is not None else None
+        return step(self.plan, current, now, signals or Signals(), measured, verified_weight)
 
     def _measure(self, progress: CanaryProgress, window: Window, now: datetime) -> list[Measurement]:
         clock = Clock(progress.started_at.timestamp(), elapsed_s(progress, now))

@@ -154,6 +154,17 @@ def phase_since(phase: Phase, previous: OptimizedModelStatus, generation: int, n
     return kept if unchanged and kept else rfc3339(now)
 
 
+@dataclass(frozen=True)
+class Tracking:
+    """What the status records besides the decision."""
+
+    observed_generation: int | None = None
+    """The resource's metadata.generation now (defaults to the pipeline's generation)."""
+    spec_digest: str | None = None
+    verified_weight: int | None = None
+    """The candidate weight the router read back in this reconcile."""
+
+
 def build_status(
     decision: Decision,
     *,
@@ -161,29 +172,27 @@ def build_status(
     previous: OptimizedModelStatus | Mapping[str, Any],
     job: JobObservation | None,
     now: datetime,
-    observed_generation: int | None = None,
-    spec_digest: str | None = None,
-    verified_weight: int | None = None,
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
     """The status patch (JSON merge patch: a None value removes the field) for this decision.
 
-    ``generation`` is the pipeline's (see `optiserve.domain.pipeline_generation`);
-    ``observed_generation``, the resource's metadata.generation now (defaults to it);
-    ``verified_weight``, the candidate weight the router read back in this reconcile.
+    ``generation`` is the pipeline's (see `optiserve.domain.pipeline_generation`).
     """
     if not isinstance(previous, OptimizedModelStatus):
         previous = read_status(previous)
-    observed = observed_generation if observed_generation is not None else generation
+    tracked = tracking or Tracking()
+    spec_digest, verified_weight = tracked.spec_digest, tracked.verified_weight
+    observed = tracked.observed_generation if tracked.observed_generation is not None else generation
     same_generation = described_generation(previous) == generation
     since = phase_since(decision.phase, previous, generation, now)
-    tracking: dict[str, Any] = {"observedGeneration": observed, "pipelineGeneration": generation}
+    generations: dict[str, Any] = {"observedGeneration": observed, "pipelineGeneration": generation}
     if spec_digest is not None:
-        tracking["specDigest"] = spec_digest
+        generations["specDigest"] = spec_digest
     reconfirmed = same_generation and previous.observed_generation == observed
     if reconfirmed and decision.phase in TERMINAL and previous.phase is decision.phase:
         # A terminal phase re-confirmed: the Job may be gone by now, so keep what was written,
         # except Ready, which follows the baseline's pods.
-        kept: dict[str, Any] = {"phase": decision.phase.value, "phaseSince": since, **tracking}
+        kept: dict[str, Any] = {"phase": decision.phase.value, "phaseSince": since, **generations}
         conditions = _with_ready(previous.conditions, _ready(decision), observed, now)
         if conditions is not None:
             kept["conditions"] = conditions
@@ -191,7 +200,7 @@ def build_status(
     status: dict[str, Any] = {
         "phase": decision.phase.value,
         "phaseSince": since,
-        **tracking,
+        **generations,
         "message": decision.message,
         "conditions": _conditions(wanted_conditions(decision, job), previous.conditions, observed, now),
     }

@@ -2,7 +2,7 @@
 
 The real optimization job runs once per session into a job cache (as `optiserve run --job-cache`
 keeps it); the canary is driven by the local pipeline's own pieces (`start_canary_servers`,
-`optiserve.local.run.canary_loop`, the same `optiserve.domain.canary` state machine and
+`optiserve.local.run.canary_loop`, the same rollout engine (`optiserve.rollout_engine`) and
 `providers.measure` as the operator) against real tritonservers, nginx, the comparator and
 Prometheus, with 5 s intervals. A fault is injected from the loop's live-view callback, which
 runs after every tick, so the test knows on the run's own clock when it struck.
@@ -30,6 +30,7 @@ from optiserve.local.job_cache import JobOutputs, optimization_outputs
 from optiserve.local.load import BackgroundLoad, LoadConfig, LoadResult
 from optiserve.local.run import CanaryRun, Timeline, canary_loop, rollout_plan
 from optiserve.local.run_overrides import local_manifest
+from optiserve.rollout_engine import RolloutEngine
 from tests.conftest import FAST_BENCHMARK, NO_SPEED_GATE, REPO_ROOT
 
 DIGITS = REPO_ROOT / "examples/digits"
@@ -118,7 +119,7 @@ def run_canary(servers: CanaryServers, plan: CanaryPlan, timeline: Timeline, dis
     config = LoadConfig(concurrency=4, rate_per_s=20.0, max_duration_s=MAX_CANARY_S + 60)
     with BackgroundLoad(servers.load_target, samples, config) as load:
         try:
-            run = canary_loop(plan, servers, timeline, load, {}, display, MAX_CANARY_S)
+            run = canary_loop(RolloutEngine(plan, servers.metrics), servers, timeline, load, display, MAX_CANARY_S)
         finally:
             result = load.stop()
     return CanaryResult(run=run, timeline=timeline, load=result)

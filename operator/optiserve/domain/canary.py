@@ -6,7 +6,7 @@ operator and for local mode alike):
 1. `due_window(plan, progress, now)` says whether an analysis interval has ended and, if so, the
    window to measure (seconds since the first canary traffic);
 2. the engine measures that window (Prometheus, the comparator) into `Measurement`s;
-3. `step(plan, progress, now, signals, window, measurements, verified_weight)` folds them into the
+3. `step(plan, progress, now, signals, measured, verified_weight)` folds them into the
    judge (`advance`) and returns the next `CanaryProgress` (kept in status, or in memory in local
    mode), the weight the router must have and the interval's verdict.
 
@@ -271,6 +271,14 @@ def advance(
 
 
 @dataclass(frozen=True)
+class MeasuredInterval:
+    """The interval `due_window` returned, and what was measured over it."""
+
+    window: Window
+    measurements: Sequence[Measurement]
+
+
+@dataclass(frozen=True)
 class StepOutcome:
     """What one step of the rollout says to do."""
 
@@ -289,13 +297,13 @@ def step(
     progress: CanaryProgress,
     now: datetime,
     signals: Signals,
-    window: Window | None,
-    measurements: Sequence[Measurement],
+    measured: MeasuredInterval | None,
     verified_weight: int | None,
 ) -> StepOutcome:
     """`advance`, and what it means for the router: ``verified_weight`` is what the router read
     back last (None: unknown), so a weight already in place is not set again."""
-    after = advance(plan, progress, now, signals, window, measurements)
+    window = measured.window if measured is not None else None
+    after = advance(plan, progress, now, signals, window, measured.measurements if measured is not None else ())
     judged = after.history[-1] if window is not None and after.history and after.history[-1].at_s == window.end_s else None
     return StepOutcome(
         progress=after,

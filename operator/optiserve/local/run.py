@@ -163,22 +163,16 @@ def _record(run: CanaryRun, before: CanaryProgress, outcome: StepOutcome, timeli
 
 
 def canary_loop(
-    plan: CanaryPlan,
-    servers: CanaryServers,
-    timeline: Timeline,
-    load: BackgroundLoad,
-    queries: dict[str, str],
-    display: Display,
-    max_s: float,
+    engine: RolloutEngine, servers: CanaryServers, timeline: Timeline, load: BackgroundLoad, display: Display, max_s: float
 ) -> CanaryRun:
     """Drive the rollout until it is final or held (local mode has no person to release a hold).
 
-    The host of the rollout engine here: its Prometheus, the progress in memory, no signals, and
-    the nginx router between the two servers."""
-    engine = RolloutEngine(plan, servers.metrics, queries)
+    The host of the rollout engine here: the servers' Prometheus (``engine`` reads through
+    ``servers.metrics``), the progress in memory, no signals, and the nginx router between the
+    two servers."""
     router = servers.router()
     first = engine.tick(None, datetime.now(UTC))
-    run = CanaryRun(plan=plan, progress=first.progress, canary_started_s=timeline.now_s())
+    run = CanaryRun(plan=engine.plan, progress=first.progress, canary_started_s=timeline.now_s())
     run.step_starts.append(run.canary_started_s)
     verified = _route(router, timeline, first.weight)
     while not run.progress.is_final and run.progress.state is not RolloutState.HELD:
@@ -243,7 +237,8 @@ def _canary(state: RunState, plan: CanaryPlan, progress: Callable[[str], None], 
         timeline.enter(Phase.CANARY)
         with BackgroundLoad(servers.load_target, samples, config) as load:  # started on entry
             try:
-                state.canary = canary_loop(plan, servers, timeline, load, _queries(state.manifest), display, options.max_canary_s)
+                engine = RolloutEngine(plan, servers.metrics, _queries(state.manifest))
+                state.canary = canary_loop(engine, servers, timeline, load, display, options.max_canary_s)
                 state.outcome, final = _outcome(state.canary)
                 if final is not None:
                     timeline.enter(final)

@@ -26,10 +26,10 @@ from typing import Any
 
 from optiserve.api.spec import BenchmarkSpec, ExportPass, GraphPass, ModelSpec, QuantizePass
 from optiserve.local.processes import busy_processes
-from optiserve_jobs.benchmark import VariantBenchmark, evidence, run_benchmark
+from optiserve_jobs.benchmark import evidence, run_benchmark
 from optiserve_jobs.datasets import Dataset, load_dataset
 from optiserve_jobs.passes import PassContext, build_pass
-from optiserve_jobs.report import machine_report
+from optiserve_jobs.report import VariantBenchmark, machine_report
 from optiserve_jobs.runners import OrtRunner, VariantSpec
 from optiserve_jobs.source_model import SourceModel, load_source_model
 from optiserve_jobs.validate import accuracy, fidelity, run_all

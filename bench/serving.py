@@ -46,6 +46,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from optiserve.api.spec import TritonBackend
+from optiserve.artifact import verify_artifact
 from optiserve.golden import GOLDEN_FILE, GoldenSample, load_golden
 from optiserve.local.load import LoadConfig, run_load
 from optiserve.local.load_clients import LoadTarget
@@ -54,7 +55,7 @@ from optiserve.local.triton import TritonServer, find_triton_install
 from optiserve.resources.triton_config import parse_model_config, render_model_config
 from optiserve_jobs import triton_python_model
 from optiserve_jobs.report import machine_report
-from optiserve_jobs.repository import REPOSITORIES, verify
+from optiserve_jobs.repository import REPOSITORIES
 from optiserve_jobs.runners import ort_session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def optimized_model_dir(model_dir: Path | None, work: Path) -> Path:
         print(f"optimizing {EXAMPLE.relative_to(ROOT)} into {model_dir}", file=sys.stderr)
         command = [str(Path(sys.executable).with_name("optiserve")), "optimize", "-f", str(EXAMPLE), "--out", str(model_dir)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    verify(model_dir)
+    verify_artifact(model_dir)
     return model_dir
 
 

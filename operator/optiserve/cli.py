@@ -308,11 +308,11 @@ def _comparator(args: argparse.Namespace) -> int:
 
 
 def _verify_artifact(args: argparse.Namespace) -> int:
-    from optiserve.artifact import ArtifactError, verify_artifact
+    from optiserve.artifact import CorruptRepositoryError, verify_artifact
 
     try:
         manifest = verify_artifact(args.directory, args.sha256)
-    except ArtifactError as e:
+    except CorruptRepositoryError as e:
         _print_errors([str(e)])
         return 1
     console.print(f"{args.directory}: {len(manifest['files'])} files match the manifest", highlight=False)

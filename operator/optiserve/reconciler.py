@@ -301,8 +301,8 @@ def _serve_baseline(decision: Decision, resource: Resource, context: ReconcileCo
     """Write the baseline with the promoted artifact (the one promoted now, or the one status names:
     the Job that made it may be long gone); whether it is still ready after the write."""
     promoted = decision.promote.artifact if decision.promote is not None else None
-    if promoted is None and Child.BASELINE in decision.want and resource.status.artifact is not None:
-        promoted = ArtifactRef.model_validate(resource.status.artifact.model_dump())
+    if promoted is None and Child.BASELINE in decision.want:
+        promoted = resource.status.artifact
     if resource.manifest is None or promoted is None:
         return True
     variant = Variant(BASELINE, resource.generation, resource.manifest.spec.serving.replicas)

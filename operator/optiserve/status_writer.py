@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from optiserve.api.job import JobResult
-from optiserve.api.status import ArtifactStatus, CanaryStatus, Condition, OptimizationSummary, OptimizedModelStatus, Phase
+from optiserve.api.status import CanaryStatus, Condition, OptimizationSummary, OptimizedModelStatus, Phase
 from optiserve.domain.canary import CanaryProgress
 from optiserve.domain.lifecycle import PROMOTED_STARTING, TERMINAL, Decision, JobObservation, JobState
 from optiserve.domain.pipeline_generation import described_generation
@@ -211,8 +211,7 @@ def build_status(
         status["optimization"] = None  # the previous generation's summary no longer describes the spec
     promoted = decision.promote.artifact if decision.promote is not None else None
     if promoted is not None:
-        artifact = ArtifactStatus(uri=promoted.uri, sha256=promoted.sha256, size_bytes=promoted.size_bytes)
-        status["artifact"] = artifact.model_dump(mode="json", by_alias=True)
+        status["artifact"] = promoted.model_dump(mode="json", by_alias=True)
     if decision.canary is not None:
         status["canary"] = canary_status(decision.canary, decision.candidate_sha256, verified_weight)
     elif not same_generation:

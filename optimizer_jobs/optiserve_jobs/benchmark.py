@@ -18,7 +18,6 @@ import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -28,39 +27,9 @@ import numpy as np
 from optiserve.api.spec import BenchmarkSpec
 from optiserve_jobs.interference import benchmark_threads, run_queue_wait_ns
 from optiserve_jobs.profiling import profile_operators
+from optiserve_jobs.report import BatchTiming, VariantBenchmark
 from optiserve_jobs.runners import VariantSpec
 from optiserve_jobs.stability import Round, SpeedEvidence, SpeedVerdict, clean_pairs, speed_evidence
-
-
-@dataclass
-class BatchTiming:
-    batch_size: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    throughput_per_s: float
-    samples: int
-    rounds: int = 0
-    """Rounds timed, disturbed ones included."""
-    disturbed_rounds: int = 0
-    """Rounds of this variant whose threads waited for a CPU beyond the limit."""
-    median_wait_fraction: float | None = None
-
-
-@dataclass
-class VariantBenchmark:
-    name: str
-    runtime: str
-    model_bytes: int
-    peak_rss_bytes: int
-    model_rss_bytes: int
-    batches: list[BatchTiming] = field(default_factory=list)
-    top_operators: list[dict[str, float | str]] = field(default_factory=list)
-    rounds: dict[int, list[Round]] = field(default_factory=dict)
-    """Every timed round by batch size, index-aligned across the variants of one run."""
-
-    def timing(self, batch_size: int) -> BatchTiming:
-        return next(b for b in self.batches if b.batch_size == batch_size)
 
 
 def _rss_bytes() -> int:
@@ -244,18 +213,21 @@ def run_benchmark(
         results = []
         for index, ((variant, runtime, model_file), worker) in enumerate(zip(variants, workers, strict=True)):
             mine = {batch: rounds[index] for batch, rounds in by_batch.items()}
+            peak_rss_bytes = int(worker.ask("rss"))
+            top_operators: list[dict[str, float | str]] = []
+            if spec.profile and variant.onnx_path is not None:
+                on_progress(f"profiling {variant.name}")
+                top_operators = worker.ask("profile", spec.batch_sizes[0], spec.iterations)
             result = VariantBenchmark(
                 name=variant.name,
                 runtime=runtime,
                 model_bytes=model_file.stat().st_size if model_file.is_file() else _dir_size(model_file),
-                peak_rss_bytes=int(worker.ask("rss")),
+                peak_rss_bytes=peak_rss_bytes,
                 model_rss_bytes=worker.model_rss_bytes,
                 batches=[_summarize(b, mine[b], clean[b], spec.stability.max_wait_fraction) for b in spec.batch_sizes],
+                top_operators=top_operators,
                 rounds=mine,
             )
-            if spec.profile and variant.onnx_path is not None:
-                on_progress(f"profiling {variant.name}")
-                result.top_operators = worker.ask("profile", spec.batch_sizes[0], spec.iterations)
             results.append(result)
         return results
     finally:

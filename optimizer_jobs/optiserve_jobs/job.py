@@ -6,7 +6,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import onnx
@@ -14,7 +13,7 @@ import onnx
 from optiserve.api.job import JobRequest, JobResult
 from optiserve.api.spec import ExportPass, ModelFormat
 from optiserve_jobs import repository
-from optiserve_jobs.benchmark import VariantBenchmark, evidence, run_benchmark
+from optiserve_jobs.benchmark import evidence, run_benchmark
 from optiserve_jobs.datasets import Dataset, load_dataset
 from optiserve_jobs.errors import JobError, SourceError
 from optiserve_jobs.golden_set import golden_samples
@@ -23,19 +22,17 @@ from optiserve_jobs.passes import PassContext, PassOutcome, PassStatus, build_pa
 from optiserve_jobs.report import (
     AccuracyReport,
     BenchmarkReport,
-    FidelityReport,
-    GateReport,
+    Gate,
     PassReport,
     Report,
     SpeedReport,
-    VariantReport,
     machine_report,
     write_report,
 )
 from optiserve_jobs.runners import OrtRunner, VariantSpec
 from optiserve_jobs.source_model import SourceModel, load_source_model
 from optiserve_jobs.stability import SpeedEvidence
-from optiserve_jobs.validate import Gate, accuracy, evaluate_gates, fidelity, run_all, speed_threshold
+from optiserve_jobs.validate import accuracy, evaluate_gates, fidelity, run_all, speed_threshold
 
 Progress = Callable[[str], None]
 NUMERICAL_CHECK_SAMPLES = 8
@@ -120,7 +117,7 @@ class _Job:
         baseline_out = run_all(baseline_variant.build(self.threads), validation)
         candidate_out = run_all(OrtRunner(candidate, threads=self.threads), validation)
         found = fidelity(source.spec.task, baseline_out, candidate_out)
-        self.report.fidelity = FidelityReport(**asdict(found))
+        self.report.fidelity = found
         accuracy_pair = None
         if validation.labels is not None:
             accuracy_pair = (accuracy(baseline_out, validation.labels), accuracy(candidate_out, validation.labels))
@@ -141,13 +138,13 @@ class _Job:
             threads=self.threads,
             batch_sizes=bench.batch_sizes,
             machine=machine_report(),
-            variants=[_variant_report(r) for r in results],
+            variants=results,
         )
         speed = evidence(results[0], results[1], bench.batch_sizes[0], bench)
         self.report.speed = _speed_report(speed, speed_threshold(spec))
         self.report.speedup_p50 = speed.median_ratio
         gates = evaluate_gates(spec, found, accuracy_pair, speed, self.report.size_ratio)
-        self.report.gates = [GateReport(**asdict(g)) for g in gates]
+        self.report.gates = gates
         _raise_on_failed(gates)
 
 
@@ -190,12 +187,6 @@ def _model_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".onnx", ".pt"))
-
-
-def _variant_report(result: VariantBenchmark) -> VariantReport:
-    fields = asdict(result)
-    fields.pop("rounds")  # the raw rounds stay in the job; the report has their summary and the speed evidence
-    return VariantReport.model_validate(fields)
 
 
 def run_job(request: JobRequest, out_dir: Path, progress: Progress = lambda _: None) -> tuple[Report, JobResult]:

@@ -1,31 +1,30 @@
-"""The job's full report (report.json); its schema is documented in docs/report-schema.md."""
+"""The job's full report (report.json); its schema is documented in docs/report-schema.md.
+
+The measurements (`Fidelity`, `Gate`, `BatchTiming`, `VariantBenchmark`) are frozen dataclasses:
+the validation and the benchmark return them and the report embeds them as they are, since
+pydantic validates and serializes dataclasses like its own models. One type per concept, no copy
+between a result and its report entry.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
 from optiserve.api.job import ArtifactRef
 from optiserve_jobs.interference import cpu_allowance
+from optiserve_jobs.stability import Round
 
 REPORT_SCHEMA = "optiserve.io/report/v1"
 _INTERESTING_FLAGS = (
     "avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "avx512_bf16", "fma", "f16c",
 )  # fmt: skip
-
-
-class GateReport(BaseModel):
-    name: str
-    passed: bool
-    value: float | None
-    threshold: float
-    comparison: str
-    inconclusive: bool = False
-    detail: str = ""
 
 
 class PassReport(BaseModel):
@@ -35,11 +34,30 @@ class PassReport(BaseModel):
     detail: str
 
 
-class FidelityReport(BaseModel):
+@dataclass(frozen=True)
+class Fidelity:
+    """How closely the candidate's outputs follow the baseline's (`validate.fidelity`)."""
+
     metric: str
+    """`cosine` (per sample) or `top1_agreement` (classifiers)."""
     mean: float
     min: float
+    """The worst single sample."""
     max_abs_error: float
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One validation gate and its verdict (`validate.evaluate_gates`)."""
+
+    name: str
+    passed: bool
+    value: float | None
+    threshold: float
+    comparison: str  # ">=", ">" or "<="
+    inconclusive: bool = False
+    """The figures could not carry a verdict (a busy machine): neither passed nor failed."""
+    detail: str = ""
 
 
 class AccuracyReport(BaseModel):
@@ -47,7 +65,10 @@ class AccuracyReport(BaseModel):
     candidate: float
 
 
-class BatchReport(BaseModel):
+@dataclass(frozen=True)
+class BatchTiming:
+    """One variant's latency at one batch size (`benchmark.run_benchmark`)."""
+
     batch_size: int
     p50_ms: float
     p95_ms: float
@@ -55,18 +76,29 @@ class BatchReport(BaseModel):
     throughput_per_s: float
     samples: int
     rounds: int = 0
+    """Rounds timed, disturbed ones included."""
     disturbed_rounds: int = 0
+    """Rounds of this variant whose threads waited for a CPU beyond the limit."""
     median_wait_fraction: float | None = None
 
 
-class VariantReport(BaseModel):
+@dataclass(frozen=True)
+class VariantBenchmark:
+    """One variant's benchmark (`benchmark.run_benchmark`)."""
+
     name: str
     runtime: str
     model_bytes: int
     peak_rss_bytes: int
     model_rss_bytes: int
-    batches: list[BatchReport]
-    top_operators: list[dict[str, float | str]] = Field(default_factory=list)
+    batches: list[BatchTiming] = field(default_factory=list)
+    top_operators: list[dict[str, float | str]] = field(default_factory=list)
+    rounds: Annotated[dict[int, list[Round]], Field(exclude=True)] = field(default_factory=dict)
+    """Every timed round by batch size, index-aligned across the variants of one run. Not in
+    report.json (it has their summary and the speed evidence): empty in a report read back."""
+
+    def timing(self, batch_size: int) -> BatchTiming:
+        return next(b for b in self.batches if b.batch_size == batch_size)
 
 
 class MachineReport(BaseModel):
@@ -101,7 +133,7 @@ class BenchmarkReport(BaseModel):
     threads: int
     batch_sizes: list[int]
     machine: MachineReport
-    variants: list[VariantReport]
+    variants: list[VariantBenchmark]
 
 
 class Report(BaseModel):
@@ -112,9 +144,9 @@ class Report(BaseModel):
     speedup_p50: float | None = None
     speed: SpeedReport | None = None
     size_ratio: float | None = None
-    fidelity: FidelityReport | None = None
+    fidelity: Fidelity | None = None
     accuracy: AccuracyReport | None = None
-    gates: list[GateReport] = Field(default_factory=list)
+    gates: list[Gate] = Field(default_factory=list)
     passes: list[PassReport] = Field(default_factory=list)
     benchmark: BenchmarkReport | None = None
     artifact: ArtifactRef | None = None

@@ -1,8 +1,9 @@
-"""Publish a Triton model repository atomically, with a sha256 manifest; verify before loading.
+"""Publish a Triton model repository atomically, with a sha256 manifest.
 
 Everything is written into a staging directory first; the manifest is computed there; then the
 repositories are renamed into place and the manifest is renamed last. A reader that finds no
-manifest, or a file whose hash differs from it, must not load the repository.
+manifest, or a file whose hash differs from it, must not load the repository: readers check it
+with `optiserve.artifact.verify_artifact`.
 """
 
 from __future__ import annotations
@@ -20,20 +21,15 @@ import onnx
 from optiserve.api.job import ArtifactRef
 from optiserve.api.spec import DType, TensorSpec, TritonBackend, TritonSpec
 from optiserve.artifact import MANIFEST as MANIFEST  # re-exported: the published layout
-from optiserve.artifact import ArtifactError, sha256_file, verify_artifact
+from optiserve.artifact import sha256_file
 from optiserve.golden import GOLDEN_FILE, GoldenSample, write_golden
 from optiserve.resources.triton_config import ModelIO, build_model_config, render_model_config
-from optiserve_jobs.errors import JobError
 
 READY_REQUEST = "ready_request.json"
 _KSERVE_TYPES = {DType.FLOAT32: "FP32", DType.FLOAT16: "FP16", DType.INT64: "INT64", DType.INT32: "INT32"}
 REPOSITORIES = {backend: backend.repository for backend in TritonBackend}
 _PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 _ONNX_TO_DTYPE = {1: DType.FLOAT32, 10: DType.FLOAT16, 7: DType.INT64, 6: DType.INT32}
-
-
-class CorruptRepositoryError(JobError):
-    """A published repository does not match its manifest."""
 
 
 @dataclass(frozen=True)
@@ -132,14 +128,6 @@ def publish(out_dir: Path, model_path: Path, settings: PublishSettings, golden: 
         sha256=hashlib.sha256(manifest_text.encode()).hexdigest(),
         size_bytes=model_path.stat().st_size,
     )
-
-
-def verify(out_dir: Path) -> dict[str, object]:
-    """Check every file against the manifest; raise CorruptRepositoryError naming the first problem."""
-    try:
-        return verify_artifact(out_dir)
-    except ArtifactError as e:
-        raise CorruptRepositoryError(str(e)) from e
 
 
 def seal(out_dir: Path, model: str) -> None:

@@ -38,13 +38,14 @@ class SequenceLogits(torch.nn.Module):
         self.input_names = input_names
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.classifier(**dict(zip(self.input_names, tensors, strict=True))).logits  # type: ignore[no-any-return]
+        logits: torch.Tensor = self.classifier(**dict(zip(self.input_names, tensors, strict=True))).logits
+        return logits
 
 
 def _load_huggingface(source: SourceModel) -> torch.nn.Module:
     import transformers
 
-    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # the job reports its own progress
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers; the job reports its own progress
     names = [i.name for i in source.inputs]
     common: dict[str, Any] = {"local_files_only": True, "attn_implementation": "eager"}
     if source.spec.task is Task.CLASSIFICATION:
@@ -74,10 +75,10 @@ def _import_factory(entrypoint: str, base_dir: Path | None) -> Callable[..., tor
             module = importlib.import_module(module_name)
         except ImportError as e:
             raise SourceError(f"model.entrypoint: cannot import '{module_name}': {e}") from e
-    factory = getattr(module, attr, None)
+    factory: Callable[..., torch.nn.Module] | None = getattr(module, attr, None)
     if not callable(factory):
         raise SourceError(f"model.entrypoint: '{attr}' is not a callable in {module_name}")
-    return factory  # type: ignore[no-any-return]
+    return factory  # what it returns is checked by load_torch_module
 
 
 def load_torch_module(source: SourceModel, base_dir: Path | None) -> torch.nn.Module:
@@ -86,7 +87,7 @@ def load_torch_module(source: SourceModel, base_dir: Path | None) -> torch.nn.Mo
         module = _load_huggingface(source)
     elif source.format is ModelFormat.TORCHSCRIPT:
         try:
-            module = torch.jit.load(str(source.path), map_location="cpu")  # type: ignore[no-untyped-call]
+            module = torch.jit.load(str(source.path), map_location="cpu")  # type: ignore[no-untyped-call]  # unannotated in torch
         except Exception as e:
             raise SourceError(f"{source.spec.uri}: not a readable TorchScript file: {e}") from e
     elif source.format is ModelFormat.PYTORCH:

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from optiserve.api.spec import DEFAULT_SPEED_GATE, DEFAULT_SPEED_GATE_DETAIL, Task, ValidationSpec
 from optiserve_jobs.datasets import Dataset
+from optiserve_jobs.report import Fidelity, Gate
 from optiserve_jobs.runners import Runner
 from optiserve_jobs.stability import SpeedEvidence, SpeedVerdict
-
-
-@dataclass(frozen=True)
-class Fidelity:
-    metric: str
-    mean: float
-    min: float
-    max_abs_error: float
-
-
-@dataclass(frozen=True)
-class Gate:
-    name: str
-    passed: bool
-    value: float | None
-    threshold: float
-    comparison: str  # ">=", ">" or "<="
-    inconclusive: bool = False
-    """The figures could not carry a verdict (a busy machine): neither passed nor failed."""
-    detail: str = ""
 
 
 def run_all(runner: Runner, data: Dataset, batch_size: int = 16) -> np.ndarray:

@@ -17,10 +17,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optiserve.api.spec import BenchmarkSpec, ValidationSpec
 from optiserve.local.processes import busy_processes
-from optiserve_jobs.benchmark import VariantBenchmark, evidence, run_benchmark
+from optiserve_jobs.benchmark import evidence, run_benchmark
 from optiserve_jobs.interference import cpu_allowance
+from optiserve_jobs.report import Fidelity, VariantBenchmark
 from optiserve_jobs.runners import VariantSpec
-from optiserve_jobs.validate import Fidelity, evaluate_gates
+from optiserve_jobs.validate import evaluate_gates
 
 pytestmark = pytest.mark.slow
 

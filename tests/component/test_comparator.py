@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from optiserve.api.job import job_request_from_manifest
 from optiserve.api.spec import OptimizedModel, TritonSpec
+from optiserve.artifact import verify_artifact
 from optiserve.golden import GOLDEN_FILE, load_golden
 from optiserve.local.comparator import ComparatorArgs, ComparatorProcess
 from optiserve.local.prometheus import PrometheusServer
@@ -56,7 +57,7 @@ def digits_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("digits")
     report, result = run_job(request, out)
     assert result.passed, report.reason
-    repository.verify(out)
+    verify_artifact(out)
     return out
 
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import yaml
 
+from optiserve.artifact import verify_artifact
 from optiserve.cli import main
 from optiserve.local.triton import TritonInstall, TritonServer
-from optiserve_jobs import repository
 from optiserve_jobs.runners import OrtRunner
 from tests.component.triton_helpers import infer_grpc, infer_http, model_counters, settled_counters
 from tests.conftest import FAST_BENCHMARK, NO_SPEED_GATE, REPO_ROOT
@@ -57,7 +57,7 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pa
 @pytest.fixture(scope="module")
 def minilm_server(minilm: tuple[dict[str, Any], Path], triton_install: TritonInstall) -> Iterator[TritonServer]:
     _, out = minilm
-    repository.verify(out)
+    verify_artifact(out)
     with TritonServer(out / "model_repository_python", install=triton_install) as server:
         server.wait_model_ready("minilm")
         yield server
@@ -156,7 +156,7 @@ def test_minilm_static_int8_is_either_faithful_or_refused(tmp_path: Path) -> Non
     )
     if report["passed"]:
         assert report["fidelity"]["mean"] >= 0.99
-        repository.verify(tmp_path / "out")
+        verify_artifact(tmp_path / "out")
     else:
         failed = [g for g in report["gates"] if not g["passed"]]
         assert failed and all(g["value"] is not None for g in failed)

@@ -15,6 +15,7 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from optiserve.api.job import JobRequest, JobResult
+from optiserve.artifact import verify_artifact
 from optiserve.cli import main
 from optiserve.golden import GOLDEN_FILE, load_golden
 from optiserve_jobs import repository
@@ -53,7 +54,7 @@ def test_tiny_model_is_optimized_published_and_reported(tmp_path: Path, tiny_onn
     assert any("Quantize" in str(op["op_type"]) for op in variants[1]["top_operators"])
     assert not any("Quantize" in str(op["op_type"]) for op in variants[0]["top_operators"])
     assert report["benchmark"]["machine"]["logical_cpus"] >= 1
-    repository.verify(out)
+    verify_artifact(out)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +106,7 @@ def test_golden_set_is_published_under_the_manifest(tmp_path: Path, tiny_onnx_sp
     tiny_dataset(tmp_path / "validation.npz", labels=True)  # the same rows, now with labels
     code, report, out = _optimize(tmp_path, tiny_onnx_spec)
     assert code == 0, report.get("reason")
-    assert GOLDEN_FILE in repository.verify(out)["files"]  # type: ignore[operator]
+    assert GOLDEN_FILE in verify_artifact(out)["files"]
     samples = load_golden(out / GOLDEN_FILE)
     validation = np.load(tmp_path / "validation.npz")
     assert len(samples) == len(validation["x"]) == report["validation_samples"]

@@ -5,7 +5,7 @@ repositories into place and the manifest's rename (a fresh publish, and a re-pub
 repository), a truncated model.onnx, a wrong sha256 in manifest.json, a missing config.pbtxt, a
 half-written manifest. Every consumer must refuse it, naming the file:
 
-- `repository.verify` (tests/unit/test_repository.py covers truncation, an edited config, a missing
+- `verify_artifact` (tests/unit/test_repository.py covers truncation, an edited config, a missing
   file or manifest one by one; here the same faults as the consumers below meet them);
 - the local pipeline's job cache, which must run the job again rather than reuse the output;
 - the local pipeline's serving (`start_canary_servers`, and the injected candidate's copy), which
@@ -26,11 +26,11 @@ import pytest
 from optiserve.api.job import JobRequest, job_request_from_manifest
 from optiserve.api.manifest import parse_manifest
 from optiserve.api.spec import TritonSpec
+from optiserve.artifact import CorruptRepositoryError, verify_artifact
 from optiserve.local.canary_servers import start_canary_servers
 from optiserve.local.injected_candidate import served_candidate
 from optiserve.local.job_cache import optimization_outputs, request_digest
 from optiserve_jobs import repository
-from optiserve_jobs.repository import CorruptRepositoryError
 from tests.conftest import FAST_BENCHMARK, NO_SPEED_GATE, manifest, tiny_dataset, tiny_mlp
 from tests.reliability.digits import report_figure
 
@@ -114,17 +114,17 @@ def test_verify_refuses_each_fault_naming_the_file(published: Path, fault: str) 
     apply, names = FAULTS[fault]
     apply(published)
     with pytest.raises(CorruptRepositoryError) as refused:
-        repository.verify(published)
+        verify_artifact(published)
     assert names in str(refused.value)
 
 
 def test_a_crash_while_re_publishing_leaves_nothing_trusted(published: Path) -> None:
     """The old manifest goes before the old repositories: a crash leaves new files and no manifest."""
-    repository.verify(published)
+    verify_artifact(published)
     _crash_while_publishing(published)
     assert (published / "model_repository_python").is_dir()
     with pytest.raises(CorruptRepositoryError, match="never completely published"):
-        repository.verify(published)
+        verify_artifact(published)
 
 
 @pytest.mark.parametrize("fault", IDS)
@@ -149,7 +149,7 @@ def test_the_injected_candidate_is_copied_only_from_an_intact_artifact(tmp_path:
 def test_the_injected_candidate_is_sealed_and_checked_like_a_published_one(tmp_path: Path, published: Path) -> None:
     baseline = _publish(tmp_path / "baseline", tiny_mlp(tmp_path / "b.onnx", seed=1))
     served = served_candidate(["accuracy-drop"], MODEL, baseline, published, tmp_path / "work", 1, print)
-    repository.verify(served)  # the injected config.pbtxt is in its manifest
+    verify_artifact(served)  # the injected config.pbtxt is in its manifest
     assert "inject_output_noise" in (served / PYTHON_CONFIG).read_text()
     _truncate(PYTHON_MODEL)(served)
     with (
@@ -213,8 +213,8 @@ def test_the_job_cache_runs_the_job_again_instead_of_reusing_a_broken_output(
 
     assert not outputs.reused and not any("reusing" in line for line in said), said
     assert any(line.startswith("optimizing:") for line in said), "the job ran again"
-    repository.verify(outputs.candidate_dir)
-    repository.verify(outputs.baseline_dir)
+    verify_artifact(outputs.candidate_dir)
+    verify_artifact(outputs.baseline_dir)
     again = optimization_outputs(request, tmp_path / "unused", cache, said.append)
     assert again.reused, "the re-run left a reusable entry"
     report_figure(f"5-cache-{fault}", reused=outputs.reused, rerun=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from optiserve.artifact import MANIFEST, ArtifactError, verify_artifact
+from optiserve.artifact import MANIFEST, CorruptRepositoryError, verify_artifact
 from optiserve.cli import main
 
 
@@ -47,14 +47,14 @@ def test_a_published_artifact_verifies_with_and_without_the_digest(tmp_path: Pat
 def test_a_damaged_artifact_is_refused_naming_the_file(tmp_path: Path, damage: object, named: str) -> None:
     publish(tmp_path)
     damage(tmp_path)  # type: ignore[operator]
-    with pytest.raises(ArtifactError, match=named):
+    with pytest.raises(CorruptRepositoryError, match=named):
         verify_artifact(tmp_path)
 
 
 def test_a_consistent_artifact_with_another_digest_is_refused(tmp_path: Path) -> None:
     """Files and manifest agree, but it is not the artifact the job reported (re-published, or swapped)."""
     publish(tmp_path)
-    with pytest.raises(ArtifactError, match="not the artifact's digest"):
+    with pytest.raises(CorruptRepositoryError, match="not the artifact's digest"):
         verify_artifact(tmp_path, "cd" * 32)
 
 

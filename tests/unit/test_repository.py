@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from optiserve.api.spec import TritonSpec
+from optiserve.artifact import CorruptRepositoryError, verify_artifact
 from optiserve.resources.triton_config import parse_model_config
 from optiserve_jobs import repository
 from tests.conftest import tiny_mlp
@@ -24,8 +25,8 @@ def _publish(tmp_path: Path) -> Path:
 
 def test_both_repositories_are_complete_and_verified(tmp_path: Path) -> None:
     out = _publish(tmp_path)
-    manifest = repository.verify(out)
-    files = set(manifest["files"])  # type: ignore[call-overload]
+    manifest = verify_artifact(out)
+    files = set(manifest["files"])
     assert {
         "model_repository/tiny/config.pbtxt",
         "model_repository/tiny/1/model.onnx",
@@ -46,33 +47,33 @@ def test_truncated_model_is_refused(tmp_path: Path) -> None:
     out = _publish(tmp_path)
     model = out / "model_repository/tiny/1/model.onnx"
     model.write_bytes(model.read_bytes()[:100])
-    with pytest.raises(repository.CorruptRepositoryError, match=r"model_repository/tiny/1/model\.onnx"):
-        repository.verify(out)
+    with pytest.raises(CorruptRepositoryError, match=r"model_repository/tiny/1/model\.onnx"):
+        verify_artifact(out)
 
 
 def test_modified_config_is_refused(tmp_path: Path) -> None:
     out = _publish(tmp_path)
     config = out / "model_repository_python/tiny/config.pbtxt"
     config.write_text(config.read_text().replace("max_batch_size: 32", "max_batch_size: 64"))
-    with pytest.raises(repository.CorruptRepositoryError, match="sha256 differs"):
-        repository.verify(out)
+    with pytest.raises(CorruptRepositoryError, match="sha256 differs"):
+        verify_artifact(out)
 
 
 def test_missing_file_or_manifest_is_refused(tmp_path: Path) -> None:
     out = _publish(tmp_path)
     (out / "model_repository/tiny/config.pbtxt").unlink()
-    with pytest.raises(repository.CorruptRepositoryError, match="missing"):
-        repository.verify(out)
+    with pytest.raises(CorruptRepositoryError, match="missing"):
+        verify_artifact(out)
     (out / repository.MANIFEST).unlink()
-    with pytest.raises(repository.CorruptRepositoryError, match="never completely published"):
-        repository.verify(out)
+    with pytest.raises(CorruptRepositoryError, match="never completely published"):
+        verify_artifact(out)
 
 
 def test_unreadable_manifest(tmp_path: Path) -> None:
     out = _publish(tmp_path)
     (out / repository.MANIFEST).write_text(json.dumps({"nothing": 1}))
-    with pytest.raises(repository.CorruptRepositoryError, match="unreadable"):
-        repository.verify(out)
+    with pytest.raises(CorruptRepositoryError, match="unreadable"):
+        verify_artifact(out)
 
 
 def test_remove_published_leaves_nothing(tmp_path: Path) -> None:

@@ -33,14 +33,14 @@ from optiserve.local.run_report import (
     write_report,
 )
 from optiserve_jobs.report import (
-    BatchReport,
+    BatchTiming,
     BenchmarkReport,
-    FidelityReport,
-    GateReport,
+    Fidelity,
+    Gate,
     MachineReport,
     PassReport,
     Report,
-    VariantReport,
+    VariantBenchmark,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -49,14 +49,14 @@ XSS_REASON = "latency: the candidate is slower <script>alert('x')</script> & wor
 
 
 def benchmark(baseline_rps: dict[int, float], candidate_rps: dict[int, float]) -> BenchmarkReport:
-    def variant(name: str, runtime: str, rps: dict[int, float], size: int) -> VariantReport:
+    def variant(name: str, runtime: str, rps: dict[int, float], size: int) -> VariantBenchmark:
         batches = [
-            BatchReport(
+            BatchTiming(
                 batch_size=b, p50_ms=1000 * b / r, p95_ms=1500 * b / r, p99_ms=2000 * b / r, throughput_per_s=r, samples=150
             )
             for b, r in rps.items()
         ]
-        return VariantReport(
+        return VariantBenchmark(
             name=name, runtime=runtime, model_bytes=size, peak_rss_bytes=3 * size, model_rss_bytes=2 * size, batches=batches
         )
 
@@ -77,10 +77,10 @@ def optimization_report() -> Report:
         passed=True,
         speedup_p50=6.2,
         size_ratio=0.25,
-        fidelity=FidelityReport(metric="cosine", mean=0.9965, min=0.9910, max_abs_error=0.031),
+        fidelity=Fidelity(metric="cosine", mean=0.9965, min=0.9910, max_abs_error=0.031),
         gates=[
-            GateReport(name="fidelity_mean", passed=True, value=0.9965, threshold=0.995, comparison=">="),
-            GateReport(name="fidelity_worst", passed=True, value=0.9910, threshold=0.98, comparison=">="),
+            Gate(name="fidelity_mean", passed=True, value=0.9965, threshold=0.995, comparison=">="),
+            Gate(name="fidelity_worst", passed=True, value=0.9910, threshold=0.98, comparison=">="),
         ],
         passes=[
             PassReport(name="export", status="ok", seconds=4.4, detail="opset 17"),

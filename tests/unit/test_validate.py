@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from optiserve.api.spec import DEFAULT_SPEED_GATE, Task, ValidationSpec
+from optiserve_jobs.report import Fidelity
 from optiserve_jobs.stability import SpeedEvidence
-from optiserve_jobs.validate import Fidelity, accuracy, evaluate_gates, fidelity
+from optiserve_jobs.validate import accuracy, evaluate_gates, fidelity
 
 
 def test_cosine_of_identical_and_orthogonal_rows() -> None:

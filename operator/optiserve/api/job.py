@@ -37,6 +37,8 @@ class JobRequest(ApiModel):
     base_dir: str | None = Field(default=None, description="Directory that relative paths are resolved against.")
 
 
+# A published artifact: what the job returns, its report records, and `status.artifact` shows.
+# (A comment, not a docstring: pydantic would carry a docstring into the generated CRD.)
 class ArtifactRef(ApiModel):
     uri: str = Field(description="Where the published Triton model repository is.")
     sha256: str = Field(description="sha256 of the repository's manifest (which lists every file's sha256).")

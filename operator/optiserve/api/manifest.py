@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from optiserve.api.spec import OptimizedModel
+from optiserve.api.spec import PASS_TYPES, OptimizedModel
 
 
 class ManifestError(ValueError):
@@ -33,7 +33,7 @@ def _format_location(loc: tuple[int | str, ...], union_tags: frozenset[str]) -> 
     return path
 
 
-_PASS_TAGS = frozenset({"export", "graph", "fp16", "quantize", "tensorrt"})
+_PASS_TAGS = frozenset(PASS_TYPES)
 
 
 def format_validation_error(error: ValidationError) -> list[str]:

@@ -7,7 +7,7 @@ Every field carries a description, because it becomes `kubectl explain` output.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -206,6 +206,19 @@ Pass = Annotated[
     ExportPass | GraphPass | Fp16Pass | QuantizePass | TensorRTPass,
     Field(discriminator="type"),
 ]
+"""Every optimization pass: the one list of them. A new pass is a configuration model added here
+and an implementation registered in `optiserve_jobs.passes.REGISTRY`; the CRD schema, manifest
+validation and `PASS_TYPES` follow from this union."""
+
+
+def pass_type(config: type[ApiModel]) -> str:
+    """The `type` tag of a pass configuration model (its `Literal`)."""
+    (tag,) = get_args(config.model_fields["type"].annotation)
+    return str(tag)
+
+
+PASS_CONFIGS: Final[tuple[type[ApiModel], ...]] = get_args(get_args(Pass)[0])
+PASS_TYPES: Final[tuple[str, ...]] = tuple(pass_type(config) for config in PASS_CONFIGS)
 
 
 class OptimizationSpec(ApiModel):

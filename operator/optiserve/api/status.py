@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from optiserve.api.base import ApiModel
+from optiserve.api.job import ArtifactRef
 
 
 class Phase(StrEnum):
@@ -31,12 +32,6 @@ class Condition(ApiModel):
     message: str = Field(default="", description="A sentence for people.")
     last_transition_time: str | None = Field(default=None, description="When status last changed (RFC 3339).")
     observed_generation: int | None = Field(default=None, description="The generation this condition describes.")
-
-
-class ArtifactStatus(ApiModel):
-    uri: str = Field(description="Where the published Triton model repository is.")
-    sha256: str = Field(description="sha256 of the repository manifest.")
-    size_bytes: int = Field(description="Size of the optimized model file.")
 
 
 class OptimizationSummary(ApiModel):
@@ -86,6 +81,6 @@ class OptimizedModelStatus(ApiModel):
     )
     message: str | None = Field(default=None, description="What is happening, or why it stopped.")
     conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")
-    artifact: ArtifactStatus | None = Field(default=None, description="The optimized artifact in use.")
+    artifact: ArtifactRef | None = Field(default=None, description="The optimized artifact in use.")
     optimization: OptimizationSummary | None = Field(default=None, description="The optimization job's summary.")
     canary: CanaryStatus | None = Field(default=None, description="Canary progress.")

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 Object = dict[str, Any]
 
 # Label keys written by `resources.names.labels`, and the annotation the reconciler puts on
-# Triton Deployments to say which artifact they serve.
+# Triton Deployments to say which artifact they serve (its value: the ArtifactRef.sha256).
 ARTIFACT_ANNOTATION: Final = "optiserve.io/artifact-sha256"
 JOB_NAME_LABEL: Final = "job-name"
 """Set on every pod of a Job by the Job controller."""
@@ -146,6 +146,11 @@ def _meta(obj: Mapping[str, Any]) -> dict[str, Any]:
 def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
     found = _meta(obj).get("labels")
     return found if isinstance(found, dict) else {}
+
+
+def _artifact_sha256(meta: Mapping[str, Any]) -> str:
+    """The `ArtifactRef.sha256` a Triton Deployment serves (its ARTIFACT_ANNOTATION); "" when unset."""
+    return str((meta.get("annotations") or {}).get(ARTIFACT_ANNOTATION, ""))
 
 
 def _generation(obj: Mapping[str, Any]) -> int:
@@ -450,7 +455,7 @@ class KubeClient:
             failure, since = pod_failure(pods), failing_since(pods)
         observation = CandidateObservation(
             generation=generation,
-            artifact_sha256=str((meta.get("annotations") or {}).get(ARTIFACT_ANNOTATION, "")),
+            artifact_sha256=_artifact_sha256(meta),
             ready=ready,
             failure=failure,
             failing_since=since,
@@ -462,8 +467,10 @@ class KubeClient:
         baseline = self.get(DEPLOYMENTS, namespace, deployment_name(model, BASELINE))
         if baseline is None:
             return None
-        sha256 = str((_meta(baseline).get("annotations") or {}).get(ARTIFACT_ANNOTATION, ""))
-        return BaselineState(generation=_generation(baseline), artifact_sha256=sha256, ready=deployment_ready(baseline))
+        meta = _meta(baseline)
+        return BaselineState(
+            generation=_generation(baseline), artifact_sha256=_artifact_sha256(meta), ready=deployment_ready(baseline)
+        )
 
     def remove_annotations(self, namespace: str, model: str, keys: Iterable[str]) -> None:
         """Drop one-shot annotations (promote, abort) from the OptimizedModel once acted on."""

@@ -78,12 +78,12 @@ def verify_artifact(artifact_dir: Path, variant: str) -> None:
     tritonserver is started on them, so a file truncated, edited or removed in between is never
     loaded. Raises `CorruptRepositoryError` naming the variant and the file.
     """
-    from optiserve_jobs.repository import CorruptRepositoryError, verify
+    from optiserve import artifact
 
     try:
-        verify(artifact_dir)
-    except CorruptRepositoryError as e:
-        raise CorruptRepositoryError(f"refusing to serve the {variant} ({artifact_dir}): {e}") from e
+        artifact.verify_artifact(artifact_dir)
+    except artifact.CorruptRepositoryError as e:
+        raise artifact.CorruptRepositoryError(f"refusing to serve the {variant} ({artifact_dir}): {e}") from e
 
 
 def _triton(stack: contextlib.ExitStack, artifact_dir: Path, model: str, log_dir: Path, name: str) -> TritonServer:

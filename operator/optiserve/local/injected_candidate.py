@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from optiserve.artifact import verify_artifact
 from optiserve.golden import GOLDEN_FILE, GoldenSample, load_golden
 from optiserve.local.canary_servers import REPOSITORY
 from optiserve.local.inject import Injection, inject_in_place, parse_injections
@@ -87,12 +88,12 @@ def served_candidate(
     if not injection.parameters():
         return candidate_dir
     injection = calibrated(injection, model, baseline_dir, candidate_dir, threads, progress)
-    from optiserve_jobs.repository import seal, verify
+    from optiserve_jobs.repository import seal
 
     served = work_dir / "candidate-injected"
     shutil.rmtree(served, ignore_errors=True)
     shutil.copytree(candidate_dir, served)
-    verify(served)  # the copy is what was published...
+    verify_artifact(served)  # the copy is what was published...
     inject_in_place(served / REPOSITORY, injection)
     seal(served, model)  # ...and its manifest now covers the injected config.pbtxt, checked before serving
     progress(f"candidate made to regress on purpose: {injection}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from optiserve.api.job import JobRequest, JobResult
+from optiserve.artifact import CorruptRepositoryError, verify_artifact
 
 Progress = Callable[[str], None]
 CANDIDATE_DIR = "candidate"
@@ -43,10 +44,8 @@ def request_digest(request: JobRequest) -> str:
 
 
 def _intact(directory: Path) -> bool:
-    from optiserve_jobs.repository import CorruptRepositoryError, verify
-
     try:
-        verify(directory)
+        verify_artifact(directory)
     except CorruptRepositoryError:  # a missing file or a wrong digest: run the job again
         return False
     return True

@@ -1,11 +1,18 @@
-"""The pass registry: a pass type names exactly one implementation; an unknown name is an error."""
+"""The pass registry: the one place a pass's implementation is registered.
+
+`optiserve.api.spec.Pass` declares each pass's configuration (and with it the CRD schema and
+manifest validation); `REGISTRY` maps each configuration model to the class that runs it, and
+`build_pass` dispatches through it. tests/unit/test_pass_registry.py checks that every pass the
+spec declares is registered.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from optiserve.api.spec import ExportPass, Fp16Pass, GraphPass, QuantizePass, TensorRTPass
+from optiserve.api.base import ApiModel
+from optiserve.api.spec import ExportPass, Fp16Pass, GraphPass, Pass, QuantizePass, TensorRTPass, pass_type
 from optiserve_jobs.errors import PassError
 from optiserve_jobs.passes.base import OptimizationPass, PassContext, PassOutcome, PassStatus
 from optiserve_jobs.passes.export import Export
@@ -14,21 +21,23 @@ from optiserve_jobs.passes.graph import Graph
 from optiserve_jobs.passes.quantize import Quantize
 from optiserve_jobs.passes.tensorrt import TensorRT
 
-REGISTRY: dict[str, Callable[[Any], OptimizationPass]] = {
-    "export": Export,
-    "graph": Graph,
-    "fp16": Fp16,
-    "quantize": Quantize,
-    "tensorrt": TensorRT,
+PassFactory = Callable[[Any], OptimizationPass]
+"""An implementation's constructor; it takes its own configuration model (hence `Any` here)."""
+
+REGISTRY: dict[type[ApiModel], PassFactory] = {
+    ExportPass: Export,
+    GraphPass: Graph,
+    Fp16Pass: Fp16,
+    QuantizePass: Quantize,
+    TensorRTPass: TensorRT,
 }
 
-PassConfig = ExportPass | GraphPass | Fp16Pass | QuantizePass | TensorRTPass
 
-
-def build_pass(config: PassConfig) -> OptimizationPass:
-    factory = REGISTRY.get(config.type)
+def build_pass(config: Pass) -> OptimizationPass:
+    factory = REGISTRY.get(type(config))
     if factory is None:
-        raise PassError(f"unknown pass type '{config.type}' (known: {', '.join(sorted(REGISTRY))})")
+        known = ", ".join(sorted(pass_type(registered) for registered in REGISTRY))
+        raise PassError(f"unknown pass type '{config.type}' (known: {known})")
     return factory(config)
 
 

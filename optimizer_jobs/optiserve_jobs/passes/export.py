@@ -171,7 +171,7 @@ class _ExportChain:
     def _traced(self, path: Path) -> str:
         import torch
 
-        traced = torch.jit.trace(_positional_call(self.module), self.example, check_trace=False)  # type: ignore[no-untyped-call]
+        traced = torch.jit.trace(_positional_call(self.module), self.example, check_trace=False)  # type: ignore[no-untyped-call]  # unannotated in torch
         return self._torchscript(traced, path)
 
     def _torch_export(self, path: Path) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from optiserve.local.run_report.model import CostReport, VariantCost
-from optiserve_jobs.report import BatchReport, BenchmarkReport, VariantReport
+from optiserve_jobs.report import BatchTiming, BenchmarkReport, VariantBenchmark
 
 DEFAULT_PRICE_PER_REPLICA_HOUR = 0.50
 """USD; a CPU replica of this size on a public cloud, order of magnitude. Override it per run."""
@@ -25,32 +25,32 @@ def cost_per_million(price_per_replica_hour: float, throughput_per_replica_s: fl
     return price_per_replica_hour / (throughput_per_replica_s * 3600.0) * 1e6
 
 
-def _variant(benchmark: BenchmarkReport, name: str) -> VariantReport:
+def _variant(benchmark: BenchmarkReport, name: str) -> VariantBenchmark:
     for variant in benchmark.variants:
         if variant.name == name:
             return variant
     raise ValueError(f"benchmark.variants: has no '{name}' variant")
 
 
-def _batch(variant: VariantReport, batch_size: int) -> BatchReport:
+def _batch(variant: VariantBenchmark, batch_size: int) -> BatchTiming:
     for batch in variant.batches:
         if batch.batch_size == batch_size:
             return batch
     raise ValueError(f"batch_size: {batch_size} was not benchmarked for the {variant.name} (it has {_sizes(variant)})")
 
 
-def _sizes(variant: VariantReport) -> list[int]:
+def _sizes(variant: VariantBenchmark) -> list[int]:
     return sorted(batch.batch_size for batch in variant.batches)
 
 
-def _largest_common_batch(baseline: VariantReport, candidate: VariantReport) -> int:
+def _largest_common_batch(baseline: VariantBenchmark, candidate: VariantBenchmark) -> int:
     common = set(_sizes(baseline)) & set(_sizes(candidate))
     if not common:
         raise ValueError("benchmark.variants: the baseline and the candidate share no benchmarked batch size")
     return max(common)
 
 
-def _variant_cost(variant: VariantReport, batch_size: int, price: float, replicas: int) -> VariantCost:
+def _variant_cost(variant: VariantBenchmark, batch_size: int, price: float, replicas: int) -> VariantCost:
     throughput = _batch(variant, batch_size).throughput_per_s
     return VariantCost(
         runtime=variant.runtime,

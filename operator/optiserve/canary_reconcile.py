@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from optiserve.api.job import JobResult
 from optiserve.api.rollout import PrometheusSpec, duration_seconds
 from optiserve.api.spec import OptimizedModel
-from optiserve.api.status import OptimizedModelStatus, Phase
+from optiserve.api.status import OptimizedModelStatus, Phase, artifact_digest
 from optiserve.domain.analysis_spec import canary_plan
 from optiserve.domain.canary import CanaryProgress, Signals
 from optiserve.domain.lifecycle import Child, Decision, canary_decision
@@ -72,8 +72,8 @@ def with_prometheus(manifest: OptimizedModel, default_address: str) -> Optimized
 
 
 def signals(annotations: Mapping[str, str], manifest: OptimizedModel, candidate_sha256: str | None) -> Signals:
-    digest = manifest.spec.rollout.promote_artifact
-    approved_by_git = digest is not None and candidate_sha256 is not None and digest == f"sha256:{candidate_sha256}"
+    promote_artifact = manifest.spec.rollout.promote_artifact
+    approved_by_git = candidate_sha256 is not None and promote_artifact == artifact_digest(candidate_sha256)
     approved = annotations.get(PROMOTE_ANNOTATION) == "true" or approved_by_git
     return Signals(approved=approved, aborted=annotations.get(ABORT_ANNOTATION) == "true")
 
@@ -125,7 +125,7 @@ def canary_decision_for(inputs: CanaryInputs, metrics: MetricsFactory = promethe
     manifest = with_prometheus(inputs.manifest, inputs.default_prometheus)
     queries = {m.name: m.query for m in rollout.analysis.metrics if m.query}
     engine = RolloutEngine(plan, lambda: metrics(manifest, inputs.namespace), queries)
-    sha = inputs.result.artifact.sha256 if inputs.result.artifact else None
-    wants = signals(inputs.annotations, inputs.manifest, sha)
+    candidate_sha256 = inputs.result.artifact.sha256 if inputs.result.artifact else None
+    wants = signals(inputs.annotations, inputs.manifest, candidate_sha256)
     outcome = engine.tick(stored_progress(inputs.status, inputs.generation), inputs.now, wants)
     return canary_decision(outcome.progress, inputs.result, len(plan.steps), min(plan.interval_s, MAX_POLL_S))

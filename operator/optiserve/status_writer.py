@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from optiserve.api.job import JobResult
-from optiserve.api.status import CanaryStatus, Condition, OptimizationSummary, OptimizedModelStatus, Phase
+from optiserve.api.status import CanaryStatus, Condition, OptimizationSummary, OptimizedModelStatus, Phase, artifact_digest
 from optiserve.domain.canary import CanaryProgress
 from optiserve.domain.lifecycle import PROMOTED_STARTING, TERMINAL, Decision, JobObservation, JobState
 from optiserve.domain.pipeline_generation import described_generation
@@ -231,7 +231,7 @@ def canary_status(
     return CanaryStatus(
         weight=progress.weight if verified_weight is None else verified_weight,
         step=progress.step + 1,
-        candidate_artifact=f"sha256:{candidate_sha256}" if candidate_sha256 else None,
+        candidate_artifact=artifact_digest(candidate_sha256) if candidate_sha256 else None,
         state=progress.state.value,
         last_verdict=latest.decision.value if latest else None,
         reason=progress.reason or None,

@@ -25,6 +25,11 @@ class Phase(StrEnum):
     FAILED = "Failed"
 
 
+def artifact_digest(sha256: str) -> str:
+    """An artifact's digest as the API names it (status.canary.candidateArtifact, spec.rollout.promoteArtifact): sha256:<hex>."""
+    return f"sha256:{sha256}"
+
+
 class Condition(ApiModel):
     type: str = Field(description="Ready, Optimized, Validated, Progressing or Degraded.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")

@@ -308,8 +308,8 @@ def guard_failing_candidate(
 def canary_decision(progress: CanaryProgress, result: JobResult, steps: int, poll_s: float) -> Decision:
     """Where the canary's state machine (`optiserve.domain.canary`) leaves the resource."""
     decision = _canary_decision(progress, result, steps, poll_s)
-    sha = result.artifact.sha256 if result.artifact is not None else None
-    return replace(decision, candidate_sha256=sha)
+    candidate_sha256 = result.artifact.sha256 if result.artifact is not None else None
+    return replace(decision, candidate_sha256=candidate_sha256)
 
 
 def _canary_decision(progress: CanaryProgress, result: JobResult, steps: int, poll_s: float) -> Decision:

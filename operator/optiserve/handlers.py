@@ -269,6 +269,17 @@ def _serve_metrics(config: Settings, metrics: OperatorMetrics) -> contextlib.Abs
     return serving()
 
 
+@dataclass
+class _Running:
+    """What the handlers of one registry share while the operator runs."""
+
+    op: Operator
+    servers: contextlib.ExitStack
+    index: ModelIndex
+    resync_pool: concurrent.futures.ThreadPoolExecutor
+    resync_task: list[asyncio.Task[None]]
+
+
 def build_registry(
     config: Settings,
     kube: KubeClient,
@@ -282,45 +293,56 @@ def build_registry(
         op = dataclasses.replace(op, acting=acting)
     registry = kopf.OperatorRegistry()
     servers = contextlib.ExitStack()
-
-    index = ModelIndex()
     resync_pool = concurrent.futures.ThreadPoolExecutor(split_workers(config.reconcile_workers)[1], "optiserve-resync")
     servers.callback(resync_pool.shutdown, wait=False, cancel_futures=True)
-    resync_task: list[asyncio.Task[None]] = []
+    running = _Running(op, servers, ModelIndex(), resync_pool, [])
+    _register_operator_handlers(registry, running)
+    _register_model_handlers(registry, running)
+    return registry
+
+
+def _register_operator_handlers(registry: kopf.OperatorRegistry, running: _Running) -> None:
+    """Startup, cleanup, login and the liveness probe."""
+    op, config = running.op, running.op.config
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, config.reconcile_workers)
-        servers.enter_context(_serve_metrics(config, op.metrics))
+        running.servers.enter_context(_serve_metrics(config, op.metrics))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
-        for task in resync_task:
+        for task in running.resync_task:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        servers.close()
+        running.servers.close()
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(kube.configuration)
+        return connection_info(op.kube.configuration)
 
     @kopf.on.probe(id="reconciles", registry=registry)
     def reconciles(**_: Any) -> int:
         """Shown in the liveness answer: a count that grows while the operator works."""
         return op.metrics.total_reconciles()
 
+
+def _register_model_handlers(registry: kopf.OperatorRegistry, running: _Running) -> None:
+    """The OptimizedModel's handlers: the resync index, reconcile on change, cleanup on delete."""
+    op, index = running.op, running.index
+
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, id="index", registry=registry)
     async def on_event(type: str | None, namespace: str | None, body: kopf.Body, **_: Any) -> None:
         """Keeps the resync loop's index: every watch event (the initial listing included)."""
         key = _key(namespace, body)
         (index.gone if type == WATCH_DELETED else index.seen)(key)
-        if not resync_task:
+        if not running.resync_task:
             # Started from a resource handler, not at startup: only here does the context carry
             # kopf's event queue, which the reconciles the loop runs post their events to.
-            resync = functools.partial(_resync_in, resync_pool, op)
-            loop = resync_forever(index, config.resync_seconds, resync)
-            resync_task.append(asyncio.create_task(loop, name="optiserve-resync"))
+            resync = functools.partial(_resync_in, running.resync_pool, op)
+            loop = resync_forever(index, op.config.resync_seconds, resync)
+            running.resync_task.append(asyncio.create_task(loop, name="optiserve-resync"))
 
     @kopf.on.create(API_GROUP, API_VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.update(API_GROUP, API_VERSION, PLURAL, id="reconcile", registry=registry)
@@ -332,8 +354,6 @@ def build_registry(
     @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, id="cleanup", registry=registry)
     def on_delete(namespace: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         _cleanup(op, namespace, body, logger)
-
-    return registry
 
 
 async def _resync_in(pool: concurrent.futures.Executor, op: Operator, key: ModelKey) -> None:

@@ -384,16 +384,19 @@ class TritonPythonModel:
             )
         if self.injection.latency_factor > 1.0:
             time.sleep((self.injection.latency_factor - 1.0) * self.run_seconds)
+        self._count(responses, time.perf_counter() - began)
+        return responses
+
+    def _count(self, responses: Sequence[Any], seconds: float) -> None:
+        """The batch's failures, compute time and per-request durations, in the model's own metrics."""
         failed = sum(1 for response in responses if response.has_error())
         if failed and self.failures is not None:
             self.failures.increment(failed)
         if self.run_seconds and self.run_microseconds is not None:
             self.run_microseconds.increment(self.run_seconds * 1e6)
         if self.durations is not None:
-            seconds = time.perf_counter() - began
             for _ in range(len(responses) - failed):
                 self.durations.observe(seconds)
-        return responses
 
     def _read_inputs(self, request: Any) -> dict[str, np.ndarray]:
         inputs: dict[str, np.ndarray] = {}

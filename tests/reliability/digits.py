@@ -25,7 +25,7 @@ from optiserve.api.spec import OptimizedModel
 from optiserve.comparator.compare import agreement_threshold
 from optiserve.domain.canary import CanaryPlan
 from optiserve.golden import GOLDEN_FILE, load_golden
-from optiserve.local.canary_servers import CanaryServers, ComparatorSettings, start_canary_servers
+from optiserve.local.canary_servers import CanaryServers, ComparatorSettings, ServingOptions, start_canary_servers
 from optiserve.local.job_cache import JobOutputs, optimization_outputs
 from optiserve.local.load import BackgroundLoad, LoadConfig, LoadResult
 from optiserve.local.run import CanaryRun, Timeline, canary_loop, rollout_plan
@@ -91,7 +91,7 @@ def comparator_settings(manifest: OptimizedModel) -> ComparatorSettings:
 def digits_servers(outputs: JobOutputs, manifest: OptimizedModel, log_dir: Path) -> Iterator[CanaryServers]:
     """Baseline and candidate tritonservers, nginx at weight 0, the comparator and Prometheus."""
     with start_canary_servers(
-        MODEL, outputs.baseline_dir, outputs.candidate_dir, log_dir, lambda _: None, comparator_settings(manifest)
+        MODEL, outputs.baseline_dir, outputs.candidate_dir, log_dir, lambda _: None, ServingOptions(comparator_settings(manifest))
     ) as servers:
         yield servers
 

@@ -28,7 +28,7 @@ from optiserve.api.manifest import parse_manifest
 from optiserve.api.spec import TritonSpec
 from optiserve.artifact import CorruptRepositoryError, verify_artifact
 from optiserve.local.canary_servers import start_canary_servers
-from optiserve.local.injected_candidate import served_candidate
+from optiserve.local.injected_candidate import VariantDirs, served_candidate
 from optiserve.local.job_cache import optimization_outputs, request_digest
 from optiserve_jobs import repository
 from tests.conftest import FAST_BENCHMARK, NO_SPEED_GATE, manifest, tiny_dataset, tiny_mlp
@@ -143,12 +143,12 @@ def test_the_injected_candidate_is_copied_only_from_an_intact_artifact(tmp_path:
     baseline = _publish(tmp_path / "baseline", tiny_mlp(tmp_path / "b.onnx", seed=1))
     _truncate(PYTHON_MODEL)(published)
     with pytest.raises(CorruptRepositoryError, match=PYTHON_MODEL):
-        served_candidate(["accuracy-drop"], MODEL, baseline, published, tmp_path / "work", 1, print)
+        served_candidate(["accuracy-drop"], VariantDirs(MODEL, baseline, published), tmp_path / "work", 1, print)
 
 
 def test_the_injected_candidate_is_sealed_and_checked_like_a_published_one(tmp_path: Path, published: Path) -> None:
     baseline = _publish(tmp_path / "baseline", tiny_mlp(tmp_path / "b.onnx", seed=1))
-    served = served_candidate(["accuracy-drop"], MODEL, baseline, published, tmp_path / "work", 1, print)
+    served = served_candidate(["accuracy-drop"], VariantDirs(MODEL, baseline, published), tmp_path / "work", 1, print)
     verify_artifact(served)  # the injected config.pbtxt is in its manifest
     assert "inject_output_noise" in (served / PYTHON_CONFIG).read_text()
     _truncate(PYTHON_MODEL)(served)

@@ -212,7 +212,6 @@ def replay(
     interval_s: float,
     policy: AnalysisPolicy | None = None,
     window_s: float | None = None,
-    changes_s: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Judge the recording interval by interval and return a JSON-serializable report.
 
@@ -235,9 +234,7 @@ def replay(
     verdict: Verdict | None = None
     scrape_s = scrape_spacing_s(recorded_baseline, recorded_candidate)
     for at_s in _interval_ends(policy.warmup_s, interval_s, _end_of_recording(recorded_baseline, recorded_candidate)):
-        windows = interval_windows(
-            at_s, warmup_s=policy.warmup_s, interval_s=interval_s, window_s=window, scrape_s=scrape_s, changes_s=changes_s
-        )
+        windows = interval_windows(at_s, warmup_s=policy.warmup_s, interval_s=interval_s, window_s=window, scrape_s=scrape_s)
         measured = (_measure(check, recorded_baseline, recorded_candidate, windows, policy.evidence_test) for check in checks)
         analysis, verdict = step(analysis, [m for m in measured if m is not None], at_s=at_s)
         intervals.append(_interval_report(at_s, verdict, analysis.history[-1].measurements))

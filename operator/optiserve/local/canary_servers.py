@@ -104,6 +104,13 @@ class ComparatorSettings:
     sample_size: int = 8
 
 
+@dataclass(frozen=True)
+class ServingOptions:
+    comparator: ComparatorSettings | None = None
+    """With settings, the comparator probes both servers with the golden set and Prometheus scrapes it too."""
+    latency_source: LatencySource = LatencySource.TRITON
+
+
 @contextlib.contextmanager
 def start_canary_servers(
     model: str,
@@ -111,17 +118,15 @@ def start_canary_servers(
     candidate_dir: Path,
     log_dir: Path,
     progress: Progress,
-    comparator: ComparatorSettings | None = None,
-    latency_source: LatencySource = LatencySource.TRITON,
+    options: ServingOptions | None = None,
 ) -> Iterator[CanaryServers]:
     """Start everything; yields once both models are ready and warm and Prometheus has scraped them.
 
     Both artifact directories are verified against their manifests first: nothing starts on a
     corrupt one.
-
-    With ``comparator`` settings, the comparator probes both servers with the golden set and
-    Prometheus scrapes it too.
     """
+    comparator = options.comparator if options is not None else None
+    latency_source = options.latency_source if options is not None else LatencySource.TRITON
     verify_artifact(baseline_dir, "baseline")
     verify_artifact(candidate_dir, "candidate")
     log_dir.mkdir(parents=True, exist_ok=True)

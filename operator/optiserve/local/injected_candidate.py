@@ -14,7 +14,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from optiserve.artifact import verify_artifact
@@ -58,14 +58,22 @@ def _onnx_file(artifact_dir: Path, model: str) -> Path:
     return found[-1]
 
 
-def calibrated(
-    injection: Injection, model: str, baseline_dir: Path, candidate_dir: Path, threads: int, progress: Progress
-) -> Injection:
+@dataclass(frozen=True)
+class VariantDirs:
+    """One model's two artifact directories: what serves now, and the candidate on trial."""
+
+    model: str
+    baseline_dir: Path
+    candidate_dir: Path
+
+
+def calibrated(injection: Injection, variants: VariantDirs, threads: int, progress: Progress) -> Injection:
     if injection.latency_factor is None:
         return injection
-    samples = load_golden(candidate_dir / GOLDEN_FILE, limit=TIMING_SAMPLES)
-    baseline_ms = onnx_latency_ms(_onnx_file(baseline_dir, model), samples, threads)
-    candidate_ms = onnx_latency_ms(_onnx_file(candidate_dir, model), samples, threads)
+    model = variants.model
+    samples = load_golden(variants.candidate_dir / GOLDEN_FILE, limit=TIMING_SAMPLES)
+    baseline_ms = onnx_latency_ms(_onnx_file(variants.baseline_dir, model), samples, threads)
+    candidate_ms = onnx_latency_ms(_onnx_file(variants.candidate_dir, model), samples, threads)
     factor = relative_latency_factor(injection.latency_factor, baseline_ms, candidate_ms)
     progress(
         f"latency={injection.latency_factor:g}x of the baseline: baseline {baseline_ms:.2f} ms, candidate {candidate_ms:.2f} ms "
@@ -74,20 +82,13 @@ def calibrated(
     return replace(injection, latency_factor=factor)
 
 
-def served_candidate(
-    options: Sequence[str],
-    model: str,
-    baseline_dir: Path,
-    candidate_dir: Path,
-    work_dir: Path,
-    threads: int,
-    progress: Progress,
-) -> Path:
+def served_candidate(options: Sequence[str], variants: VariantDirs, work_dir: Path, threads: int, progress: Progress) -> Path:
     """The candidate's artifact directory to serve: the published one, or an injected copy of it."""
     injection = parse_injections(options)  # InjectionError (a ValueError) names a bad value
+    candidate_dir, model = variants.candidate_dir, variants.model
     if not injection.parameters():
         return candidate_dir
-    injection = calibrated(injection, model, baseline_dir, candidate_dir, threads, progress)
+    injection = calibrated(injection, variants, threads, progress)
     from optiserve_jobs.repository import seal
 
     served = work_dir / "candidate-injected"

@@ -27,7 +27,7 @@ from typing import Self
 import numpy as np
 
 from optiserve.golden import GoldenSample
-from optiserve.local.load_clients import ClientOpener, InferError
+from optiserve.local.load_clients import ClientOpener, InferClient, InferError
 
 UNKNOWN_VARIANT = "unknown"
 """Stats key of answers that named no variant (no header, and none configured on the target)."""
@@ -157,40 +157,54 @@ async def _sleep_unless_stopped(stop: asyncio.Event, delay_s: float) -> bool:
 RecordObserver = Callable[[RequestRecord], None]
 
 
+def _no_call() -> None:
+    return None
+
+
+def _no_record(_: RequestRecord) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class LoadObserver:
+    """Who watches a load as it runs (the live view of `BackgroundLoad`)."""
+
+    on_start: Callable[[], None] = _no_call
+    """Called once the client is connected, right before the first request."""
+    on_send: Callable[[], None] = _no_call
+    on_record: RecordObserver = _no_record
+
+
+async def _send(client: InferClient, index: int, sent: float, start: float) -> RequestRecord:
+    variant: str | None = None
+    error: str | None = None
+    try:
+        variant = await client.infer(index)
+    except InferError as exc:
+        variant, error = exc.variant, str(exc)
+    except Exception as exc:  # any transport error is this request's failure, never the run's
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    done = time.monotonic()
+    return RequestRecord(t_s=sent - start, latency_ms=(done - sent) * 1000.0, ok=error is None, error=error, variant=variant)
+
+
 async def run_load(
     target: ClientOpener,
     samples: Sequence[GoldenSample],
     config: LoadConfig,
     *,
     stop: asyncio.Event | None = None,
-    on_start: Callable[[], None] | None = None,
-    on_send: Callable[[], None] | None = None,
-    on_record: RecordObserver | None = None,
+    observer: LoadObserver | None = None,
 ) -> LoadResult:
-    """Run one bounded load; ``stop`` ends it early (in-flight requests still get their answer).
-
-    ``on_start`` is called once the client is connected, right before the first request.
-    """
+    """Run one bounded load; ``stop`` ends it early (in-flight requests still get their answer)."""
     stop = stop or asyncio.Event()
+    watch = observer or LoadObserver()
     client = target.open(samples, timeout_s=config.request_timeout_s, connections=config.concurrency)
     records: list[RequestRecord] = []
-    if on_start is not None:
-        on_start()
+    watch.on_start()
     start = time.monotonic()
     started_unix = time.time()
     schedule = _Schedule(config, start)
-
-    async def send(number: int, sent: float) -> RequestRecord:
-        variant: str | None = None
-        error: str | None = None
-        try:
-            variant = await client.infer(number % len(samples))
-        except InferError as exc:
-            variant, error = exc.variant, str(exc)
-        except Exception as exc:  # any transport error is this request's failure, never the run's
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        done = time.monotonic()
-        return RequestRecord(t_s=sent - start, latency_ms=(done - sent) * 1000.0, ok=error is None, error=error, variant=variant)
 
     async def worker() -> None:
         while (number := schedule.claim(stop)) is not None:
@@ -200,12 +214,10 @@ async def run_load(
             if sent >= schedule.deadline:  # a rate-limited wait can end a little late
                 schedule.stopped_by = schedule.stopped_by or "duration"
                 return
-            if on_send is not None:
-                on_send()
-            record = await send(number, sent)
+            watch.on_send()
+            record = await _send(client, number % len(samples), sent, start)
             records.append(record)
-            if on_record is not None:
-                on_record(record)
+            watch.on_record(record)
 
     try:
         await asyncio.gather(*(worker() for _ in range(config.concurrency)))
@@ -379,9 +391,7 @@ class BackgroundLoad:
             self._samples,
             self._config,
             stop=self._stop,
-            on_start=self._on_start,
-            on_send=self._live.on_send,
-            on_record=self._live.on_record,
+            observer=LoadObserver(on_start=self._on_start, on_send=self._live.on_send, on_record=self._live.on_record),
         )
 
     def _on_start(self) -> None:

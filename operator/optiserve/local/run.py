@@ -30,8 +30,14 @@ from optiserve.domain.analysis import Measurement
 from optiserve.domain.analysis_spec import canary_plan
 from optiserve.domain.canary import CanaryPlan, CanaryProgress, RolloutState, StepOutcome
 from optiserve.golden import GOLDEN_FILE, load_golden
-from optiserve.local.canary_servers import SCRAPE_INTERVAL_S, CanaryServers, ComparatorSettings, start_canary_servers
-from optiserve.local.injected_candidate import served_candidate
+from optiserve.local.canary_servers import (
+    SCRAPE_INTERVAL_S,
+    CanaryServers,
+    ComparatorSettings,
+    ServingOptions,
+    start_canary_servers,
+)
+from optiserve.local.injected_candidate import VariantDirs, served_candidate
 from optiserve.local.job_cache import JobOutputs, optimization_outputs
 from optiserve.local.load import BackgroundLoad, LoadConfig, LoadResult
 from optiserve.local.run_overrides import local_manifest
@@ -221,15 +227,13 @@ def _canary(state: RunState, plan: CanaryPlan, progress: Callable[[str], None], 
     outputs = state.outputs
     threads = spec.serving.triton.intra_op_threads or 1
     work_dir = options.report_dir / "serving"
-    candidate_dir = served_candidate(
-        options.inject, model, outputs.baseline_dir, outputs.candidate_dir, work_dir, threads, progress
-    )
+    variants = VariantDirs(model, outputs.baseline_dir, outputs.candidate_dir)
+    candidate_dir = served_candidate(options.inject, variants, work_dir, threads, progress)
     comparator = ComparatorSettings(task=spec.model.task.value, threshold=agreement_threshold(spec.validation))
     logs = options.report_dir / "logs"
     latency_source = state.manifest.spec.rollout.analysis.latency_source if state.manifest.spec.rollout else None
-    with start_canary_servers(
-        model, state.outputs.baseline_dir, candidate_dir, logs, progress, comparator, latency_source or LatencySource.TRITON
-    ) as servers:
+    serving = ServingOptions(comparator, latency_source or LatencySource.TRITON)
+    with start_canary_servers(model, state.outputs.baseline_dir, candidate_dir, logs, progress, serving) as servers:
         samples = load_golden(candidate_dir / GOLDEN_FILE)
         config = LoadConfig(
             concurrency=options.concurrency, rate_per_s=options.rate_per_s, max_duration_s=options.max_canary_s + 120

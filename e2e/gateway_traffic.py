@@ -51,22 +51,29 @@ class LoadResult:
     """When each failed, as `time.time()`."""
 
 
+@dataclass(frozen=True)
+class GatewayRequest:
+    """The one request the load repeats: where it goes, with which Host header, path and body."""
+
+    address: tuple[str, int]
+    hostname: str
+    path: str
+    body: bytes
+
+
 class GatewayLoad:
     """`threads` clients, each sending one request at a time, paced to `rate_per_thread` requests a second."""
 
     def __init__(
         self,
-        address: tuple[str, int],
-        hostname: str,
-        path: str,
-        body: bytes,
+        request: GatewayRequest,
         *,
         threads: int = 2,
         rate_per_thread: float = 10.0,
         max_seconds: float = 1800.0,
         max_requests: int = 200_000,
     ) -> None:
-        self.address, self.hostname, self.path, self.body = address, hostname, path, body
+        self.request = request
         self.threads, self.interval_s = threads, 1.0 / rate_per_thread
         self.deadline = time.monotonic() + max_seconds
         self.max_requests = max_requests
@@ -101,7 +108,7 @@ class GatewayLoad:
         while self._more():
             started = time.monotonic()
             if connection is None:
-                connection = http.client.HTTPConnection(*self.address, timeout=10)
+                connection = http.client.HTTPConnection(*self.request.address, timeout=10)
             error = self._send(connection)
             with self._lock:
                 if error is None:
@@ -117,9 +124,9 @@ class GatewayLoad:
             connection.close()
 
     def _send(self, connection: http.client.HTTPConnection) -> str | None:
-        headers = {"Host": self.hostname, "Content-Type": "application/json"}
+        headers = {"Host": self.request.hostname, "Content-Type": "application/json"}
         try:
-            connection.request("POST", self.path, body=self.body, headers=headers)
+            connection.request("POST", self.request.path, body=self.request.body, headers=headers)
             response = connection.getresponse()
             payload = response.read()
         except (OSError, http.client.HTTPException) as exc:

@@ -32,7 +32,7 @@ from e2e.cluster import (
     E2EError,
     until,
 )
-from e2e.gateway_traffic import GatewayLoad, LoadResult, Split, SplitMeter, backend_counts, infer_body
+from e2e.gateway_traffic import GatewayLoad, GatewayRequest, LoadResult, Split, SplitMeter, backend_counts, infer_body
 
 MODELS_PVC = "optiserve-models"
 OPTIMIZER_ACCOUNT = "optiserve-optimizer"
@@ -119,14 +119,8 @@ class Scenario:
         node = self.cluster.node_address()
         model = self._served_model(name)
         body = infer_body(model["input"], model["shape"])
-        load = GatewayLoad(
-            (node, GATEWAY_NODE_PORT),
-            self.hostname,
-            f"/v2/models/{model['name']}/infer",
-            body,
-            threads=2,
-            rate_per_thread=rate / 2,
-        )
+        request = GatewayRequest((node, GATEWAY_NODE_PORT), self.hostname, f"/v2/models/{model['name']}/infer", body)
+        load = GatewayLoad(request, threads=2, rate_per_thread=rate / 2)
         services = {"baseline": f"{name}-baseline", "candidate": f"{name}-candidate"}
         metrics_url = f"http://{node}:{GATEWAY_METRICS_NODE_PORT}/metrics"
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from e2e.gateway_traffic import GatewayLoad, SplitMeter, WeightShare, backend_counts, infer_body
+from e2e.gateway_traffic import GatewayLoad, GatewayRequest, SplitMeter, WeightShare, backend_counts, infer_body
 
 WRR = "httproute-e2e-a-digits-gw-e2e-a-gateway-ep-web-0-1c0cf64bde37d9d0dd1e-wrr"
 
@@ -125,7 +125,9 @@ def triton_like() -> Iterator[tuple[str, int, list[str]]]:
 def test_the_load_counts_every_answer_and_keeps_each_failure(triton_like: tuple[str, int, list[str]]) -> None:
     host, port, hosts = triton_like
     body = infer_body("image", [1, 1, 8, 8])
-    load = GatewayLoad((host, port), "ns.e2e.test", "/v2/models/m/infer", body, threads=2, rate_per_thread=200, max_requests=40)
+    load = GatewayLoad(
+        GatewayRequest((host, port), "ns.e2e.test", "/v2/models/m/infer", body), threads=2, rate_per_thread=200, max_requests=40
+    )
     with load:
         for _ in range(200):
             if load.result.succeeded + len(load.result.failures) >= 40:

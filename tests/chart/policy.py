@@ -35,39 +35,48 @@ def _effective(pod: Object, container: Object, key: str) -> Any:
 
 def restricted_violations(where: str, pod: Object) -> list[str]:
     """What the `restricted` Pod Security level would refuse in this pod spec."""
-    found = []
-    for host in ("hostNetwork", "hostPID", "hostIPC"):
-        if pod.get(host):
-            found.append(f"{where}: {host} is true")
+    found = _pod_level_violations(where, pod)
+    for name, container in _containers(pod):
+        found.extend(_container_violations(f"{where} {name}", pod, container))
+    return found
+
+
+def _pod_level_violations(where: str, pod: Object) -> list[str]:
+    found = [f"{where}: {host} is true" for host in ("hostNetwork", "hostPID", "hostIPC") if pod.get(host)]
     for volume in pod.get("volumes") or []:
         kinds = set(volume) - {"name"}
         if not kinds <= RESTRICTED_VOLUME_TYPES:
             found.append(f"{where}: volume {volume.get('name')} has type {sorted(kinds - RESTRICTED_VOLUME_TYPES)}")
-    pod_security = pod.get("securityContext") or {}
-    if pod_security.get("runAsUser") == 0:
+    if (pod.get("securityContext") or {}).get("runAsUser") == 0:
         found.append(f"{where}: securityContext.runAsUser is 0")
-    for name, container in _containers(pod):
-        at = f"{where} {name}"
-        security = container.get("securityContext") or {}
-        if security.get("privileged"):
-            found.append(f"{at}: privileged")
-        if security.get("allowPrivilegeEscalation") is not False:
-            found.append(f"{at}: allowPrivilegeEscalation is not false")
-        capabilities = security.get("capabilities") or {}
-        if "ALL" not in (capabilities.get("drop") or []):
-            found.append(f"{at}: capabilities.drop lacks ALL")
-        if set(capabilities.get("add") or []) - {"NET_BIND_SERVICE"}:
-            found.append(f"{at}: capabilities.add {capabilities['add']}")
-        if _effective(pod, container, "runAsNonRoot") is not True:
-            found.append(f"{at}: runAsNonRoot is not true")
-        if security.get("runAsUser") == 0:
-            found.append(f"{at}: runAsUser is 0")
-        seccomp = (_effective(pod, container, "seccompProfile") or {}).get("type")
-        if seccomp not in ("RuntimeDefault", "Localhost"):
-            found.append(f"{at}: seccompProfile.type is {seccomp!r}, not RuntimeDefault or Localhost")
-        for port in container.get("ports") or []:
-            if port.get("hostPort"):
-                found.append(f"{at}: hostPort {port['hostPort']}")
+    return found
+
+
+def _container_violations(at: str, pod: Object, container: Object) -> list[str]:
+    security = container.get("securityContext") or {}
+    found = _capability_violations(at, security)
+    if security.get("privileged"):
+        found.insert(0, f"{at}: privileged")
+    if _effective(pod, container, "runAsNonRoot") is not True:
+        found.append(f"{at}: runAsNonRoot is not true")
+    if security.get("runAsUser") == 0:
+        found.append(f"{at}: runAsUser is 0")
+    seccomp = (_effective(pod, container, "seccompProfile") or {}).get("type")
+    if seccomp not in ("RuntimeDefault", "Localhost"):
+        found.append(f"{at}: seccompProfile.type is {seccomp!r}, not RuntimeDefault or Localhost")
+    found.extend(f"{at}: hostPort {port['hostPort']}" for port in container.get("ports") or [] if port.get("hostPort"))
+    return found
+
+
+def _capability_violations(at: str, security: Object) -> list[str]:
+    found = []
+    if security.get("allowPrivilegeEscalation") is not False:
+        found.append(f"{at}: allowPrivilegeEscalation is not false")
+    capabilities = security.get("capabilities") or {}
+    if "ALL" not in (capabilities.get("drop") or []):
+        found.append(f"{at}: capabilities.drop lacks ALL")
+    if set(capabilities.get("add") or []) - {"NET_BIND_SERVICE"}:
+        found.append(f"{at}: capabilities.add {capabilities['add']}")
     return found
 
 

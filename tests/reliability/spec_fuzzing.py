@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -256,46 +256,81 @@ CEL_BREAKERS: list[tuple[Path, Any]] = [
 ]
 
 
+Breaker = Callable[[st.DrawFn, Any, list[Any]], Any]
+"""(draw, spec, its places) -> the spec broken one way, or None where the spec has no place for it."""
+
+
+def _wrong_type(draw: st.DrawFn, spec: Any, all_places: list[Any]) -> Any:
+    place = draw(st.sampled_from(all_places))
+    kinds = place.schema.get("type")
+    wrong = WRONG_TYPES.get(kinds if isinstance(kinds, str) else "", ["?"])
+    return _set(spec, place.path, draw(st.sampled_from(wrong)))
+
+
+def _out_of_range(draw: st.DrawFn, spec: Any, all_places: list[Any]) -> Any:
+    bounded = [p for p in all_places if "minimum" in p.schema or "maximum" in p.schema]
+    if not bounded:
+        return None
+    place = draw(st.sampled_from(bounded))
+    low = "minimum" in place.schema and (draw(st.booleans()) or "maximum" not in place.schema)
+    value = place.schema["minimum"] - 1 if low else place.schema["maximum"] + 1
+    return _set(spec, place.path, value)
+
+
+def _required_removed(draw: st.DrawFn, spec: Any, all_places: list[Any]) -> Any:
+    needy = [p for p in all_places if isinstance(p.value, dict) and [k for k in p.schema.get("required", []) if k in p.value]]
+    if not needy:
+        return None
+    place = draw(st.sampled_from(needy))
+    key = draw(st.sampled_from([k for k in place.schema["required"] if k in place.value]))
+    return _remove(spec, place.path, key)
+
+
+def _not_in_enum(draw: st.DrawFn, spec: Any, all_places: list[Any]) -> Any:
+    enums = [p for p in all_places if "enum" in p.schema]
+    return _set(spec, draw(st.sampled_from(enums)).path, "bogus") if enums else None
+
+
+def _pattern_broken(draw: st.DrawFn, spec: Any, all_places: list[Any]) -> Any:
+    patterned = [p for p in all_places if "pattern" in p.schema]
+    return _set(spec, draw(st.sampled_from(patterned)).path, "not valid at all") if patterned else None
+
+
+def _cel_broken(draw: st.DrawFn, spec: Any, all_places: list[Any]) -> Any:
+    path, value = draw(st.sampled_from(CEL_BREAKERS))
+    target = copy.deepcopy(spec)
+    node = target
+    for token in path[:-1]:
+        node = node.setdefault(token, {})
+    node[path[-1]] = copy.deepcopy(value)
+    return target
+
+
+def _unknown_later(draw: st.DrawFn, spec: Any, all_places: list[Any]) -> Any:
+    return None  # the fallback below adds the unknown field
+
+
+BREAKERS: dict[str, Breaker] = {
+    "type": _wrong_type,
+    "range": _out_of_range,
+    "required": _required_removed,
+    "unknown": _unknown_later,
+    "enum": _not_in_enum,
+    "pattern": _pattern_broken,
+    "cel": _cel_broken,
+}
+
+
 @st.composite
 def mutated_specs(draw: st.DrawFn) -> tuple[str, Any]:
-    """(what was broken, the spec) from a spec valid by schema."""
+    """(what was broken, the spec) from a spec valid by schema; a kind with no place in this spec
+    breaks it with an unknown field instead."""
     spec = draw(specs())
     all_places = list(places(spec, spec_schema()))
-    kind = draw(st.sampled_from(["type", "range", "required", "unknown", "enum", "pattern", "cel"]))
-    if kind == "type":
-        place = draw(st.sampled_from(all_places))
-        kinds = place.schema.get("type")
-        wrong = WRONG_TYPES.get(kinds if isinstance(kinds, str) else "", ["?"])
-        return kind, _set(spec, place.path, draw(st.sampled_from(wrong)))
-    if kind == "range":
-        bounded = [p for p in all_places if "minimum" in p.schema or "maximum" in p.schema]
-        if bounded:
-            place = draw(st.sampled_from(bounded))
-            low = "minimum" in place.schema and (draw(st.booleans()) or "maximum" not in place.schema)
-            value = place.schema["minimum"] - 1 if low else place.schema["maximum"] + 1
-            return kind, _set(spec, place.path, value)
-    if kind == "required":
-        needy = [p for p in all_places if isinstance(p.value, dict) and [k for k in p.schema.get("required", []) if k in p.value]]
-        if needy:
-            place = draw(st.sampled_from(needy))
-            key = draw(st.sampled_from([k for k in place.schema["required"] if k in place.value]))
-            return kind, _remove(spec, place.path, key)
-    if kind == "enum":
-        enums = [p for p in all_places if "enum" in p.schema]
-        if enums:
-            return kind, _set(spec, draw(st.sampled_from(enums)).path, "bogus")
-    if kind == "pattern":
-        patterned = [p for p in all_places if "pattern" in p.schema]
-        if patterned:
-            return kind, _set(spec, draw(st.sampled_from(patterned)).path, "not valid at all")
-    if kind == "cel":
-        path, value = draw(st.sampled_from(CEL_BREAKERS))
-        target = copy.deepcopy(spec)
-        node = target
-        for token in path[:-1]:
-            node = node.setdefault(token, {})
-        node[path[-1]] = copy.deepcopy(value)
-        return kind, target
+    kind = draw(st.sampled_from(list(BREAKERS)))
+    broken = BREAKERS[kind](draw, spec, all_places)
+    if broken is not None:
+        return kind, broken
     objects = [p for p in all_places if isinstance(p.value, dict)]
     place = draw(st.sampled_from(objects))
     return "unknown", _set(spec, (*place.path, "unexpectedField"), draw(st.sampled_from([1, "x", {"a": 1}])))

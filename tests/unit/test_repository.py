@@ -10,7 +10,7 @@ import pytest
 from optiserve.api.spec import TritonSpec
 from optiserve.resources.triton_config import parse_model_config
 from optiserve_jobs import repository
-from tests.conftest import tiny_mlp
+from tests.support.models import tiny_mlp
 
 
 def _publish(tmp_path: Path) -> Path:

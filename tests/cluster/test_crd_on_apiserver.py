@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,8 +16,9 @@ import pytest
 import yaml
 
 from optiserve.api.manifest import parse_manifest
-from tests.cluster.conftest import Cluster, kubernetes_module
-from tests.conftest import REPO_ROOT
+from tests.support.control_plane import Cluster, kubernetes_module
+from tests.support.eventually import eventually
+from tests.support.models import REPO_ROOT
 
 pytestmark = pytest.mark.cluster
 
@@ -46,14 +46,7 @@ def _path(name: str = "", sub: str = "") -> str:
 
 
 def _until(what: str, probe: Callable[[], Any], timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}", pytrace=False)
-        time.sleep(0.2)
+    return eventually(probe, timeout_s=timeout_s, interval_s=0.2, description=what)
 
 
 @pytest.fixture(scope="module")

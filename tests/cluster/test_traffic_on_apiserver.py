@@ -13,7 +13,6 @@ session starts the controller manager.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,8 +28,9 @@ from optiserve.providers.traffic_replicas import ReplicaRouter
 from optiserve.resources.httproute import RouteBackends
 from optiserve.resources.pod import Owner
 from optiserve.resources.triton_deployment import ServingSettings, Variant, build_triton_deployment
-from tests.cluster.conftest import Cluster
 from tests.cluster.gateway_api import HTTPROUTE_CRD, crd
+from tests.support.control_plane import Cluster
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.cluster
 
@@ -41,14 +41,7 @@ BACKENDS = RouteBackends.for_model(MODEL, 8000)
 
 
 def _until(what: str, probe: Callable[[], Any], timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}", pytrace=False)
-        time.sleep(0.2)
+    return eventually(probe, timeout_s=timeout_s, interval_s=0.2, description=what)
 
 
 def _created(cluster: Cluster, path: str, body: dict[str, Any]) -> dict[str, Any]:

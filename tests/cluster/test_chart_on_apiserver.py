@@ -21,7 +21,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,8 +30,8 @@ import yaml
 
 from tests.support.chart_workloads import EXAMPLE, chart_settings, operator_container, operator_env, operator_workloads
 from tests.support.control_plane import Cluster, HttpAnswer, Process, free_ports, write_kubeconfig
-from tests.support.eventually import eventually
 from tests.support.helm import CHART, Object, find, pod_templates, render, run_helm, tool, values_args
+from tests.support.kubelet_role import until
 
 RELEASE = "optiserve"
 RELEASE_NAMESPACE = "optiserve-system"
@@ -45,15 +45,9 @@ RESTRICTED = {
     "pod-security.kubernetes.io/warn": "restricted",
 }
 VALUES = {"watchNamespaces": [WATCHED]}
-WAIT_S = 60.0
 LAST_HANDLED = "optiserve.io/last-handled-configuration"
 
 T = TypeVar("T")
-
-
-def until(what: str, probe: Callable[[], T | None], timeout_s: float = WAIT_S, detail: Callable[[], str] = str) -> T:
-    """`eventually` with a 0.2 s poll; at the deadline the failure also shows `detail()` (a log's tail)."""
-    return eventually(probe, timeout_s=timeout_s, interval_s=0.2, description=what, detail=detail)
 
 
 def ok(answer: HttpAnswer, *statuses: int) -> Any:

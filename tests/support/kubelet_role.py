@@ -29,9 +29,10 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 T = TypeVar("T")
 
 
-def until(what: str, probe: Callable[[], T | None], timeout_s: float = 60.0) -> T:
-    """`eventually` with the real server's bound and a 0.2 s poll."""
-    return eventually(probe, timeout_s=timeout_s, interval_s=0.2, description=what)
+def until(what: str, probe: Callable[[], T | None], timeout_s: float = 60.0, detail: Callable[[], str] | None = None) -> T:
+    """`eventually` with the real server's bound and a 0.2 s poll; at the deadline the failure
+    also shows `detail()` when given (a process's log tail)."""
+    return eventually(probe, timeout_s=timeout_s, interval_s=0.2, description=what, detail=detail)
 
 
 def kubectl_binary() -> Path:

@@ -10,7 +10,7 @@ import onnx
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_mlp(path: Path, *, seed: int = 0, input_name: str = "x") -> Path:

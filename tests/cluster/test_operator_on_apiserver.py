@@ -36,6 +36,7 @@ from optiserve.local.prometheus import PrometheusServer
 from optiserve.settings import Settings
 from tests.cluster.triton_exporter import TritonCounters, serve_triton_metrics
 from tests.support.control_plane import Cluster, free_ports, kubernetes_client
+from tests.support.job_results import SHA
 from tests.support.kubelet_role import kubectl_binary, make_pods_ready, pods, ready_new_pods, until
 from tests.support.model_on_apiserver import (
     GITOPS_MANAGER,
@@ -43,7 +44,6 @@ from tests.support.model_on_apiserver import (
     OPTIMIZED_MODELS,
     REPLICA_SETS,
     RUNNER_TIMEOUT_S,
-    SHA,
     admin,
     conditions,
     crd,

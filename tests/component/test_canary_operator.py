@@ -17,13 +17,12 @@ from kopf.testing import KopfRunner
 
 from optiserve.kube.client import DEPLOYMENTS, KubeClient
 from optiserve.settings import Settings
-from tests.support.canary_fakes import QUICK_ROLLOUT, SECOND, SHA2, Fakes, TimedRouter
+from tests.support.canary_fakes import QUICK_ROLLOUT, Fakes, TimedRouter
 from tests.support.emulated_cluster import (
     DISCOVERY,
     MODEL,
     NAMESPACE,
     OPTIMIZED_MODELS,
-    SHA,
     WAIT_S,
     finish_job,
     job_key,
@@ -35,6 +34,7 @@ from tests.support.emulated_cluster import (
     wait_phase,
 )
 from tests.support.fake_router import FakeRouter
+from tests.support.job_results import SECOND, SHA, SHA2
 from tests.support.kube_emulator import KubeEmulator, RunningEmulator, emulator_fixtures
 from tests.support.operator_runner import running_operator
 

@@ -28,12 +28,9 @@ from optiserve.settings import Settings
 from tests.support.emulated_cluster import (
     DISCOVERY,
     EVENTS,
-    GATE_FAILED,
     MODEL,
     NAMESPACE,
     OPTIMIZED_MODELS,
-    PASSED,
-    SHA,
     WAIT_S,
     conditions_of,
     finish_job,
@@ -46,6 +43,7 @@ from tests.support.emulated_cluster import (
     wait_for,
     wait_phase,
 )
+from tests.support.job_results import GATE_FAILED, PASSED, SHA
 from tests.support.kube_emulator import KubeEmulator, RunningEmulator, emulator_fixtures
 from tests.support.operator_runner import running_operator
 

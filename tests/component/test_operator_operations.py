@@ -30,7 +30,6 @@ from tests.support.emulated_cluster import (
     MODEL,
     NAMESPACE,
     OPTIMIZED_MODELS,
-    PASSED,
     WAIT_S,
     finish_job,
     make_ready,
@@ -40,6 +39,7 @@ from tests.support.emulated_cluster import (
     wait_for,
     wait_phase,
 )
+from tests.support.job_results import PASSED
 from tests.support.kube_emulator import KubeEmulator, RunningEmulator, emulator_fixtures
 from tests.support.operator_runner import running_operator
 

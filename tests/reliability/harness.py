@@ -22,20 +22,20 @@ from optiserve.api.job import JobResult
 from optiserve.kube.client import DEPLOYMENTS, JOBS, ApiError, KubeClient
 from optiserve.reconciler import Hooks
 from optiserve.settings import Settings
-from tests.support.canary_fakes import QUICK_ROLLOUT, SECOND, Fakes
+from tests.support.canary_fakes import QUICK_ROLLOUT, Fakes
 from tests.support.emulated_cluster import (
     DISCOVERY,
     EVENTS,
     MODEL,
     NAMESPACE,
     OPTIMIZED_MODELS,
-    PASSED,
     finish_job,
     make_ready,
     minilm_manifest,
 )
 from tests.support.eventually import eventually
 from tests.support.fault_emulator import FaultEmulator, RunningFaultEmulator, serve_fault_emulator
+from tests.support.job_results import PASSED, SECOND
 from tests.support.operator_runner import running_operator
 
 __all__ = ["DISCOVERY", "EVENTS", "MODEL", "NAMESPACE", "OPTIMIZED_MODELS", "QUICK_ROLLOUT", "Fakes"]

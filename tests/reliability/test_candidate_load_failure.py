@@ -35,13 +35,12 @@ from optiserve_jobs.repository import seal
 from tests.reliability.digits import MODEL as DIGITS
 from tests.reliability.digits import DigitsWorkspace
 from tests.reliability.figures import report_figure
-from tests.support.canary_fakes import QUICK_ROLLOUT, SECOND, Fakes
+from tests.support.canary_fakes import QUICK_ROLLOUT, Fakes
 from tests.support.emulated_cluster import (
     DISCOVERY,
     MODEL,
     NAMESPACE,
     OPTIMIZED_MODELS,
-    SHA,
     WAIT_S,
     conditions_of,
     finish_job,
@@ -53,6 +52,7 @@ from tests.support.emulated_cluster import (
     wait_for,
     wait_phase,
 )
+from tests.support.job_results import SECOND, SHA
 from tests.support.kube_emulator import KubeEmulator, RunningEmulator, emulator_fixtures
 from tests.support.operator_runner import running_operator
 

@@ -22,8 +22,9 @@ from kopf.testing import KopfRunner
 from optiserve.kube.client import DEPLOYMENTS, JOBS, PODS, KubeClient
 from optiserve.settings import Settings
 from tests.reliability.figures import report_figure
-from tests.support.canary_fakes import QUICK_ROLLOUT, SECOND, Fakes
+from tests.support.canary_fakes import QUICK_ROLLOUT, Fakes
 from tests.support.control_plane import Cluster, control_plane, controller_manager, kubernetes_client
+from tests.support.job_results import SECOND
 from tests.support.kubelet_role import finish_job_pod, pods, until
 from tests.support.model_on_apiserver import (
     GITOPS_MANAGER,

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from optiserve.api.job import ArtifactRef, JobResult
 from optiserve.api.spec import OptimizedModel
 from optiserve.providers.metrics import Counts, MetricsProvider
 from optiserve.providers.traffic import TrafficRouter
@@ -21,13 +20,6 @@ from optiserve.providers.traffic_factory import RouterContext
 from optiserve.reconciler import Hooks
 from tests.support.fake_router import FakeRouter
 
-SHA2 = "cd" * 32
-SECOND = JobResult(
-    passed=True,
-    artifact=ArtifactRef(uri="pvc://optiserve-models/minilm/g2/model_repository", sha256=SHA2, size_bytes=22_000_000),
-    speedup_p50=2.6,
-    size_ratio=0.25,
-)
 QUICK_ROLLOUT: dict[str, Any] = {
     "steps": [{"weight": 10}, {"weight": 50}, {"weight": 100}],
     "analysis": {

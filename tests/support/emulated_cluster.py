@@ -13,11 +13,12 @@ from typing import Any, TypeVar
 import yaml
 
 from optiserve.api.crd import PLURAL
-from optiserve.api.job import ArtifactRef, JobResult
+from optiserve.api.job import JobResult
 from optiserve.api.rollout import RolloutSpec
 from optiserve.api.spec import API_GROUP, API_VERSION
 from optiserve.kube.client import DEPLOYMENTS, JOBS, PODS, KubeClient, Resource
 from tests.support.eventually import eventually
+from tests.support.job_results import PASSED
 from tests.support.kube_emulator import resource_info
 from tests.support.models import REPO_ROOT
 
@@ -37,18 +38,6 @@ DISCOVERY = {
     "v1/namespaces": resource_info("Namespace", namespaced=False),
     "apiextensions.k8s.io/v1/customresourcedefinitions": resource_info("CustomResourceDefinition", namespaced=False),
 }
-SHA = "ab" * 32
-PASSED = JobResult(
-    passed=True,
-    artifact=ArtifactRef(uri="pvc://optiserve-models/minilm/g1/model_repository", sha256=SHA, size_bytes=23_000_000),
-    speedup_p50=2.5,
-    size_ratio=0.26,
-    fidelity_mean=0.997,
-    fidelity_min=0.985,
-)
-GATE_FAILED = JobResult(
-    passed=False, reason="gate failed: fidelity_mean = 0.97, needs >= 0.995", failed_gates=["fidelity_mean"], speedup_p50=2.4
-)
 
 T = TypeVar("T")
 

@@ -14,11 +14,12 @@ import pytest
 import yaml
 
 from optiserve.api.crd import PLURAL
-from optiserve.api.job import ArtifactRef, JobResult
+from optiserve.api.job import JobResult
 from optiserve.api.rollout import RolloutSpec
 from optiserve.api.spec import API_GROUP, API_VERSION
 from optiserve.kube.client import JOBS, KubeClient, Resource
 from tests.support.control_plane import Cluster, kubernetes_client
+from tests.support.job_results import PASSED
 from tests.support.kubelet_role import finish_job_pod, make_pods_ready, until
 from tests.support.models import REPO_ROOT
 
@@ -30,15 +31,6 @@ MODEL = "minilm"
 GITOPS_MANAGER = "argocd-controller"
 APPLY_PATCH = "application/apply-patch+yaml"
 RUNNER_TIMEOUT_S = 60.0
-SHA = "ab" * 32
-PASSED = JobResult(
-    passed=True,
-    artifact=ArtifactRef(uri="pvc://optiserve-models/minilm/g1/model_repository", sha256=SHA, size_bytes=23_000_000),
-    speedup_p50=2.5,
-    size_ratio=0.26,
-    fidelity_mean=0.997,
-    fidelity_min=0.985,
-)
 
 
 def _no_terminating_crd(cluster: Cluster) -> bool:

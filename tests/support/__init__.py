@@ -8,6 +8,7 @@
 - `control_plane` (a real etcd + kube-apiserver + controller manager), `kubelet_role` (the test
   playing the kubelet), `model_on_apiserver` (the model on that real server).
 - `helm` and `chart_workloads`: the chart rendered, and what the operator runs with its settings.
-- `models`: tiny real ONNX models, datasets and manifests built in code.
+- `models`: tiny real ONNX models, datasets and manifests built in code; `job_results`: what the
+  tests' optimization Jobs report.
 - Test doubles: `fake_router.FakeRouter`, `memory_lease.MemoryLease`.
 """

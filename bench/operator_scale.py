@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -76,10 +77,10 @@ class Api:
 
 def _serve_emulator(conn: multiprocessing.connection.Connection) -> None:
     """In a child process: the component tier's emulator, until told to stop."""
-    from tests.component.kube_emulator import serve_emulator
-    from tests.component.test_operator import DISCOVERY
+    from tests.support.emulated_cluster import DISCOVERY
+    from tests.support.kube_emulator import KubeEmulator, serve_emulator
 
-    with serve_emulator(DISCOVERY, request_history=EMULATOR_REQUEST_HISTORY) as running:
+    with serve_emulator(DISCOVERY, functools.partial(KubeEmulator, request_history=EMULATOR_REQUEST_HISTORY)) as running:
         conn.send(running.url)
         conn.recv()
 
@@ -121,7 +122,7 @@ def emulator_api(workdir: Path) -> Iterator[Api]:
 
 @contextlib.contextmanager
 def real_api(workdir: Path) -> Iterator[Api]:
-    from tests.cluster.conftest import kubernetes_client, start_control_plane, stop_all
+    from tests.support.control_plane import kubernetes_client, start_control_plane, stop_all
 
     cluster = start_control_plane(workdir / "controlplane")
     try:

@@ -1,71 +1,14 @@
-"""Shared test helpers: tiny real ONNX models and manifests built in code."""
+"""Fixtures every tier may use: a tiny model's complete spec, and the local Triton install."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import pytest
-import yaml
-from onnx import TensorProto, helper, numpy_helper
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_mlp(path: Path, *, seed: int = 0, input_name: str = "x") -> Path:
-    """x[N,8] -> MatMul -> Relu -> MatMul -> y[N,4]: a real model ONNX Runtime can run and quantize."""
-    rng = np.random.default_rng(seed)
-    w1 = numpy_helper.from_array(rng.normal(size=(8, 16)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.normal(size=(16, 4)).astype(np.float32), "w2")
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", [input_name, "w1"], ["h"], name="mm1"),
-            helper.make_node("Relu", ["h"], ["r"], name="relu"),
-            helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        initializer=[w1, w2],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
-def tiny_dataset(path: Path, *, rows: int = 64, name: str = "x", labels: bool = False, seed: int = 1) -> Path:
-    rng = np.random.default_rng(seed)
-    arrays: dict[str, Any] = {name: rng.normal(size=(rows, 8)).astype(np.float32)}
-    if labels:
-        arrays["labels"] = rng.integers(0, 4, size=rows)
-    np.savez(path, **arrays)
-    return path
-
-
-def manifest(spec: dict[str, Any], name: str = "tiny") -> dict[str, Any]:
-    return {"apiVersion": "optiserve.io/v1alpha1", "kind": "OptimizedModel", "metadata": {"name": name}, "spec": spec}
-
-
-FAST_BENCHMARK = {"batchSizes": [1, 4], "threads": 2, "warmup": 2, "iterations": 3, "repeats": 2, "profile": True}
-NO_SPEED_GATE = {"minSpeedup": 0}
-"""For jobs in tests that are not about speed: their verdict must not hang on this machine's load."""
-
-
-def example_without_speed_gate(example: Path, root: Path) -> Path:
-    """A copy of an example's manifest with no speed gate, beside links to the example's files
-    (relative paths in it resolve against its own directory), for tests of what follows the job."""
-    root.mkdir(parents=True, exist_ok=True)
-    for entry in example.parent.iterdir():
-        if entry.suffix not in (".yaml", ".yml") and not (root / entry.name).exists():
-            (root / entry.name).symlink_to(entry)
-    document = yaml.safe_load(example.read_text())
-    document["spec"].setdefault("validation", {}).update(NO_SPEED_GATE)
-    copy = root / example.name
-    copy.write_text(yaml.safe_dump(document, sort_keys=False))
-    return copy
+from optiserve.local.triton import TritonInstall, TritonNotInstalledError, find_triton_install
+from tests.support.models import FAST_BENCHMARK, NO_SPEED_GATE, tiny_dataset, tiny_mlp
 
 
 @pytest.fixture
@@ -80,3 +23,17 @@ def tiny_onnx_spec(tmp_path: Path) -> dict[str, Any]:
         "validation": {"datasetUri": "validation.npz", "maxDegradation": 0.2, **NO_SPEED_GATE},
         "benchmark": FAST_BENCHMARK,
     }
+
+
+@pytest.fixture(scope="session")
+def triton_install() -> TritonInstall:
+    """The local Triton install; a missing one is a failure, never a skip.
+
+    Component tests exist to prove serving works, so silently skipping them on
+    a machine without Triton would hide exactly what they check.
+    """
+    try:
+        return find_triton_install()
+    except TritonNotInstalledError as exc:
+        message = str(exc)
+    pytest.fail(message, pytrace=False)  # outside the except: no chained traceback

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.chart.helm import FULL_VALUES, Object, find, pod_templates, render
 from tests.chart.policy import house_violations, image_violations, rbac_violations, restricted_violations
-from tests.chart.workloads import chart_settings, operator_container, operator_workloads
+from tests.support.chart_workloads import chart_settings, operator_container, operator_workloads
+from tests.support.helm import FULL_VALUES, Object, find, pod_templates, render
 
 VALUE_SETS = {"default": [], "full": [FULL_VALUES]}
 

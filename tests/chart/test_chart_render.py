@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from optiserve.resources.job import JobSettings
-from tests.chart.helm import CHART, FULL_VALUES, RELEASE_NAMESPACE, Object, find, render, run_helm, values_args
-from tests.chart.workloads import chart_settings, operator_container, operator_env
-from tests.conftest import REPO_ROOT
+from tests.support.chart_workloads import chart_settings, operator_container, operator_env
+from tests.support.helm import CHART, FULL_VALUES, RELEASE_NAMESPACE, Object, find, render, run_helm, values_args
+from tests.support.models import REPO_ROOT
 
 KUBERNETES_VERSION = "1.33"
 # Prometheus Operator kinds: no Kubernetes schema exists for them offline; checked field by field below.

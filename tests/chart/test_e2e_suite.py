@@ -22,7 +22,7 @@ from e2e.digits import digits_manifest
 from e2e.steps import _loader_pod
 from optiserve.cli import main as optiserve
 from tests.chart.policy import house_violations, restricted_violations
-from tests.conftest import REPO_ROOT
+from tests.support.models import REPO_ROOT
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from optiserve.api.status import Phase
 from optiserve.domain.lifecycle import CandidateObservation, Decision, JobObservation, JobState, Observed, decide
 from optiserve.merge_patch import apply_merge_patch
 from optiserve.status_writer import build_status
-from tests.chart.helm import CHART
+from tests.support.helm import CHART
 
 HEALTH_LUA = CHART / "files" / "argocd-health.lua"
 FLUX_CHECK = CHART / "files" / "flux-health-check.yaml"

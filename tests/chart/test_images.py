@@ -19,9 +19,9 @@ from dockerfile_parse import DockerfileParser
 
 from optiserve.resources.comparator import COMPARATOR_UID
 from optiserve.resources.job import JOB_UID
-from tests.chart.helm import CHART, render
-from tests.chart.workloads import operator_container
-from tests.conftest import REPO_ROOT
+from tests.support.chart_workloads import operator_container
+from tests.support.helm import CHART, render
+from tests.support.models import REPO_ROOT
 
 OPERATOR = REPO_ROOT / "docker/Dockerfile.operator"
 OPTIMIZER_CPU = REPO_ROOT / "optimizer_jobs/docker/Dockerfile.cpu"

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.conftest import CONTROLPLANE_HOME
+from tests.support.control_plane import CONTROLPLANE_HOME
 
 GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api"
 GATEWAY_API_VERSION = "v1.3.0"

@@ -21,17 +21,17 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import yaml
 
-from tests.chart.helm import CHART, Object, find, pod_templates, render, run_helm, tool, values_args
-from tests.chart.workloads import EXAMPLE, chart_settings, operator_container, operator_env, operator_workloads
-from tests.cluster.conftest import Cluster, HttpAnswer, Process, free_ports, write_kubeconfig
+from tests.support.chart_workloads import EXAMPLE, chart_settings, operator_container, operator_env, operator_workloads
+from tests.support.control_plane import Cluster, HttpAnswer, Process, free_ports, write_kubeconfig
+from tests.support.helm import CHART, Object, find, pod_templates, render, run_helm, tool, values_args
+from tests.support.kubelet_role import until
 
 RELEASE = "optiserve"
 RELEASE_NAMESPACE = "optiserve-system"
@@ -45,21 +45,9 @@ RESTRICTED = {
     "pod-security.kubernetes.io/warn": "restricted",
 }
 VALUES = {"watchNamespaces": [WATCHED]}
-WAIT_S = 60.0
 LAST_HANDLED = "optiserve.io/last-handled-configuration"
 
 T = TypeVar("T")
-
-
-def until(what: str, probe: Callable[[], T | None], timeout_s: float = WAIT_S, detail: Callable[[], str] = str) -> T:
-    """Poll until `probe` returns something truthy; fail naming `what` and `detail()` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}\n{detail()}", pytrace=False)
 
 
 def ok(answer: HttpAnswer, *statuses: int) -> Any:

@@ -9,16 +9,16 @@ from __future__ import annotations
 import copy
 import json
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
 from optiserve.api.manifest import parse_manifest
-from tests.cluster.conftest import Cluster, kubernetes_module
-from tests.conftest import REPO_ROOT
+from tests.support.control_plane import Cluster, kubernetes_module
+from tests.support.kubelet_role import until
+from tests.support.models import REPO_ROOT
 
 pytestmark = pytest.mark.cluster
 
@@ -45,17 +45,6 @@ def _path(name: str = "", sub: str = "") -> str:
     return path + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
 
-def _until(what: str, probe: Callable[[], Any], timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}", pytrace=False)
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def crd(control_plane: Cluster) -> Iterator[dict[str, Any]]:
     """The CRD file, applied as it is, Established; the test namespace created. Returns the server's copy."""
@@ -70,10 +59,12 @@ def crd(control_plane: Cluster) -> Iterator[dict[str, Any]]:
         conditions = {c["type"]: c["status"] for c in (got.get("status") or {}).get("conditions") or []}
         return got if conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True" else None
 
-    stored = _until(f"CRD {CRD_NAME} Established", established)
+    stored = until(f"CRD {CRD_NAME} Established", established, timeout_s=30.0)
     # Established can precede the discovery and storage of the new resource by a moment.
-    _until(
-        f"{PLURAL} served", lambda: control_plane.request("GET", _path().replace(f"/namespaces/{NAMESPACE}", "")).status == 200
+    until(
+        f"{PLURAL} served",
+        lambda: control_plane.request("GET", _path().replace(f"/namespaces/{NAMESPACE}", "")).status == 200,
+        timeout_s=30.0,
     )
     namespace = control_plane.request(
         "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
@@ -497,7 +488,7 @@ def test_owned_objects_are_garbage_collected(control_plane: Cluster, objects: An
     configmaps = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
     assert control_plane.request("POST", configmaps, child).status == 201
     objects.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "owner")
-    _until(
+    until(
         "the garbage collector to delete the owned ConfigMap",
         lambda: control_plane.request("GET", f"{configmaps}/owned-by-owner").status == 404,
         timeout_s=60,

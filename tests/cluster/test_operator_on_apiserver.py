@@ -4,7 +4,7 @@ What the emulated API cannot show, shown here: `uid`, `generation` and `resource
 by the server; the CRD's schema and status subresource; server-side apply field ownership; the
 Job controller completing a Job from its pod's status; the ReplicaSet and Deployment controllers
 counting ready pods; the garbage collector following owner references; `kubectl wait` and
-`kubectl get` on the resource. The tests play the kubelet (tests/cluster/kubelet_role.py).
+`kubectl get` on the resource. The tests play the kubelet (tests/support/kubelet_role.py).
 
 The operator runs in-process (kopf's KopfRunner) with the admin credentials of the fixture's
 kubeconfig, except in the namespace test, which starts `optiserve operator` as users do.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import signal
@@ -30,114 +29,42 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kopf.testing import KopfRunner
 
-from optiserve.api.crd import PLURAL
-from optiserve.api.job import ArtifactRef, JobResult
-from optiserve.api.rollout import RolloutSpec
-from optiserve.api.spec import API_GROUP, API_VERSION
-from optiserve.handlers import build_registry
 from optiserve.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, KubeClient, Resource
 from optiserve.local.prometheus import PrometheusServer
 from optiserve.settings import Settings
-from tests.cluster.conftest import Cluster, free_ports, kubernetes_client
-from tests.cluster.kubelet_role import finish_job_pod, kubectl_binary, make_pods_ready, pods, ready_new_pods, until
 from tests.cluster.triton_exporter import TritonCounters, serve_triton_metrics
-from tests.conftest import REPO_ROOT
+from tests.support.control_plane import Cluster, free_ports, kubernetes_client
+from tests.support.job_results import SHA
+from tests.support.kubelet_role import kubectl_binary, make_pods_ready, pods, ready_new_pods, until
+from tests.support.model_on_apiserver import (
+    GITOPS_MANAGER,
+    MODEL,
+    OPTIMIZED_MODELS,
+    REPLICA_SETS,
+    RUNNER_TIMEOUT_S,
+    admin,
+    conditions,
+    crd,
+    drop_namespace,
+    finish_job,
+    make_namespace,
+    managers_of,
+    manifest,
+    model,
+    names,
+    namespace,
+    promote,
+    server_side_apply,
+    uids,
+    wait_phase,
+)
+from tests.support.operator_runner import KopfRun, running_operator
+
+__all__ = ["admin", "crd", "namespace"]  # fixtures
 
 pytestmark = pytest.mark.cluster
-
-CRD_FILE = REPO_ROOT / "crds/optimizedmodels.optiserve.io.yaml"
-CRD_PATH = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{PLURAL}.{API_GROUP}"
-OPTIMIZED_MODELS = Resource(f"{API_GROUP}/{API_VERSION}", "OptimizedModel", PLURAL)
-REPLICA_SETS = Resource("apps/v1", "ReplicaSet", "replicasets")
-MODEL = "minilm"
-GITOPS_MANAGER = "argocd-controller"
-APPLY_PATCH = "application/apply-patch+yaml"
-RUNNER_TIMEOUT_S = 60.0
-SHA = "ab" * 32
-PASSED = JobResult(
-    passed=True,
-    artifact=ArtifactRef(uri="pvc://optiserve-models/minilm/g1/model_repository", sha256=SHA, size_bytes=23_000_000),
-    speedup_p50=2.5,
-    size_ratio=0.26,
-    fidelity_mean=0.997,
-    fidelity_min=0.985,
-)
-
-
-# --- fixtures ----------------------------------------------------------------------------------------------------
-
-
-def _no_terminating_crd(cluster: Cluster) -> bool:
-    answer = cluster.request("GET", CRD_PATH)
-    return answer.status == 404 or not answer.json()["metadata"].get("deletionTimestamp")
-
-
-@pytest.fixture(scope="module")
-def crd(control_plane: Cluster) -> Iterator[None]:
-    """The generated CRD, Established and served. Created here, and then deleted (and gone) at the
-    end of the module; or, when an earlier module left it installed (as `helm uninstall` does),
-    replaced by the file's and left as found."""
-    until("an earlier module's CRD deletion to finish", lambda: _no_terminating_crd(control_plane), timeout_s=120)
-    ours = yaml.safe_load(CRD_FILE.read_text())
-    existing = control_plane.request("GET", CRD_PATH)
-    if existing.status == 404:
-        answer = control_plane.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", ours)
-        assert answer.status == 201, answer.body.decode()
-    else:
-        ours["metadata"]["resourceVersion"] = existing.json()["metadata"]["resourceVersion"]
-        answer = control_plane.request("PUT", CRD_PATH, ours)
-        assert answer.status == 200, answer.body.decode()
-    until(f"{PLURAL} served", lambda: control_plane.request("GET", f"/apis/{API_GROUP}/{API_VERSION}/{PLURAL}").status == 200)
-    yield
-    if existing.status == 404:
-        control_plane.request("DELETE", CRD_PATH)
-        until("the CRD deleted", lambda: control_plane.request("GET", CRD_PATH).status == 404, timeout_s=120)
-
-
-@pytest.fixture(scope="module")
-def admin(control_plane: Cluster) -> Iterator[KubeClient]:
-    """The test's own client (the project's KubeClient, as the admin): the user and the kubelet."""
-    client = KubeClient(kubernetes_client(control_plane))
-    yield client
-    client.close()
-
-
-def _namespace_for(node: str) -> str:
-    return f"om-{hashlib.sha256(node.encode()).hexdigest()[:10]}"
-
-
-def make_namespace(cluster: Cluster, admin: KubeClient, name: str) -> None:
-    """A namespace with the service account the optimization Job runs as (ServiceAccount admission
-    refuses pods whose account is missing) and the `default` one the controller manager creates."""
-    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-    assert cluster.request("POST", "/api/v1/namespaces", body).status == 201
-    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "optiserve-optimizer"}}
-    assert cluster.request("POST", f"/api/v1/namespaces/{name}/serviceaccounts", account).status == 201
-    until(
-        f"{name}/default service account",
-        lambda: cluster.request("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default").status == 200,
-    )
-
-
-def drop_namespace(cluster: Cluster, admin: KubeClient, name: str) -> None:
-    """Release what a test left behind (no operator runs by now), then delete the namespace."""
-    for left in admin.select(OPTIMIZED_MODELS, name, ""):
-        admin.patch(OPTIMIZED_MODELS, name, left["metadata"]["name"], {"metadata": {"finalizers": None}})
-    cluster.request("DELETE", f"/api/v1/namespaces/{name}")
-
-
-@pytest.fixture
-def namespace(
-    control_plane: Cluster, crd: None, controller_manager: Any, admin: KubeClient, request: pytest.FixtureRequest
-) -> Iterator[str]:
-    name = _namespace_for(request.node.nodeid)
-    make_namespace(control_plane, admin, name)
-    yield name
-    drop_namespace(control_plane, admin, name)
-
 
 OperatorFactory = Callable[..., contextlib.AbstractContextManager[KopfRunner]]
 
@@ -146,17 +73,14 @@ OperatorFactory = Callable[..., contextlib.AbstractContextManager[KopfRunner]]
 def start_operator(control_plane: Cluster, namespace: str) -> OperatorFactory:
     """Start the operator in-process, watching the test's namespace, as the kubeconfig's admin."""
 
-    @contextlib.contextmanager
-    def start() -> Iterator[KopfRunner]:
-        client = KubeClient(kubernetes_client(control_plane))
-        registry = build_registry(Settings(resync_seconds=0.5), client)
-        args = ["run", "--standalone", f"--namespace={namespace}"]
-        try:
-            with KopfRunner(args, registry=registry, timeout=RUNNER_TIMEOUT_S) as runner:
-                yield runner
-        finally:
-            client.close()
-        assert runner.exit_code == 0, runner.output
+    def start() -> contextlib.AbstractContextManager[KopfRunner]:
+        return running_operator(
+            KubeClient(kubernetes_client(control_plane)),
+            settings=Settings(resync_seconds=0.5),
+            namespace=namespace,
+            kopf=KopfRun(verbose=False),
+            timeout_s=RUNNER_TIMEOUT_S,
+        )
 
     return start
 
@@ -176,75 +100,6 @@ def kubectl(control_plane: Cluster) -> Callable[..., subprocess.CompletedProcess
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
 
     return run
-
-
-# --- helpers -----------------------------------------------------------------------------------------------------
-
-
-def manifest(namespace: str, name: str = MODEL, **spec_changes: Any) -> dict[str, Any]:
-    """The MiniLM example as a GitOps tool would keep it in Git."""
-    document = yaml.safe_load((REPO_ROOT / "examples/minilm/optimizedmodel.yaml").read_text())
-    document["metadata"] = {"name": name, "namespace": namespace}
-    document["spec"]["rollout"] = RolloutSpec().model_dump(mode="json", by_alias=True, exclude_none=True)
-    document["spec"].update(spec_changes)
-    return dict(document)
-
-
-def server_side_apply(cluster: Cluster, document: dict[str, Any], manager: str = GITOPS_MANAGER) -> dict[str, Any]:
-    """Apply as a GitOps controller does: server-side, its own field manager, never forced."""
-    meta = document["metadata"]
-    path = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{meta['namespace']}/{PLURAL}/{meta['name']}?fieldManager={manager}"
-    answer = cluster.request("PATCH", path, document, headers={"Content-Type": APPLY_PATCH})
-    assert answer.status in (200, 201), f"server-side apply as {manager} refused: HTTP {answer.status} {answer.body.decode()}"
-    applied: dict[str, Any] = answer.json()
-    return applied
-
-
-def model(admin: KubeClient, namespace: str, name: str = MODEL) -> dict[str, Any]:
-    return dict(admin.get(OPTIMIZED_MODELS, namespace, name) or {})
-
-
-def wait_phase(admin: KubeClient, namespace: str, phase: str, name: str = MODEL) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        found = model(admin, namespace, name)
-        return found if (found.get("status") or {}).get("phase") == phase else None
-
-    return until(f"{namespace}/{name} in phase {phase}", reached)
-
-
-def names(admin: KubeClient, resource: Resource, namespace: str, selector: str = f"optiserve.io/model={MODEL}") -> list[str]:
-    return sorted(str(o["metadata"]["name"]) for o in admin.select(resource, namespace, selector))
-
-
-def uids(admin: KubeClient, resource: Resource, namespace: str) -> dict[str, str]:
-    return {o["metadata"]["name"]: o["metadata"]["uid"] for o in admin.select(resource, namespace, f"optiserve.io/model={MODEL}")}
-
-
-def conditions(found: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in found["status"]["conditions"]}
-
-
-def finish_job(admin: KubeClient, namespace: str, job: str, result: JobResult = PASSED) -> None:
-    """Play the pod; wait for the real Job controller to mark the Job Complete."""
-    finish_job_pod(admin, namespace, job, result)
-
-    def complete() -> bool:
-        found = admin.get(JOBS, namespace, job) or {}
-        return any(c["type"] == "Complete" and c["status"] == "True" for c in (found.get("status") or {}).get("conditions") or [])
-
-    until(f"the Job controller to complete {job}", complete)
-
-
-def promote(admin: KubeClient, namespace: str) -> dict[str, Any]:
-    """From applied to Promoted: finish the g1 Job, make the candidate's pods ready."""
-    until("the g1 Job", lambda: admin.get(JOBS, namespace, "minilm-optimize-g1"))
-    finish_job(admin, namespace, "minilm-optimize-g1")
-    make_pods_ready(admin, namespace, "minilm-candidate")
-    return wait_phase(admin, namespace, "Promoted")
-
-
-def managers_of(found: dict[str, Any]) -> dict[tuple[str, str | None], dict[str, Any]]:
-    return {(m["manager"], m.get("subresource")): m["fieldsV1"] for m in found["metadata"]["managedFields"]}
 
 
 # --- the flow ----------------------------------------------------------------------------------------------------

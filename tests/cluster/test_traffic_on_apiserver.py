@@ -13,8 +13,7 @@ session starts the controller manager.
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,8 +28,9 @@ from optiserve.providers.traffic_replicas import ReplicaRouter
 from optiserve.resources.httproute import RouteBackends
 from optiserve.resources.pod import Owner
 from optiserve.resources.triton_deployment import ServingSettings, Variant, build_triton_deployment
-from tests.cluster.conftest import Cluster
 from tests.cluster.gateway_api import HTTPROUTE_CRD, crd
+from tests.support.control_plane import Cluster
+from tests.support.kubelet_role import until
 
 pytestmark = pytest.mark.cluster
 
@@ -38,17 +38,6 @@ NAMESPACE = "optiserve-traffic-tests"
 MODEL = "minilm"
 ROUTES = f"/apis/gateway.networking.k8s.io/v1/namespaces/{NAMESPACE}/httproutes"
 BACKENDS = RouteBackends.for_model(MODEL, 8000)
-
-
-def _until(what: str, probe: Callable[[], Any], timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}", pytrace=False)
-        time.sleep(0.2)
 
 
 def _created(cluster: Cluster, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -72,9 +61,9 @@ def owner(control_plane: Cluster) -> Iterator[Owner]:
         conditions = {c["type"]: c["status"] for c in (got.get("status") or {}).get("conditions") or []}
         return conditions.get("Established") == "True"
 
-    _until(f"CRD {name} Established", established)
+    until(f"CRD {name} Established", established, timeout_s=30.0)
     _created(control_plane, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-    _until("httproutes served", lambda: control_plane.request("GET", ROUTES).status == 200)
+    until("httproutes served", lambda: control_plane.request("GET", ROUTES).status == 200, timeout_s=30.0)
     holder = _created(
         control_plane,
         f"/api/v1/namespaces/{NAMESPACE}/configmaps",

@@ -8,76 +8,37 @@ whose weights the test reads back. Time is real, with 1 s intervals.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pytest
 from kopf.testing import KopfRunner
 
-from optiserve.api.job import ArtifactRef, JobResult
-from optiserve.api.spec import OptimizedModel
-from optiserve.handlers import build_registry
 from optiserve.kube.client import DEPLOYMENTS, KubeClient
-from optiserve.providers.metrics import Counts, MetricsProvider
-from optiserve.providers.traffic import FakeRouter, TrafficRouter
-from optiserve.providers.traffic_factory import RouterContext
-from optiserve.reconciler import Hooks
 from optiserve.settings import Settings
-from tests.component.kube_emulator import RunningEmulator
-
-__all__ = ["emulator", "kube"]  # fixtures shared with test_operator.py
-from tests.component.test_operator import (
+from tests.support.canary_fakes import QUICK_ROLLOUT, Fakes, TimedRouter
+from tests.support.emulated_cluster import (
+    DISCOVERY,
     MODEL,
     NAMESPACE,
     OPTIMIZED_MODELS,
-    SHA,
     WAIT_S,
-    emulator,
-    eventually,
     finish_job,
-    kube,
+    job_key,
     make_ready,
     model_objects,
     promote_first_candidate,
     status_of,
+    wait_for,
     wait_phase,
 )
+from tests.support.fake_router import FakeRouter
+from tests.support.job_results import SECOND, SHA, SHA2
+from tests.support.kube_emulator import KubeEmulator, RunningEmulator, emulator_fixtures
+from tests.support.operator_runner import running_operator
 
-SHA2 = "cd" * 32
-SECOND = JobResult(
-    passed=True,
-    artifact=ArtifactRef(uri="pvc://optiserve-models/minilm/g2/model_repository", sha256=SHA2, size_bytes=22_000_000),
-    speedup_p50=2.6,
-    size_ratio=0.25,
-)
-QUICK_ROLLOUT: dict[str, Any] = {
-    "steps": [{"weight": 10}, {"weight": 50}, {"weight": 100}],
-    "analysis": {
-        "interval": "1s",
-        "warmup": "1s",
-        "metrics": [
-            {"name": "latency", "maxRelativeIncrease": 0.1},
-            {"name": "errorRate", "maxAbsoluteIncrease": 0.01},
-            {"name": "agreement", "min": 0.99},
-        ],
-        "failureLimit": 0,
-    },
-}
-
-
-@dataclass
-class TimedRouter(FakeRouter):
-    """Remembers when each weight was first set."""
-
-    set_at: dict[int, float] = field(default_factory=dict)
-
-    def set_weight(self, candidate_weight: int) -> None:
-        super().set_weight(candidate_weight)
-        self.set_at.setdefault(candidate_weight, time.time())
+emulator, kube = emulator_fixtures(DISCOVERY)
 
 
 @dataclass
@@ -97,99 +58,34 @@ class RouteRouter(FakeRouter):
         return super().current_weight() if self.history else None
 
 
-@dataclass
-class Backend:
-    """Answers like Prometheus over Triton and the comparator; `candidate_scale` slows the candidate."""
-
-    candidate_scale: float = 1.0
-    agreement: float = 1.0
-    down: bool = False
-    seed: int = 0
-    calls: int = 0
-    router: TimedRouter | None = None
-    slow_from_weight: int | None = None
-    """With the router: the candidate is 2x slower from the moment the router sends it this much traffic."""
-
-    def latency_points(self, variant: str, window_s: float) -> list[tuple[float, float]] | None:
-        """One value per 0.1 s scrape over the window, on a grid both variants share."""
-        self.calls += 1
-        if self.down:
-            return None
-        scale = self.candidate_scale if variant == "candidate" else 1.0
-        rng = np.random.default_rng(self.seed + self.calls)
-        end = math.floor(time.time() * 10) / 10
-        times = [end - k / 10 for k in range(int(window_s * 10), -1, -1)]
-        values = scale * rng.lognormal(np.log(10.0), 0.1, len(times))
-        slow_since = self.router.set_at.get(self.slow_from_weight) if self.router and self.slow_from_weight else None
-        if variant == "candidate" and slow_since is not None:
-            values = np.where(np.array(times) >= slow_since, 2.0 * values, values)
-        return [(t, float(v)) for t, v in zip(times, values, strict=True)]
-
-    def request_counts(self, variant: str, window_s: float) -> Counts | None:
-        return None if self.down else Counts(hits=0.0, total=600.0)
-
-    def comparator_counts(self, metric: str, window_s: float) -> Counts | None:
-        return None if self.down else Counts(hits=round(500 * self.agreement), total=500.0)
-
-    def custom_values(self, query: str, variant: str, window_s: float) -> list[float] | None:
-        return None
-
-
-@dataclass
-class Fakes:
-    backend: Backend = field(default_factory=Backend)
-    router: FakeRouter = field(default_factory=FakeRouter)
-
-    def hooks(self) -> Hooks:
-        def metrics(manifest: OptimizedModel, namespace: str) -> MetricsProvider:
-            return self.backend
-
-        def routers(manifest: OptimizedModel, context: RouterContext) -> TrafficRouter:
-            return self.router
-
-        return Hooks(metrics=metrics, routers=routers)
-
-
 @pytest.fixture
 def fakes() -> Fakes:
     return Fakes()
 
 
 @pytest.fixture
-def operator(emulator: RunningEmulator, fakes: Fakes) -> Iterator[KopfRunner]:
+def operator(emulator: RunningEmulator[KubeEmulator], fakes: Fakes) -> Iterator[KopfRunner]:
     client = KubeClient.for_host(emulator.url)
-    registry = build_registry(Settings(resync_seconds=0.2), client, hooks=fakes.hooks())
-    args = ["run", "--standalone", "--all-namespaces", "--verbose"]
-    try:
-        with KopfRunner(args, registry=registry, timeout=WAIT_S) as runner:
-            yield runner
-    finally:
-        client.close()
-    assert runner.exit_code == 0, runner.output
+    with running_operator(client, settings=Settings(resync_seconds=0.2), hooks=fakes.hooks(), timeout_s=WAIT_S) as runner:
+        yield runner
 
 
 def start_canary(kube: KubeClient, rollout: dict[str, Any] | None = None) -> None:
     """A promoted g1, then a new spec (g2) whose candidate becomes ready: the canary starts."""
     promote_first_candidate(kube)
-    baseline = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline")
+    baseline = wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline")
     make_ready(kube, baseline)
-    eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the g1 candidate retired")
+    wait_for(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the g1 candidate retired")
     kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"spec": {"rollout": rollout or QUICK_ROLLOUT}})
-    eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate") is None or None, "the old candidate gone")
-    job = eventually(lambda: kube.get(*job_key(2)), "the g2 Job")
+    wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate") is None or None, "the old candidate gone")
+    job = wait_for(lambda: kube.get(*job_key(2)), "the g2 Job")
     finish_job(kube, job["metadata"]["name"], SECOND)
-    candidate = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the g2 candidate")
+    candidate = wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the g2 candidate")
     make_ready(kube, candidate)
     wait_phase(kube, "Canary")
-    comparator = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-comparator"), "the comparator next to the canary")
+    comparator = wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-comparator"), "the comparator next to the canary")
     args = comparator["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--golden=/models/minilm/g2/golden.jsonl" in args or any("g2" in a and "golden" in a for a in args), args
-
-
-def job_key(generation: int) -> tuple[Any, str, str]:
-    from optiserve.kube.client import JOBS
-
-    return JOBS, NAMESPACE, f"minilm-optimize-g{generation}"
 
 
 def baseline_sha(kube: KubeClient) -> str:
@@ -204,11 +100,11 @@ def test_a_healthy_candidate_walks_the_steps_and_is_promoted(kube: KubeClient, f
     assert status["canary"]["state"] == "Promoted"
     assert status["artifact"]["sha256"] == SHA2
     assert [w for w in fakes.router.history if w][:3] == [10, 50, 100], fakes.router.history
-    eventually(lambda: baseline_sha(kube) == SHA2 or None, "the baseline serving the g2 artifact")
+    wait_for(lambda: baseline_sha(kube) == SHA2 or None, "the baseline serving the g2 artifact")
     assert all(m["outcome"] == "Successful" for m in status["canary"]["measurements"])
     # Once the baseline serves the new artifact, traffic leaves the candidate, then the candidate goes.
     make_ready(kube, kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline") or {})
-    eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the candidate retired")
+    wait_for(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the candidate retired")
     assert fakes.router.weight == 0
 
 
@@ -223,7 +119,7 @@ def test_a_slower_candidate_is_rolled_back_and_the_baseline_keeps_serving(kube: 
     assert 100 not in fakes.router.history, "never shifted traffic further onto the failing candidate"
     assert status["artifact"]["sha256"] == SHA, "the baseline keeps the g1 artifact"
     assert baseline_sha(kube) == SHA
-    eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the candidate scaled away")
+    wait_for(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the candidate scaled away")
     failed = [m for m in status["canary"]["measurements"] if m["outcome"] == "Failed"]
     assert [m["metric"] for m in failed] == ["latency"]
     assert failed[0]["p_value"] < 0.05 and failed[0]["effect_size"] > 0.1, failed[0]
@@ -258,12 +154,12 @@ def test_manual_promotion_by_a_digest_committed_to_git(kube: KubeClient, fakes: 
     rollout = {**QUICK_ROLLOUT, "promotion": "manual"}
     start_canary(kube, rollout)
     waiting = lambda: status_of(kube).get("canary", {}).get("state") == "AwaitingPromotion" or None  # noqa: E731
-    eventually(waiting, "waiting for approval")
+    wait_for(waiting, "waiting for approval")
     # An approval for some other candidate: observed, but neither restarts the pipeline nor promotes.
     stale = {**rollout, "promoteArtifact": "sha256:" + "ef" * 32}
     kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"spec": {"rollout": stale}})
-    eventually(lambda: status_of(kube).get("observedGeneration") == 3 or None, "generation 3 observed")
-    eventually(waiting, "still waiting for approval")
+    wait_for(lambda: status_of(kube).get("observedGeneration") == 3 or None, "generation 3 observed")
+    wait_for(waiting, "still waiting for approval")
     assert status_of(kube)["pipelineGeneration"] == 2
     # The digest of this candidate, read from its status as a GitOps pipeline would, promotes it.
     digest = status_of(kube)["canary"]["candidateArtifact"]
@@ -279,7 +175,7 @@ def test_manual_promotion_by_a_digest_committed_to_git(kube: KubeClient, fakes: 
 @pytest.mark.usefixtures("operator")
 def test_the_promote_annotation_approves_and_is_removed_afterwards(kube: KubeClient, fakes: Fakes) -> None:
     start_canary(kube, {**QUICK_ROLLOUT, "promotion": "manual"})
-    eventually(lambda: status_of(kube).get("canary", {}).get("state") == "AwaitingPromotion" or None, "waiting for approval")
+    wait_for(lambda: status_of(kube).get("canary", {}).get("state") == "AwaitingPromotion" or None, "waiting for approval")
     kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"metadata": {"annotations": {"optiserve.io/promote": "true"}}})
     wait_phase(kube, "Promoted")
 
@@ -287,7 +183,7 @@ def test_the_promote_annotation_approves_and_is_removed_afterwards(kube: KubeCli
         found = kube.get(OPTIMIZED_MODELS, NAMESPACE, MODEL) or {}
         return "optiserve.io/promote" not in (found["metadata"].get("annotations") or {}) or None
 
-    eventually(annotation_removed, "the one-shot annotation removed")
+    wait_for(annotation_removed, "the one-shot annotation removed")
 
 
 @pytest.mark.usefixtures("operator")
@@ -317,8 +213,8 @@ def test_the_route_is_written_from_the_first_promotion_on(kube: KubeClient, fake
     fakes.router = router = RouteRouter()
     promote_first_candidate(kube)
     kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"spec": {"rollout": QUICK_ROLLOUT}})
-    eventually(lambda: kube.get(*job_key(2)), "the g2 Job")
-    eventually(lambda: router.history or None, "the route written")
+    wait_for(lambda: kube.get(*job_key(2)), "the g2 Job")
+    wait_for(lambda: router.history or None, "the route written")
     assert router.history[0] == 0 and router.current_weight() == 0, router.history
     assert kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate") is None or status_of(kube)["phase"] != "Canary"
 
@@ -328,10 +224,10 @@ def test_a_spec_changed_mid_canary_takes_the_traffic_off_the_candidate_before_it
     slow = {**QUICK_ROLLOUT, "steps": [{"weight": 10, "pause": "1h"}, {"weight": 100}]}
     fakes.router = router = RouteRouter(kube=kube)
     start_canary(kube, slow)
-    eventually(lambda: router.weight == 10 or None, "the candidate at weight 10")
+    wait_for(lambda: router.weight == 10 or None, "the candidate at weight 10")
     kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"spec": {"validation": {"maxDegradation": 0.01}}})  # a new pipeline
-    eventually(lambda: kube.get(*job_key(3)), "the g3 Job")
-    eventually(lambda: router.weight == 0 or None, "the traffic back on the baseline")
+    wait_for(lambda: kube.get(*job_key(3)), "the g3 Job")
+    wait_for(lambda: router.weight == 0 or None, "the traffic back on the baseline")
     back = len(router.history) - 1 - router.history[::-1].index(0)
     assert "minilm-candidate" in router.deployments_at_set[back], "traffic left the g2 candidate while it still existed"
-    eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the stale candidate removed")
+    wait_for(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the stale candidate removed")

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -36,7 +34,8 @@ from optiserve.providers.metrics import Counts
 from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
 from optiserve_jobs import repository
 from optiserve_jobs.job import run_job
-from tests.conftest import FAST_BENCHMARK, NO_SPEED_GATE, REPO_ROOT
+from tests.support.eventually import eventually
+from tests.support.models import FAST_BENCHMARK, NO_SPEED_GATE, REPO_ROOT
 
 pytestmark = pytest.mark.slow
 DIGITS = REPO_ROOT / "examples/digits"
@@ -44,7 +43,6 @@ MODEL = "digits"
 PERTURBATION_SCALE = 12.0
 """A bias of this scale on the logits flips about 40 % of the top-1 answers (measured offline: 0.6 agreement)."""
 ENOUGH_SAMPLES = 64
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -112,16 +110,6 @@ def _comparator(baseline: TritonServer, candidate_url: str, golden: Path, **extr
     return ComparatorProcess(args)
 
 
-def _until(read: Callable[[], T], accept: Callable[[T], bool], timeout_s: float = 90.0) -> T:
-    """Poll until the comparator has compared enough and Prometheus has scraped it (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    value = read()
-    while not accept(value) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        value = read()
-    return value
-
-
 def _enough(counts: Counts | None) -> bool:
     return counts is not None and counts.total >= ENOUGH_SAMPLES
 
@@ -141,7 +129,13 @@ def judged(digits_output: Path, tritons: dict[str, TritonServer]) -> dict[str, d
         for role, metrics in readers.items():
             results[role] = {}
             for metric in ("agreement", "accuracy"):
-                counts = _until(lambda m=metric, r=metrics: r.comparator_counts(m, 600), _enough)  # type: ignore[misc]
+                counts = eventually(
+                    lambda m=metric, r=metrics: r.comparator_counts(m, 600),  # type: ignore[misc]
+                    timeout_s=90.0,
+                    interval_s=0.5,
+                    description=f"{role}: {metric} counts compared and scraped",
+                    satisfied=_enough,
+                )
                 assert counts is not None and _enough(counts), f"{role}: {metric} counts never reached {ENOUGH_SAMPLES}"
                 results[role][metric] = counts
     return results
@@ -207,7 +201,13 @@ def test_an_unreachable_candidate_counts_errors_never_agreement(
         comparator = stack.enter_context(
             _comparator(tritons["baseline"], f"http://127.0.0.1:{port}", digits_output / GOLDEN_FILE, timeout="300ms")
         )
-        scrape = _until(lambda: _scrape(comparator), lambda s: _value(s, "optiserve_comparator_rounds_total") >= 2)
+        scrape = eventually(
+            lambda: _scrape(comparator),
+            timeout_s=90.0,
+            interval_s=0.5,
+            description="two comparator rounds in its metrics",
+            satisfied=lambda s: _value(s, "optiserve_comparator_rounds_total") >= 2,
+        )
     assert _value(scrape, "optiserve_comparator_rounds_total") >= 2
     assert _value(scrape, "optiserve_comparator_errors_total", variant="candidate") >= 32
     assert _value(scrape, "optiserve_comparator_errors_total", variant="baseline") == 0

@@ -23,7 +23,7 @@ from optiserve.cli import main
 from optiserve.local.triton import TritonInstall, TritonServer
 from optiserve_jobs.runners import OrtRunner
 from tests.component.triton_helpers import infer_grpc, infer_http, model_counters, settled_counters
-from tests.conftest import FAST_BENCHMARK, NO_SPEED_GATE, REPO_ROOT
+from tests.support.models import FAST_BENCHMARK, NO_SPEED_GATE, REPO_ROOT
 
 pytestmark = pytest.mark.slow
 MINILM = REPO_ROOT / "examples/minilm"

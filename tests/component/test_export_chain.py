@@ -23,7 +23,7 @@ from optiserve_jobs.passes.export import TORCH_EXPORT, TORCHSCRIPT, TORCHSCRIPT_
 from optiserve_jobs.runners import OrtRunner
 from optiserve_jobs.source_model import load_source_model
 from tests.component.torch_factories import TinyClassifier
-from tests.conftest import FAST_BENCHMARK, manifest, tiny_dataset
+from tests.support.models import FAST_BENCHMARK, manifest, tiny_dataset
 
 D_MODEL = 64
 SEQUENCE = 5

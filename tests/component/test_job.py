@@ -20,7 +20,7 @@ from optiserve.cli import main
 from optiserve.golden import GOLDEN_FILE, load_golden
 from optiserve_jobs import repository
 from optiserve_jobs.runners import OrtRunner
-from tests.conftest import manifest, tiny_dataset
+from tests.support.models import manifest, tiny_dataset
 
 REPORT_KEYS = {"passed", "speedup_p50", "speed", "size_ratio", "fidelity", "accuracy", "gates", "passes", "benchmark"}
 NOISE_TOLERATED = {"stability": {"maxWaitFraction": 1.0}}
@@ -271,7 +271,7 @@ def test_text_golden_samples_are_unpadded_and_embed_like_the_padded_validation(t
     from optiserve_jobs.golden_set import golden_samples
     from optiserve_jobs.source_model import load_source_model
     from optiserve_jobs.torch_models import load_torch_module
-    from tests.conftest import REPO_ROOT
+    from tests.support.models import REPO_ROOT
 
     minilm = REPO_ROOT / "examples/minilm"
     spec = ModelSpec.model_validate({"uri": str(minilm / "model"), "format": "huggingface", "task": "embedding"})

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import pytest
 
 from optiserve.kube.client import SERVICES, KubeClient
-from tests.component.kube_emulator import resource_info, selector_matches, serve_emulator
+from tests.support.kube_emulator import KubeEmulator, resource_info, selector_matches, serve_emulator
 
 LABELS = {"app": "triton", "optiserve.io/variant": "candidate"}
 
@@ -40,7 +41,7 @@ def test_a_malformed_selector_is_an_error() -> None:
 
 @pytest.fixture
 def kube() -> Iterator[KubeClient]:
-    with serve_emulator({"v1/services": resource_info("Service")}, request_history=1) as running:
+    with serve_emulator({"v1/services": resource_info("Service")}, functools.partial(KubeEmulator, request_history=1)) as running:
         client = KubeClient.for_host(running.url)
         yield client
         client.close()

@@ -35,6 +35,7 @@ from optiserve.local.load_clients import LoadTarget
 from optiserve.local.nginx import NginxServer
 from optiserve.local.triton import TritonInstall, TritonServer
 from optiserve.resources.triton_config import render_model_config
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -134,12 +135,13 @@ def counters(server: TritonServer) -> dict[str, float]:
 
 def settled(server: TritonServer, answered_at_least: float) -> dict[str, float]:
     """Counters once Triton has recorded every answer (its statistics lag the answers a little)."""
-    deadline = time.monotonic() + 15
-    values = counters(server)
-    while values["answered"] < answered_at_least and time.monotonic() < deadline:
-        time.sleep(0.1)
-        values = counters(server)
-    return values
+    return eventually(
+        lambda: counters(server),
+        timeout_s=15,
+        interval_s=0.1,
+        description=f"{answered_at_least:g} answers in Triton's counters",
+        satisfied=lambda values: values["answered"] >= answered_at_least,
+    )
 
 
 def infer(client: grpcclient.InferenceServerClient, sample: GoldenSample) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import REPO_ROOT, example_without_speed_gate
+from tests.support.models import REPO_ROOT, example_without_speed_gate
 
 pytestmark = pytest.mark.slow
 

@@ -16,73 +16,36 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 from kopf.testing import KopfRunner
 
-from optiserve.api.crd import PLURAL
-from optiserve.api.job import ArtifactRef, JobResult
-from optiserve.api.rollout import RolloutSpec
-from optiserve.api.spec import API_GROUP, API_VERSION
-from optiserve.handlers import build_registry
-from optiserve.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, KubeClient, Resource
+from optiserve.kube.client import DEPLOYMENTS, JOBS, SERVICES, KubeClient
 from optiserve.resources.job import restricted_security_context
 from optiserve.settings import Settings
-from tests.component.kube_emulator import RunningEmulator, emulator_fixtures, resource_info
-from tests.conftest import REPO_ROOT
-
-NAMESPACE = "ml"
-MODEL = "minilm"
-OPTIMIZED_MODELS = Resource(f"{API_GROUP}/{API_VERSION}", "OptimizedModel", PLURAL)
-EVENTS = Resource("v1", "Event", "events")
-WAIT_S = 30.0
-# kopf finds nothing to watch unless discovery also lists namespaces, CRDs and events.
-DISCOVERY = {
-    f"{API_GROUP}/{API_VERSION}/{PLURAL}": resource_info("OptimizedModel", status=True),
-    "batch/v1/jobs": resource_info("Job", status=True),
-    "apps/v1/deployments": resource_info("Deployment", status=True),
-    "v1/services": resource_info("Service"),
-    "v1/pods": resource_info("Pod", status=True),
-    "v1/events": resource_info("Event"),
-    "v1/namespaces": resource_info("Namespace", namespaced=False),
-    "apiextensions.k8s.io/v1/customresourcedefinitions": resource_info("CustomResourceDefinition", namespaced=False),
-}
-SHA = "ab" * 32
-PASSED = JobResult(
-    passed=True,
-    artifact=ArtifactRef(uri="pvc://optiserve-models/minilm/g1/model_repository", sha256=SHA, size_bytes=23_000_000),
-    speedup_p50=2.5,
-    size_ratio=0.26,
-    fidelity_mean=0.997,
-    fidelity_min=0.985,
+from tests.support.emulated_cluster import (
+    DISCOVERY,
+    EVENTS,
+    MODEL,
+    NAMESPACE,
+    OPTIMIZED_MODELS,
+    WAIT_S,
+    conditions_of,
+    finish_job,
+    make_ready,
+    minilm_manifest,
+    model_objects,
+    promote_first_candidate,
+    status_of,
+    wait_condition,
+    wait_for,
+    wait_phase,
 )
-GATE_FAILED = JobResult(
-    passed=False, reason="gate failed: fidelity_mean = 0.97, needs >= 0.995", failed_gates=["fidelity_mean"], speedup_p50=2.4
-)
-
-T = TypeVar("T")
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout_s: float = WAIT_S) -> T:
-    """Poll until `probe` returns something truthy; fail with the last value otherwise."""
-    deadline = time.monotonic() + timeout_s
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}; last seen: {last!r}")
-
-
-def minilm_manifest() -> dict[str, Any]:
-    document = yaml.safe_load((REPO_ROOT / "examples/minilm/optimizedmodel.yaml").read_text())
-    document["metadata"]["namespace"] = NAMESPACE
-    document["spec"]["rollout"] = RolloutSpec().model_dump(mode="json", by_alias=True, exclude_none=True)
-    return dict(document)
-
+from tests.support.job_results import GATE_FAILED, PASSED, SHA
+from tests.support.kube_emulator import KubeEmulator, RunningEmulator, emulator_fixtures
+from tests.support.operator_runner import running_operator
 
 emulator, kube = emulator_fixtures(DISCOVERY)
 
@@ -91,21 +54,11 @@ OperatorFactory = Callable[[], contextlib.AbstractContextManager[KopfRunner]]
 
 
 @pytest.fixture
-def start_operator(emulator: RunningEmulator) -> OperatorFactory:
+def start_operator(emulator: RunningEmulator[KubeEmulator]) -> OperatorFactory:
     """Start the operator in-process; it logs in with the client pointed at the emulator."""
 
-    @contextlib.contextmanager
-    def start() -> Iterator[KopfRunner]:
-        client = KubeClient.for_host(emulator.url)
-        registry = build_registry(Settings(resync_seconds=0.2), client)
-        # Cluster-wide: with --namespace, kopf lists /api/v1/namespaces, a path kmock 0.8 cannot parse.
-        args = ["run", "--standalone", "--all-namespaces", "--verbose"]
-        try:
-            with KopfRunner(args, registry=registry, timeout=WAIT_S) as runner:
-                yield runner
-        finally:
-            client.close()
-        assert runner.exit_code == 0, runner.output
+    def start() -> contextlib.AbstractContextManager[KopfRunner]:
+        return running_operator(KubeClient.for_host(emulator.url), settings=Settings(resync_seconds=0.2), timeout_s=WAIT_S)
 
     return start
 
@@ -116,88 +69,11 @@ def operator(start_operator: OperatorFactory) -> Iterator[KopfRunner]:
         yield runner
 
 
-def status_of(kube: KubeClient, name: str = MODEL) -> dict[str, Any]:
-    found = kube.get(OPTIMIZED_MODELS, NAMESPACE, name)
-    return dict((found or {}).get("status") or {})
-
-
-def wait_phase(kube: KubeClient, phase: str, name: str = MODEL) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        status = status_of(kube, name)
-        return status if status.get("phase") == phase else None
-
-    return eventually(reached, f"phase {phase}")
-
-
-def conditions_of(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in status.get("conditions", [])}
-
-
-def wait_condition(kube: KubeClient, kind: str, value: str, name: str = MODEL) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        status = status_of(kube, name)
-        return status if conditions_of(status).get(kind, {}).get("status") == value else None
-
-    return eventually(reached, f"condition {kind}={value}")
-
-
-def finish_job(kube: KubeClient, job: str, result: JobResult) -> None:
-    """What the Job controller and kubelet would report: the pod's termination message, then the condition."""
-    exit_code = 0 if result.passed else 1
-    pod = f"{job}-x7k2p"
-    kube.create(
-        PODS,
-        NAMESPACE,
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": pod, "namespace": NAMESPACE, "labels": {"job-name": job, "batch.kubernetes.io/job-name": job}},
-            "spec": {"restartPolicy": "Never", "containers": [{"name": "optimize", "image": "optimizer"}]},
-        },
-    )
-    terminated = {
-        "exitCode": exit_code,
-        "reason": "Completed" if exit_code == 0 else "Error",
-        "message": result.to_termination_message(),
-    }
-    pod_status = {
-        "phase": "Succeeded" if exit_code == 0 else "Failed",
-        "containerStatuses": [{"name": "optimize", "state": {"terminated": terminated}}],
-    }
-    kube.patch(PODS, NAMESPACE, pod, {"status": pod_status}, subresource="status")
-    condition = (
-        {"type": "Complete", "status": "True"}
-        if result.passed
-        else {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
-    )
-    kube.patch(JOBS, NAMESPACE, job, {"status": {"conditions": [condition]}}, subresource="status")
-
-
-def make_ready(kube: KubeClient, deployment: dict[str, Any]) -> None:
-    generation = deployment["metadata"]["generation"]
-    status = {"observedGeneration": generation, "replicas": 1, "readyReplicas": 1, "availableReplicas": 1}
-    kube.patch(DEPLOYMENTS, NAMESPACE, deployment["metadata"]["name"], {"status": status}, subresource="status")
-
-
-def model_objects(kube: KubeClient, resource: Resource) -> list[str]:
-    return sorted(o["metadata"]["name"] for o in kube.select(resource, NAMESPACE, f"optiserve.io/model={MODEL}"))
-
-
-def promote_first_candidate(kube: KubeClient) -> dict[str, Any]:
-    """Apply the example, finish its Job with a passing result, make the candidate ready."""
-    kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
-    eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
-    finish_job(kube, "minilm-optimize-g1", PASSED)
-    candidate = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the candidate Deployment")
-    make_ready(kube, candidate)
-    return wait_phase(kube, "Promoted")
-
-
 @pytest.mark.usefixtures("operator")
 def test_a_new_model_is_optimized_deployed_and_promoted(kube: KubeClient) -> None:
     kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
 
-    job = eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
+    job = wait_for(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
     assert model_objects(kube, JOBS) == ["minilm-optimize-g1"]
     pod_spec = job["spec"]["template"]["spec"]
     assert pod_spec["containers"][0]["securityContext"] == restricted_security_context()
@@ -206,8 +82,8 @@ def test_a_new_model_is_optimized_deployed_and_promoted(kube: KubeClient) -> Non
     assert conditions_of(optimizing)["Ready"]["status"] == "False"
 
     finish_job(kube, "minilm-optimize-g1", PASSED)
-    candidate = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the candidate Deployment")
-    assert eventually(lambda: kube.get(SERVICES, NAMESPACE, "minilm-candidate"), "the candidate Service")
+    candidate = wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the candidate Deployment")
+    assert wait_for(lambda: kube.get(SERVICES, NAMESPACE, "minilm-candidate"), "the candidate Service")
     assert candidate["metadata"]["labels"]["optiserve.io/generation"] == "1"
     assert kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline") is None, "the first candidate has no baseline to compare with"
     assert wait_phase(kube, "Deploying")["conditions"]
@@ -216,7 +92,7 @@ def test_a_new_model_is_optimized_deployed_and_promoted(kube: KubeClient) -> Non
     status = wait_phase(kube, "Promoted")
     conditions = conditions_of(status)
     assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "BaselineStarting")
-    make_ready(kube, eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline Deployment"))
+    make_ready(kube, wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline Deployment"))
     status = wait_condition(kube, "Ready", "True")
     conditions = conditions_of(status)
     assert conditions["Ready"]["observedGeneration"] == 1
@@ -225,7 +101,7 @@ def test_a_new_model_is_optimized_deployed_and_promoted(kube: KubeClient) -> Non
     assert status["observedGeneration"] == 1
     assert status["optimization"] == {"speedup": 2.5, "sizeRatio": 0.26, "fidelityMean": 0.997, "fidelityMin": 0.985}
     assert status["artifact"]["sha256"] == SHA
-    baseline = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline Deployment")
+    baseline = wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline Deployment")
     assert baseline["metadata"]["labels"]["optiserve.io/generation"] == "1"
     assert baseline["metadata"]["annotations"]["optiserve.io/artifact-sha256"] == SHA
     assert baseline["spec"]["replicas"] == 2
@@ -239,14 +115,14 @@ def test_a_new_model_is_optimized_deployed_and_promoted(kube: KubeClient) -> Non
         messages = phase_events()
         return messages if any("-> Promoted" in m for m in messages) else None
 
-    messages = eventually(with_promotion, "the Promoted event")
+    messages = wait_for(with_promotion, "the Promoted event")
     assert any(m.startswith("Pending -> Optimizing") for m in messages), messages
 
 
 @pytest.mark.usefixtures("operator")
 def test_after_promotion_the_baseline_is_kept_and_the_candidate_retired(kube: KubeClient) -> None:
     promote_first_candidate(kube)
-    baseline = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline Deployment")
+    baseline = wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline Deployment")
     assert model_objects(kube, DEPLOYMENTS) == ["minilm-baseline", "minilm-candidate"]  # not retired before the baseline serves
     make_ready(kube, baseline)
 
@@ -256,9 +132,9 @@ def test_after_promotion_the_baseline_is_kept_and_the_candidate_retired(kube: Ku
         retired = model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"]
         return True if retired and model_objects(kube, SERVICES) == ["minilm", "minilm-baseline"] else None
 
-    eventually(candidate_gone, "the candidate retired once the baseline is ready")
+    wait_for(candidate_gone, "the candidate retired once the baseline is ready")
     kube.delete(DEPLOYMENTS, NAMESPACE, "minilm-baseline")  # someone deletes what serves
-    recreated = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline recreated")
+    recreated = wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline recreated")
     assert recreated["metadata"]["annotations"]["optiserve.io/artifact-sha256"] == SHA
     assert status_of(kube)["phase"] == "Promoted"
 
@@ -269,7 +145,7 @@ def test_a_promoted_baseline_slow_to_start_keeps_its_replicas(kube: KubeClient) 
     would scale the baseline to 0 pods, and it would never be ready: the candidate would serve
     for ever. Here the baseline stays unready for many resyncs (0.2 s apart)."""
     promote_first_candidate(kube)
-    eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline Deployment")
+    wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline Deployment")
     seen: set[int] = set()
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:
@@ -277,8 +153,8 @@ def test_a_promoted_baseline_slow_to_start_keeps_its_replicas(kube: KubeClient) 
         time.sleep(0.05)
     assert seen == {2}, f"the baseline's replicas while it started: {sorted(seen)}"
     assert kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate") is not None, "the candidate serves meanwhile"
-    make_ready(kube, eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline"))
-    eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"] or None, "the candidate retired")
+    make_ready(kube, wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline"))
+    wait_for(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"] or None, "the candidate retired")
 
 
 @pytest.mark.usefixtures("operator")
@@ -298,7 +174,7 @@ def test_an_invalid_spec_fails_with_the_field_named(kube: KubeClient) -> None:
 @pytest.mark.usefixtures("operator")
 def test_a_failed_gate_fails_and_deploys_nothing(kube: KubeClient) -> None:
     kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
-    eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
+    wait_for(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
     finish_job(kube, "minilm-optimize-g1", GATE_FAILED)
 
     status = wait_phase(kube, "Failed")
@@ -311,7 +187,7 @@ def test_a_failed_gate_fails_and_deploys_nothing(kube: KubeClient) -> None:
 
 
 def test_a_lost_create_response_is_retried_and_the_job_adopted(
-    kube: KubeClient, emulator: RunningEmulator, start_operator: OperatorFactory, caplog: pytest.LogCaptureFixture
+    kube: KubeClient, emulator: RunningEmulator[KubeEmulator], start_operator: OperatorFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     # kmock stores a created object even when a reaction answers instead: the API committed the
     # Job but the operator saw a 503, as after a timeout. A retry must find it, not make another.
@@ -328,9 +204,9 @@ def test_a_lost_create_response_is_retried_and_the_job_adopted(
 @pytest.mark.usefixtures("operator")
 def test_a_drifted_candidate_is_patched_back(kube: KubeClient) -> None:
     kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
-    eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
+    wait_for(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
     finish_job(kube, "minilm-optimize-g1", PASSED)
-    wanted = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the candidate Deployment")
+    wanted = wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the candidate Deployment")
 
     drift = {"spec": {"replicas": 5, "template": {"spec": {"containers": [{"name": "triton", "image": "elsewhere/triton"}]}}}}
     kube.patch(DEPLOYMENTS, NAMESPACE, "minilm-candidate", drift)
@@ -339,19 +215,19 @@ def test_a_drifted_candidate_is_patched_back(kube: KubeClient) -> None:
         live = kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate")
         return live if live is not None and live["spec"] == wanted["spec"] else None
 
-    live = eventually(restored, "the candidate's spec patched back")
+    live = wait_for(restored, "the candidate's spec patched back")
     assert live["metadata"]["uid"] == wanted["metadata"]["uid"], "patched in place, not re-created"
 
 
 def test_a_restarted_operator_adopts_the_job_it_created(kube: KubeClient, start_operator: OperatorFactory) -> None:
     with start_operator():
         kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
-        job = eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
+        job = wait_for(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
         wait_phase(kube, "Optimizing")
 
     with start_operator():
         finish_job(kube, "minilm-optimize-g1", PASSED)
-        candidate = eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the candidate Deployment")
+        candidate = wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the candidate Deployment")
         make_ready(kube, candidate)
         wait_phase(kube, "Promoted")
 
@@ -365,9 +241,9 @@ def test_a_spec_change_starts_a_new_generation_and_removes_the_old_children(kube
 
     kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"spec": {"validation": {"maxDegradation": 0.01}}})
 
-    eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g2"), "the g2 Job")
-    eventually(lambda: model_objects(kube, JOBS) == ["minilm-optimize-g2"], "only the g2 Job left")
-    eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the g1 candidate removed, the baseline kept")
+    wait_for(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g2"), "the g2 Job")
+    wait_for(lambda: model_objects(kube, JOBS) == ["minilm-optimize-g2"], "only the g2 Job left")
+    wait_for(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the g1 candidate removed, the baseline kept")
     status = wait_phase(kube, "Optimizing")
     assert status["observedGeneration"] == 2
     assert "optimization" not in status, "the g1 summary no longer describes the spec"
@@ -376,7 +252,9 @@ def test_a_spec_change_starts_a_new_generation_and_removes_the_old_children(kube
     assert baseline is not None and baseline["metadata"]["labels"]["optiserve.io/generation"] == "1"
 
 
-def test_the_cli_runs_the_operator_from_a_kubeconfig(kube: KubeClient, emulator: RunningEmulator, tmp_path: Path) -> None:
+def test_the_cli_runs_the_operator_from_a_kubeconfig(
+    kube: KubeClient, emulator: RunningEmulator[KubeEmulator], tmp_path: Path
+) -> None:
     """`optiserve operator` as users start it: its own process, credentials from $KUBECONFIG."""
     kubeconfig = {
         "apiVersion": "v1",
@@ -399,7 +277,7 @@ def test_the_cli_runs_the_operator_from_a_kubeconfig(kube: KubeClient, emulator:
         )
         try:
             kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
-            eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
+            wait_for(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
             wait_phase(kube, "Optimizing")
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=WAIT_S) == 0, log.read_text()

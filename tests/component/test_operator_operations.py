@@ -25,22 +25,23 @@ from optiserve.handlers import build_registry
 from optiserve.kube.client import DEPLOYMENTS, JOBS, SERVICES, KubeClient
 from optiserve.observability import parse_time
 from optiserve.settings import Settings
-from tests.component.kube_emulator import RunningEmulator, emulator_fixtures
-from tests.component.test_operator import (
+from tests.support.emulated_cluster import (
     DISCOVERY,
     MODEL,
     NAMESPACE,
     OPTIMIZED_MODELS,
-    PASSED,
     WAIT_S,
-    eventually,
     finish_job,
     make_ready,
     minilm_manifest,
     model_objects,
     promote_first_candidate,
+    wait_for,
     wait_phase,
 )
+from tests.support.job_results import PASSED
+from tests.support.kube_emulator import KubeEmulator, RunningEmulator, emulator_fixtures
+from tests.support.operator_runner import KopfRun, running_operator
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -63,17 +64,14 @@ OperatorFactory = Callable[[], contextlib.AbstractContextManager[KopfRunner]]
 
 
 @pytest.fixture
-def start_operator(emulator: RunningEmulator, settings: Settings) -> OperatorFactory:
-    @contextlib.contextmanager
-    def start() -> Iterator[KopfRunner]:
-        client = KubeClient.for_host(emulator.url)
-        args = ["run", "--standalone", "--all-namespaces", f"--liveness={settings.liveness_endpoint()}"]
-        try:
-            with KopfRunner(args, registry=build_registry(settings, client), timeout=WAIT_S) as runner:
-                yield runner
-        finally:
-            client.close()
-        assert runner.exit_code == 0, runner.output
+def start_operator(emulator: RunningEmulator[KubeEmulator], settings: Settings) -> OperatorFactory:
+    def start() -> contextlib.AbstractContextManager[KopfRunner]:
+        return running_operator(
+            KubeClient.for_host(emulator.url),
+            settings=settings,
+            kopf=KopfRun(verbose=False, extra_args=[f"--liveness={settings.liveness_endpoint()}"]),
+            timeout_s=WAIT_S,
+        )
 
     return start
 
@@ -114,7 +112,7 @@ def scraped_when(settings: Settings, what: str, check: Callable[[Samples], bool]
             return None  # not listening yet: the operator's startup handler starts it
         return samples if check(samples) else None
 
-    return eventually(probe, what)
+    return wait_for(probe, what)
 
 
 def refused(url: str) -> bool:
@@ -140,7 +138,7 @@ def test_metrics_follow_reconciles_and_phases(kube: KubeClient, settings: Settin
         assert (sample(samples, "optiserve_reconcile_duration_seconds_count", trigger="change") or 0) >= 1
 
         finish_job(kube, "minilm-optimize-g1", PASSED)
-        make_ready(kube, eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the candidate"))
+        make_ready(kube, wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate"), "the candidate"))
         promoted = wait_phase(kube, "Promoted")
         samples = scraped_when(
             settings, "the model counted as Promoted", lambda s: sample(s, "optiserve_models", phase="Promoted") == 1
@@ -157,7 +155,7 @@ def test_metrics_follow_reconciles_and_phases(kube: KubeClient, settings: Settin
 
 
 def test_api_errors_are_counted_by_kind(
-    kube: KubeClient, emulator: RunningEmulator, settings: Settings, start_operator: OperatorFactory
+    kube: KubeClient, emulator: RunningEmulator[KubeEmulator], settings: Settings, start_operator: OperatorFactory
 ) -> None:
     job_posts = emulator.emulator[f"post /apis/batch/v1/namespaces/{NAMESPACE}/jobs"]
     job_posts[:1] << 503
@@ -175,13 +173,13 @@ def test_api_errors_are_counted_by_kind(
 def test_the_health_endpoint_answers_while_the_operator_runs(settings: Settings, start_operator: OperatorFactory) -> None:
     url = str(settings.liveness_endpoint())
     with start_operator():
-        status, body = eventually(lambda: http_get(url) if not refused(url) else None, "the liveness endpoint")
+        status, body = wait_for(lambda: http_get(url) if not refused(url) else None, "the liveness endpoint")
         assert status == 200
         assert isinstance(json.loads(body)["reconciles"], int), "kopf's probe shows the operator's reconcile count"
     assert refused(url), "the liveness endpoint stops with the operator"
 
 
-def test_a_metrics_port_in_use_stops_the_operator_with_the_setting_named(emulator: RunningEmulator) -> None:
+def test_a_metrics_port_in_use_stops_the_operator_with_the_setting_named(emulator: RunningEmulator[KubeEmulator]) -> None:
     """kopf.operator() itself, not the KopfRunner: the runner's stop on leaving its block can race the
     failing startup and end the operator cleanly first."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
@@ -206,7 +204,7 @@ def test_a_metrics_port_in_use_stops_the_operator_with_the_setting_named(emulato
 
 
 def wait_gone(kube: KubeClient, name: str = MODEL) -> None:
-    eventually(lambda: kube.get(OPTIMIZED_MODELS, NAMESPACE, name) is None, f"OptimizedModel {name} gone")
+    wait_for(lambda: kube.get(OPTIMIZED_MODELS, NAMESPACE, name) is None, f"OptimizedModel {name} gone")
 
 
 def children(kube: KubeClient) -> dict[str, list[str]]:
@@ -219,7 +217,7 @@ NO_CHILDREN: dict[str, list[str]] = {"Job": [], "Deployment": [], "Service": []}
 @pytest.mark.usefixtures("operator")
 def test_deleting_mid_flight_removes_the_running_job_and_releases_the_finalizer(kube: KubeClient) -> None:
     kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
-    eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
+    wait_for(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
     wait_phase(kube, "Optimizing")
     live = kube.get(OPTIMIZED_MODELS, NAMESPACE, MODEL)
     assert live is not None and "optiserve.io/finalizer" in live["metadata"]["finalizers"]
@@ -235,8 +233,8 @@ def test_deleting_after_promotion_removes_what_serves(
 ) -> None:
     with start_operator():
         promote_first_candidate(kube)
-        make_ready(kube, eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline"))
-        eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the candidate retired")
+        make_ready(kube, wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline"))
+        wait_for(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"], "the candidate retired")
         # Someone else's Service with our label, not owned by the model: not ours to delete.
         foreign = {
             "apiVersion": "v1",
@@ -259,7 +257,7 @@ def test_a_deletion_while_the_operator_is_down_is_finished_after_restart(
 ) -> None:
     with start_operator():
         kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
-        eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
+        wait_for(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
         wait_phase(kube, "Optimizing")
 
     kube.delete(OPTIMIZED_MODELS, NAMESPACE, MODEL)
@@ -273,13 +271,13 @@ def test_a_deletion_while_the_operator_is_down_is_finished_after_restart(
 
 
 def test_a_failed_cleanup_keeps_the_finalizer_and_is_retried(
-    kube: KubeClient, emulator: RunningEmulator, start_operator: OperatorFactory, caplog: pytest.LogCaptureFixture
+    kube: KubeClient, emulator: RunningEmulator[KubeEmulator], start_operator: OperatorFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     deletes = emulator.emulator[f"delete /apis/batch/v1/namespaces/{NAMESPACE}/jobs/minilm-optimize-g1"]
     deletes[:1] << 503
     with start_operator():
         kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())
-        eventually(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
+        wait_for(lambda: kube.get(JOBS, NAMESPACE, "minilm-optimize-g1"), "the g1 Job")
         kube.delete(OPTIMIZED_MODELS, NAMESPACE, MODEL)
         wait_gone(kube)
         assert children(kube) == NO_CHILDREN

@@ -8,8 +8,9 @@ has no series as "no data" (zero counts, not found), never as an exception or a 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -26,6 +27,9 @@ from optiserve.providers.prometheus import DURATION_METRIC, PrometheusMetrics, T
 from optiserve_jobs import repository
 from optiserve_jobs.triton_python_model import DURATION_BUCKETS
 from tests.component.triton_helpers import infer_http
+from tests.support.eventually import eventually
+
+T = TypeVar("T")
 
 SENT_OK = 24
 SENT_BAD = 3
@@ -67,30 +71,27 @@ def _lookup_model(path: Path) -> Path:
     return path
 
 
-def _until(read: object, accept: object, timeout_s: float = 30.0) -> object:
-    """Poll until Prometheus has scraped what was sent (bounded; not a timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    value = read()  # type: ignore[operator]
-    while not accept(value) and time.monotonic() < deadline:  # type: ignore[operator]
-        time.sleep(0.5)
-        value = read()  # type: ignore[operator]
-    return value
+def _scraped(read: Callable[[], T | None], accept: Callable[[T], bool], what: str) -> T:
+    """`eventually`, until Prometheus has scraped what was sent (bounded; not a timing assertion)."""
+    return eventually(read, timeout_s=30.0, interval_s=0.5, description=what, satisfied=accept)
 
 
 def test_request_counts_match_what_was_sent(serving: tuple[TritonServer, PrometheusServer]) -> None:
     _, prometheus = serving
     metrics = PrometheusMetrics(prometheus.url, TritonSelector("tiny"), scrape_interval_s=1.0)
-    counts = _until(lambda: metrics.request_counts("candidate", 600), lambda c: c is not None and c.total >= SENT_OK + SENT_BAD)
+    counts = _scraped(
+        lambda: metrics.request_counts("candidate", 600), lambda c: c.total >= SENT_OK + SENT_BAD, "every request counted"
+    )
     assert counts is not None
     # increase() extrapolates to the window's edges; counts are within rounding of the truth
-    assert round(counts.total) >= SENT_OK + SENT_BAD and round(counts.hits) >= SENT_BAD  # type: ignore[attr-defined]
-    assert counts.hits / counts.total == pytest.approx(SENT_BAD / (SENT_OK + SENT_BAD), abs=0.05)  # type: ignore[attr-defined]
+    assert round(counts.total) >= SENT_OK + SENT_BAD and round(counts.hits) >= SENT_BAD
+    assert counts.hits / counts.total == pytest.approx(SENT_BAD / (SENT_OK + SENT_BAD), abs=0.05)
 
 
 def test_latency_points_are_positive_milliseconds(serving: tuple[TritonServer, PrometheusServer]) -> None:
     _, prometheus = serving
     metrics = PrometheusMetrics(prometheus.url, TritonSelector("tiny"), scrape_interval_s=1.0)
-    samples = _until(lambda: [v for _, v in metrics.latency_points("candidate", 120) or []], lambda s: bool(s))
+    samples = _scraped(lambda: [v for _, v in metrics.latency_points("candidate", 120) or []], bool, "latency points")
     assert isinstance(samples, list) and samples
     assert all(0 < s < 10_000 for s in samples)
 
@@ -102,13 +103,19 @@ def test_the_model_exports_a_request_duration_histogram_of_its_answered_requests
     metrics = PrometheusMetrics(prometheus.url, TritonSelector("tiny"), scrape_interval_s=1.0)
     count_query = f'sum({DURATION_METRIC}_count{{model="tiny",variant="{{{{variant}}}}"}})'
     # Triton's model warm-up at load runs through the model too, so count from what is there now.
-    before = _until(lambda: metrics.custom_values(count_query, "candidate", 30), lambda v: bool(v) and v[-1] >= SENT_OK)
+    before = _scraped(
+        lambda: metrics.custom_values(count_query, "candidate", 30), lambda v: bool(v) and v[-1] >= SENT_OK, "the sent requests"
+    )
     assert isinstance(before, list)
     for index in range(5):
         infer_http(triton.http_url, "tiny", {"idx": np.full((1, 1), index, dtype=np.int64)}, "y")
     with pytest.raises(Exception, match=r"(?i)indices|out of|range|bounds"):
         infer_http(triton.http_url, "tiny", {"idx": np.full((1, 1), 99, dtype=np.int64)}, "y")
-    counts = _until(lambda: metrics.custom_values(count_query, "candidate", 30), lambda v: bool(v) and v[-1] >= before[-1] + 5)
+    _scraped(
+        lambda: metrics.custom_values(count_query, "candidate", 30),
+        lambda v: bool(v) and v[-1] >= before[-1] + 5,
+        "the five answered requests",
+    )
     time.sleep(2.0)  # two more scrapes: a failed request observed by mistake would show by now
     counts = metrics.custom_values(count_query, "candidate", 30)
     assert isinstance(counts, list) and counts[-1] == before[-1] + 5  # the failed request is not observed

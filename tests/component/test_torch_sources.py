@@ -12,7 +12,7 @@ import yaml
 
 from optiserve.cli import main
 from tests.component.torch_factories import TinyClassifier
-from tests.conftest import FAST_BENCHMARK, NO_SPEED_GATE, manifest, tiny_dataset
+from tests.support.models import FAST_BENCHMARK, NO_SPEED_GATE, manifest, tiny_dataset
 
 INPUTS = [{"name": "x", "shape": [8], "dtype": "float32"}]
 

@@ -22,7 +22,7 @@ from optiserve.providers.traffic_factory import RouterContext, router_for
 from optiserve.providers.traffic_replicas import ReplicaRouter
 from optiserve.resources.pod import Owner
 from optiserve.resources.triton_deployment import ServingSettings, Variant, build_triton_deployment
-from tests.component.kube_emulator import RunningEmulator, emulator_fixtures, resource_info
+from tests.support.kube_emulator import KubeEmulator, RunningEmulator, emulator_fixtures, resource_info
 
 NAMESPACE = "ml"
 OWNER = Owner("optiserve.io/v1alpha1", "OptimizedModel", "minilm", "0b7c7d1e-1111-2222-3333-444455556666")
@@ -55,7 +55,7 @@ emulator, kube = emulator_fixtures(DISCOVERY)
 
 
 @pytest.fixture
-def api(emulator: RunningEmulator) -> Iterator[TrafficApi]:
+def api(emulator: RunningEmulator[KubeEmulator]) -> Iterator[TrafficApi]:
     api_client = k8s.ApiClient(k8s.Configuration(host=emulator.url))
     yield TrafficApi(api_client)
     api_client.close()  # type: ignore[no-untyped-call]
@@ -134,7 +134,9 @@ def test_a_route_without_the_models_services_is_a_spec_error(kube: KubeClient, a
     assert _route(kube)["spec"] == route["spec"]
 
 
-def test_a_throttled_or_failing_api_is_transient(kube: KubeClient, api: TrafficApi, emulator: RunningEmulator) -> None:
+def test_a_throttled_or_failing_api_is_transient(
+    kube: KubeClient, api: TrafficApi, emulator: RunningEmulator[KubeEmulator]
+) -> None:
     kube.create(HTTPROUTES, NAMESPACE, copy.deepcopy(USER_ROUTE))
     router = router_for(_spec({"provider": "gateway-api", "httpRoute": "minilm"}), _context(api))
     emulator.emulator[f"patch /apis/gateway.networking.k8s.io/v1/namespaces/{NAMESPACE}/httproutes/minilm"][:1] << 503

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 import urllib.request
 from typing import Any
 
@@ -12,6 +11,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from optiserve.local.triton import TritonServer
+from tests.support.eventually import eventually
 
 _TRITON_DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
 
@@ -62,9 +62,10 @@ def settled_counters(server: TritonServer, model: str, min_success: float, timeo
     Triton answers a request before it records the request's statistics, so counters read right
     after the last answer can lag behind by a few requests (seen: 21 of 24).
     """
-    deadline = time.monotonic() + timeout_s
-    counters = model_counters(server, model)
-    while counters[1] < min_success and time.monotonic() < deadline:
-        time.sleep(0.1)
-        counters = model_counters(server, model)
-    return counters
+    return eventually(
+        lambda: model_counters(server, model),
+        timeout_s=timeout_s,
+        interval_s=0.1,
+        description=f"{model}'s success count to reach {min_success:g}",
+        satisfied=lambda counters: counters[1] >= min_success,
+    )

@@ -1,14 +1,12 @@
-"""Fixtures of the fault suite: the digits example optimized once per session, and a real Triton."""
+"""Fixtures of the fault suite: the digits example optimized once per session (the real Triton,
+`triton_install`, is tests/conftest.py's)."""
 
 from __future__ import annotations
 
 import pytest
 
 from optiserve.local.job_cache import JobOutputs
-from tests.component.conftest import triton_install
 from tests.reliability.digits import DigitsWorkspace, digits_outputs_in, new_digits_workspace
-
-__all__ = ["triton_install"]
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,6 @@ runs after every tick, so the test knows on the run's own clock when it struck.
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ from optiserve.local.load import BackgroundLoad, LoadConfig, LoadResult
 from optiserve.local.run import CanaryRun, Timeline, canary_loop, rollout_plan
 from optiserve.local.run_overrides import local_manifest
 from optiserve.rollout_engine import RolloutEngine
-from tests.conftest import FAST_BENCHMARK, NO_SPEED_GATE, REPO_ROOT
+from tests.support.models import FAST_BENCHMARK, NO_SPEED_GATE, REPO_ROOT
 
 DIGITS = REPO_ROOT / "examples/digits"
 MODEL = "digits"
@@ -128,11 +126,3 @@ def run_canary(servers: CanaryServers, plan: CanaryPlan, timeline: Timeline, dis
 def plan_of(manifest: Path) -> tuple[OptimizedModel, CanaryPlan]:
     parsed = local_manifest(manifest)
     return parsed, rollout_plan(parsed)
-
-
-def report_figure(item: str, **values: object) -> None:
-    """One line of measured figures (run pytest with -s to see them; docs/reliability.md quotes them).
-
-    Written to the process's own stdout: kopf's test runner swaps `sys.stdout` while the operator runs.
-    """
-    print(f"FIGURE {json.dumps({'item': item, **values}, default=str)}", file=sys.__stdout__, flush=True)

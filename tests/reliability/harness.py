@@ -10,36 +10,33 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import secrets
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import pytest
 from kopf.testing import KopfRunner
 from kubernetes import client as k8s
 
 from optiserve.api.job import JobResult
-from optiserve.handlers import build_registry
 from optiserve.kube.client import DEPLOYMENTS, JOBS, ApiError, KubeClient
 from optiserve.reconciler import Hooks
 from optiserve.settings import Settings
-from tests.component.test_canary_operator import QUICK_ROLLOUT, SECOND, Fakes
-from tests.component.test_operator import (
+from tests.support.canary_fakes import QUICK_ROLLOUT, Fakes
+from tests.support.emulated_cluster import (
     DISCOVERY,
     EVENTS,
     MODEL,
     NAMESPACE,
     OPTIMIZED_MODELS,
-    PASSED,
     finish_job,
     make_ready,
     minilm_manifest,
 )
-from tests.reliability.fault_emulator import FaultEmulator, RunningFaultEmulator, serve_fault_emulator
+from tests.support.eventually import eventually
+from tests.support.fault_emulator import FaultEmulator, RunningFaultEmulator, serve_fault_emulator
+from tests.support.job_results import PASSED, SECOND
+from tests.support.operator_runner import KopfRun, running_operator
 
 __all__ = ["DISCOVERY", "EVENTS", "MODEL", "NAMESPACE", "OPTIMIZED_MODELS", "QUICK_ROLLOUT", "Fakes"]
 
@@ -48,12 +45,6 @@ RESULTS = {1: PASSED, 2: SECOND}
 """What each generation's optimization Job reports."""
 
 T = TypeVar("T")
-
-
-def report_figure(item: str, **values: object) -> None:
-    """One line of measured figures, `FIGURE {json}` (docs/reliability.md quotes them; run pytest with
-    -s to see them). Written to the process's own stdout: kopf's test runner swaps `sys.stdout`."""
-    print(f"FIGURE {json.dumps({'item': item, **values}, default=str)}", file=sys.__stdout__, flush=True)
 
 
 def client_with_token(url: str, token: str) -> KubeClient:
@@ -67,7 +58,8 @@ class Incarnation:
     who: str
     token: str
     runner: KopfRunner
-    client: KubeClient
+    stack: contextlib.ExitStack
+    """Holds the running operator; closing it stops the operator and closes its client."""
 
 
 @dataclass
@@ -77,7 +69,6 @@ class Operators:
     running: RunningFaultEmulator
     hooks: Hooks | None = None
     settings: Settings = field(default_factory=lambda: Settings(resync_seconds=0.2))
-    args: tuple[str, ...] = ("run", "--standalone", "--all-namespaces", "--verbose")
     started: list[Incarnation] = field(default_factory=list)
     current: Incarnation | None = None
 
@@ -86,11 +77,17 @@ class Operators:
         token = secrets.token_urlsafe(24)
         who = f"operator-{len(self.started) + 1}"
         self.running.emulator.identify(token, who)
-        client = client_with_token(self.running.url, token)
-        registry = build_registry(self.settings, client, hooks=self.hooks)
-        runner = KopfRunner(list(self.args), registry=registry, timeout=WAIT_S, reraise=False)
-        runner.__enter__()
-        self.current = Incarnation(who, token, runner, client)
+        stack = contextlib.ExitStack()
+        runner = stack.enter_context(
+            running_operator(
+                client_with_token(self.running.url, token),
+                settings=self.settings,
+                hooks=self.hooks,
+                timeout_s=WAIT_S,
+                kopf=KopfRun(killed_on_purpose=True),  # a killed incarnation's errors are the test's doing
+            )
+        )
+        self.current = Incarnation(who, token, runner, stack)
         self.started.append(self.current)
         return self.current
 
@@ -98,10 +95,7 @@ class Operators:
         """Stop the running incarnation (a clean stop, or the remains of a killed one)."""
         assert self.current is not None
         stopped, self.current = self.current, None
-        try:
-            stopped.runner.__exit__(None, None, None)
-        finally:
-            stopped.client.close()
+        stopped.stack.close()
         return stopped
 
     def restart_if_killed(self) -> bool:
@@ -150,15 +144,13 @@ class Life:
             extra()
 
     def until(self, probe: Callable[[], T | None], what: str, timeout_s: float = WAIT_S) -> T:
-        deadline = time.monotonic() + timeout_s
-        last: T | None = None
-        while time.monotonic() < deadline:
+        """`eventually`, playing the cluster and restarting a killed operator before each probe."""
+
+        def ticked() -> T | None:
             self.tick()
-            last = probe()
-            if last:
-                return last
-            time.sleep(0.05)
-        pytest.fail(f"timed out waiting for {what}; last seen: {last!r}")
+            return probe()
+
+        return eventually(ticked, timeout_s=timeout_s, interval_s=0.05, description=what)
 
     def model(self) -> dict[str, Any]:
         return dict(self.kube.get(OPTIMIZED_MODELS, NAMESPACE, MODEL) or {})

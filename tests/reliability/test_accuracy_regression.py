@@ -27,7 +27,8 @@ from optiserve.cli import main
 from optiserve.domain.analysis import MetricKind, Outcome
 from optiserve.local.job_cache import JobOutputs, request_digest
 from optiserve.local.run_report import load_report
-from tests.reliability.digits import DIGITS, DigitsWorkspace, report_figure
+from tests.reliability.digits import DIGITS, DigitsWorkspace
+from tests.reliability.figures import report_figure
 
 pytestmark = pytest.mark.slow
 DIMMED = 0.02

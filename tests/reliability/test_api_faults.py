@@ -24,8 +24,9 @@ import pytest
 
 from optiserve.handlers import configure_kopf
 from optiserve.kube.client import JOBS
-from tests.reliability.fault_emulator import Call, Fault, FaultEmulator
-from tests.reliability.harness import MODEL, NAMESPACE, OPTIMIZED_MODELS, Life, emulated_life, first_manifest, report_figure
+from tests.reliability.figures import report_figure
+from tests.reliability.harness import MODEL, NAMESPACE, OPTIMIZED_MODELS, Life, emulated_life, first_manifest
+from tests.support.fault_emulator import Call, Fault, FaultEmulator
 
 Matcher = Callable[[Call], bool]
 

@@ -31,8 +31,8 @@ from optiserve.local.canary_servers import start_canary_servers
 from optiserve.local.injected_candidate import VariantDirs, served_candidate
 from optiserve.local.job_cache import optimization_outputs, request_digest
 from optiserve_jobs import repository
-from tests.conftest import FAST_BENCHMARK, NO_SPEED_GATE, manifest, tiny_dataset, tiny_mlp
-from tests.reliability.digits import report_figure
+from tests.reliability.figures import report_figure
+from tests.support.models import FAST_BENCHMARK, NO_SPEED_GATE, manifest, tiny_dataset, tiny_mlp
 
 MODEL = "tiny"
 PYTHON_MODEL = f"model_repository_python/{MODEL}/1/model.onnx"

@@ -25,7 +25,6 @@ from kopf.testing import KopfRunner
 
 from optiserve.api.status import Phase
 from optiserve.cli import main
-from optiserve.handlers import build_registry
 from optiserve.kube.client import DEPLOYMENTS, PODS, KubeClient
 from optiserve.local.job_cache import JobOutputs, request_digest
 from optiserve.local.run_report import load_report
@@ -33,29 +32,31 @@ from optiserve.local.triton import load_failures
 from optiserve.resources.names import GENERATION_LABEL
 from optiserve.settings import Settings
 from optiserve_jobs.repository import seal
-from tests.component.kube_emulator import RunningEmulator
-from tests.component.test_canary_operator import QUICK_ROLLOUT, SECOND, Fakes, job_key
-from tests.component.test_operator import (
+from tests.reliability.digits import MODEL as DIGITS
+from tests.reliability.digits import DigitsWorkspace
+from tests.reliability.figures import report_figure
+from tests.support.canary_fakes import QUICK_ROLLOUT, Fakes
+from tests.support.emulated_cluster import (
+    DISCOVERY,
     MODEL,
     NAMESPACE,
     OPTIMIZED_MODELS,
-    SHA,
     WAIT_S,
     conditions_of,
-    emulator,
-    eventually,
     finish_job,
-    kube,
+    job_key,
     make_ready,
     model_objects,
     promote_first_candidate,
     status_of,
+    wait_for,
     wait_phase,
 )
-from tests.reliability.digits import MODEL as DIGITS
-from tests.reliability.digits import DigitsWorkspace, report_figure
+from tests.support.job_results import SECOND, SHA
+from tests.support.kube_emulator import KubeEmulator, RunningEmulator, emulator_fixtures
+from tests.support.operator_runner import KopfRun, running_operator
 
-__all__ = ["emulator", "kube"]
+emulator, kube = emulator_fixtures(DISCOVERY)
 PYTHON_MODEL_DIR = Path("model_repository_python") / DIGITS
 
 
@@ -169,19 +170,12 @@ def fakes() -> Fakes:
 
 
 @pytest.fixture
-def operator(emulator: RunningEmulator, fakes: Fakes) -> Iterator[KopfRunner]:
-    client = KubeClient.for_host(emulator.url)
+def operator(emulator: RunningEmulator[KubeEmulator], fakes: Fakes) -> Iterator[KopfRunner]:
     settings = Settings(resync_seconds=0.2, deploy_deadline_seconds=DEADLINE_S)
-    try:
-        with KopfRunner(
-            ["run", "--standalone", "--all-namespaces"],
-            registry=build_registry(settings, client, hooks=fakes.hooks()),
-            timeout=WAIT_S,
-        ) as runner:
-            yield runner
-    finally:
-        client.close()
-    assert runner.exit_code == 0, runner.output
+    with running_operator(
+        KubeClient.for_host(emulator.url), settings=settings, hooks=fakes.hooks(), kopf=KopfRun(verbose=False), timeout_s=WAIT_S
+    ) as runner:
+        yield runner
 
 
 def _crash_looping_pod(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -210,16 +204,16 @@ def _crash_loop_status() -> dict[str, Any]:
 
 def _start_g2_without_a_ready_candidate(kube: KubeClient, rollout: dict[str, Any] | None = None) -> dict[str, Any]:
     promote_first_candidate(kube)
-    make_ready(kube, eventually(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline"))
-    eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"] or None, "the g1 candidate retired")
+    make_ready(kube, wait_for(lambda: kube.get(DEPLOYMENTS, NAMESPACE, "minilm-baseline"), "the baseline"))
+    wait_for(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"] or None, "the g1 candidate retired")
     kube.patch(OPTIMIZED_MODELS, NAMESPACE, MODEL, {"spec": {"rollout": rollout or QUICK_ROLLOUT}})
-    finish_job(kube, eventually(lambda: kube.get(*job_key(2)), "the g2 Job")["metadata"]["name"], SECOND)
+    finish_job(kube, wait_for(lambda: kube.get(*job_key(2)), "the g2 Job")["metadata"]["name"], SECOND)
 
     def g2_candidate() -> dict[str, Any] | None:
         found = kube.get(DEPLOYMENTS, NAMESPACE, "minilm-candidate")
         return found if found and found["metadata"]["labels"].get(GENERATION_LABEL) == "2" else None
 
-    return eventually(g2_candidate, "the g2 candidate Deployment")
+    return wait_for(g2_candidate, "the g2 candidate Deployment")
 
 
 @pytest.mark.usefixtures("operator")
@@ -235,7 +229,7 @@ def test_a_candidate_that_cannot_load_is_degraded_before_the_deadline_and_gets_n
         status = status_of(kube)
         return status if conditions_of(status).get("Ready", {}).get("reason") == "Degraded" else None
 
-    status = eventually(degraded, "reason Degraded")
+    status = wait_for(degraded, "reason Degraded")
     degraded_after_s = time.monotonic() - reported
     assert status["phase"] == "Deploying"
     assert LOAD_ERROR in status["message"], status["message"]
@@ -263,7 +257,7 @@ def test_a_candidate_that_stops_serving_mid_canary_is_degraded_then_rolled_back(
     held = {**QUICK_ROLLOUT, "steps": [{"weight": 10, "pause": "1h"}, {"weight": 100}]}
     candidate = _start_g2_without_a_ready_candidate(kube, held)
     make_ready(kube, candidate)
-    eventually(lambda: fakes.router.weight == 10 or None, "the candidate at weight 10")
+    wait_for(lambda: fakes.router.weight == 10 or None, "the candidate at weight 10")
 
     stopped = {"observedGeneration": candidate["metadata"]["generation"], "replicas": 1, "readyReplicas": 0}
     kube.patch(DEPLOYMENTS, NAMESPACE, "minilm-candidate", {"status": stopped}, subresource="status")
@@ -275,9 +269,9 @@ def test_a_candidate_that_stops_serving_mid_canary_is_degraded_then_rolled_back(
         status = status_of(kube)
         return status if conditions_of(status).get("Degraded", {}).get("status") == "True" else None
 
-    status = eventually(degraded, "Degraded")
+    status = wait_for(degraded, "Degraded")
     assert status["phase"] == "Canary" and LOAD_ERROR in status["message"], status["message"]
-    eventually(lambda: fakes.router.weight == 0 or None, "the candidate's traffic on the baseline")
+    wait_for(lambda: fakes.router.weight == 0 or None, "the candidate's traffic on the baseline")
     canary = status["canary"]
     assert (canary["weight"], canary["progress"]["weight"]) == (0, 10), "status shows the weight the router read back"
 
@@ -287,4 +281,4 @@ def test_a_candidate_that_stops_serving_mid_canary_is_degraded_then_rolled_back(
     assert rolled_back["canary"]["state"] == "RolledBack"
     assert rolled_back["artifact"]["sha256"] == SHA, "the baseline keeps the promoted artifact"
     assert fakes.router.weight == 0
-    eventually(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"] or None, "the candidate retired")
+    wait_for(lambda: model_objects(kube, DEPLOYMENTS) == ["minilm-baseline"] or None, "the candidate retired")

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from optiserve.kube.client import DEPLOYMENTS, JOBS, SERVICES, KubeClient
-from tests.reliability.fault_emulator import Fault, FaultEmulator, Matcher, serve_fault_emulator
+from tests.reliability.figures import report_figure
 from tests.reliability.harness import (
     DISCOVERY,
     EVENTS,
@@ -37,8 +37,8 @@ from tests.reliability.harness import (
     OPTIMIZED_MODELS,
     first_manifest,
     play_cluster,
-    report_figure,
 )
+from tests.support.fault_emulator import Fault, FaultEmulator, Matcher, serve_fault_emulator
 
 pytestmark = pytest.mark.slow
 

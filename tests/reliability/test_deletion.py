@@ -13,7 +13,7 @@ import time
 import pytest
 
 from optiserve.kube.client import DEPLOYMENTS, JOBS, SERVICES
-from tests.reliability.fault_emulator import Fault, KillPoint
+from tests.reliability.figures import report_figure
 from tests.reliability.harness import (
     MODEL,
     NAMESPACE,
@@ -23,8 +23,8 @@ from tests.reliability.harness import (
     canary_rollout,
     emulated_life,
     first_manifest,
-    report_figure,
 )
+from tests.support.fault_emulator import Fault, KillPoint
 
 pytestmark = pytest.mark.slow
 

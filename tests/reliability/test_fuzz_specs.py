@@ -24,8 +24,8 @@ from optiserve.api.manifest import ManifestError, parse_manifest
 from optiserve.kube.client import KubeClient
 from optiserve.reconciler import reconcile
 from optiserve.settings import Settings
-from tests.component.kube_emulator import serve_emulator
-from tests.reliability.harness import DISCOVERY, NAMESPACE, report_figure
+from tests.reliability.figures import report_figure
+from tests.reliability.harness import DISCOVERY, NAMESPACE
 from tests.reliability.spec_fuzzing import (
     api_server_refuses,
     manifest,
@@ -34,6 +34,7 @@ from tests.reliability.spec_fuzzing import (
     specs,
     validate_errors,
 )
+from tests.support.kube_emulator import KubeEmulator, serve_emulator
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +84,7 @@ def test_validate_never_crashes_and_names_the_field_of_every_refusal() -> None:
 
 @pytest.fixture(scope="module")
 def kube() -> Iterator[KubeClient]:
-    with serve_emulator(DISCOVERY) as running:
+    with serve_emulator(DISCOVERY, KubeEmulator) as running:
         client = KubeClient.for_host(running.url)
         yield client
         client.close()

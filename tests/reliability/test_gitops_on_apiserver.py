@@ -19,12 +19,14 @@ from typing import Any
 import pytest
 from kopf.testing import KopfRunner
 
-from optiserve.handlers import build_registry
 from optiserve.kube.client import DEPLOYMENTS, JOBS, PODS, KubeClient
 from optiserve.settings import Settings
-from tests.cluster.conftest import Cluster, control_plane, controller_manager, kubernetes_client
-from tests.cluster.kubelet_role import finish_job_pod, pods, until
-from tests.cluster.test_operator_on_apiserver import (
+from tests.reliability.figures import report_figure
+from tests.support.canary_fakes import QUICK_ROLLOUT, Fakes
+from tests.support.control_plane import Cluster, control_plane, controller_manager, kubernetes_client
+from tests.support.job_results import SECOND
+from tests.support.kubelet_role import finish_job_pod, pods, until
+from tests.support.model_on_apiserver import (
     GITOPS_MANAGER,
     MODEL,
     RUNNER_TIMEOUT_S,
@@ -38,8 +40,7 @@ from tests.cluster.test_operator_on_apiserver import (
     promote,
     server_side_apply,
 )
-from tests.component.test_canary_operator import QUICK_ROLLOUT, SECOND, Fakes
-from tests.reliability.harness import report_figure
+from tests.support.operator_runner import KopfRun, running_operator
 
 __all__ = ["admin", "control_plane", "controller_manager", "crd", "namespace"]  # fixtures
 
@@ -50,16 +51,15 @@ REAPPLY_EVERY_S = 0.5
 
 @contextlib.contextmanager
 def operator_with_fakes(cluster: Cluster, namespace: str, fakes: Fakes) -> Iterator[KopfRunner]:
-    client = KubeClient(kubernetes_client(cluster))
-    registry = build_registry(Settings(resync_seconds=0.5), client, hooks=fakes.hooks())
-    try:
-        with KopfRunner(
-            ["run", "--standalone", f"--namespace={namespace}"], registry=registry, timeout=RUNNER_TIMEOUT_S
-        ) as runner:
-            yield runner
-    finally:
-        client.close()
-    assert runner.exit_code == 0, runner.output
+    with running_operator(
+        KubeClient(kubernetes_client(cluster)),
+        settings=Settings(resync_seconds=0.5),
+        hooks=fakes.hooks(),
+        namespace=namespace,
+        kopf=KopfRun(verbose=False),
+        timeout_s=RUNNER_TIMEOUT_S,
+    ) as runner:
+        yield runner
 
 
 def play_kubelet(admin: KubeClient, namespace: str) -> None:

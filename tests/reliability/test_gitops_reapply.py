@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from optiserve.kube.client import JOBS
-from tests.reliability.fault_emulator import Call, FaultEmulator
+from tests.reliability.figures import report_figure
 from tests.reliability.harness import (
     MODEL,
     NAMESPACE,
@@ -32,8 +32,8 @@ from tests.reliability.harness import (
     canary_rollout,
     emulated_life,
     first_manifest,
-    report_figure,
 )
+from tests.support.fault_emulator import Call, FaultEmulator
 
 pytestmark = pytest.mark.slow
 

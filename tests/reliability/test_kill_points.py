@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 
 from optiserve.kube.client import DEPLOYMENTS, JOBS, SERVICES, Resource, deployment_ready
-from optiserve.providers.traffic import FakeRouter
-from tests.reliability.fault_emulator import Call, FaultEmulator, KillPoint
 from tests.reliability.harness import MODEL, NAMESPACE, Fakes, Life, emulated_life, two_generations
+from tests.support.fake_router import FakeRouter
+from tests.support.fault_emulator import Call, FaultEmulator, KillPoint
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,6 @@ first Error interval, the canary carries on and promotes.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +26,9 @@ from optiserve.local.prometheus import PrometheusServer
 from optiserve.local.run import Timeline
 from optiserve.local.triton import free_port
 from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
-from tests.reliability.digits import DigitsWorkspace, digits_servers, plan_of, report_figure, run_canary
+from tests.reliability.digits import DigitsWorkspace, digits_servers, plan_of, run_canary
+from tests.reliability.figures import report_figure
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.slow
 ERROR_LIMIT = 2
@@ -148,15 +149,15 @@ def test_prometheus_back_before_the_limit_lets_the_canary_carry_on(
     )
 
 
-def _first_values(metrics: PrometheusMetrics, query: str, timeout_s: float = 30.0) -> list[float] | None:
+def _first_values(metrics: PrometheusMetrics, query: str, timeout_s: float = 30.0) -> list[float]:
     """The query's values once it has any: range queries end on a whole second, so a sample
     scraped a moment ago may not be in one yet."""
-    deadline = time.monotonic() + timeout_s
-    values = metrics.custom_values(query, "candidate", 30)
-    while not values and time.monotonic() < deadline:
-        time.sleep(0.5)
-        values = metrics.custom_values(query, "candidate", 30)
-    return values
+    return eventually(
+        lambda: metrics.custom_values(query, "candidate", 30),
+        timeout_s=timeout_s,
+        interval_s=0.5,
+        description=f"values of {query}",
+    )
 
 
 def test_a_restarted_prometheus_keeps_its_port_and_its_series() -> None:

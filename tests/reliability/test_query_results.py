@@ -12,7 +12,6 @@ machine, interval after interval on a fake clock.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +24,8 @@ from optiserve.local.prometheus import PrometheusServer
 from optiserve.local.triton import free_port
 from optiserve.providers.measure import Clock, measure_interval
 from optiserve.providers.prometheus import PrometheusMetrics, TritonSelector
-from tests.reliability.digits import report_figure
+from tests.reliability.figures import report_figure
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.slow
 WINDOW_S = 10.0
@@ -62,9 +62,12 @@ def metrics() -> Iterator[PrometheusMetrics]:
 
 def _until_rate_is_defined(provider: PrometheusMetrics, timeout_s: float = 30.0) -> None:
     """rate() needs two scrapes in its range; until then the ratio is empty, not NaN."""
-    deadline = time.monotonic() + timeout_s
-    while not provider.custom_values(NAN_RATIO, "candidate", WINDOW_S) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    eventually(
+        lambda: provider.custom_values(NAN_RATIO, "candidate", WINDOW_S),
+        timeout_s=timeout_s,
+        interval_s=0.5,
+        description="rate() defined over two scrapes",
+    )
 
 
 def _plan(query_name: str) -> CanaryPlan:

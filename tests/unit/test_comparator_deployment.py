@@ -21,7 +21,7 @@ from optiserve.resources.comparator import (
 )
 from optiserve.resources.job import Owner
 from optiserve.resources.triton_deployment import ServingSettings, Variant, build_triton_deployment, build_triton_service
-from tests.conftest import REPO_ROOT
+from tests.support.models import REPO_ROOT
 
 GOLDEN = Path(__file__).parent / "golden"
 OWNER = Owner("optiserve.io/v1alpha1", "OptimizedModel", "minilm", "0b7c7d1e-1111-2222-3333-444455556666")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from optiserve.api.job import TERMINATION_MESSAGE_LIMIT, JobResult, job_request_from_manifest
 from optiserve.api.manifest import load_manifest
-from tests.conftest import REPO_ROOT
+from tests.support.models import REPO_ROOT
 
 
 def test_request_from_the_example_manifest() -> None:

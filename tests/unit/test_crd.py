@@ -16,7 +16,7 @@ from optiserve.api.cel import apply_defaults, cel_errors
 from optiserve.api.crd import build_crd, render_crd, spec_schema
 from optiserve.api.manifest import ManifestError, parse_manifest
 from optiserve.cli import main
-from tests.conftest import REPO_ROOT, manifest
+from tests.support.models import REPO_ROOT, manifest
 
 CRD_FILE = REPO_ROOT / "crds/optimizedmodels.optiserve.io.yaml"
 BASE: dict[str, Any] = {"model": {"uri": "m.onnx", "format": "onnx"}, "validation": {"datasetUri": "v.npz"}}

@@ -14,7 +14,7 @@ from optiserve.api.job import JobRequest, job_request_from_manifest
 from optiserve.api.manifest import load_manifest
 from optiserve.resources.job import ImageNotAllowedError, JobSettings, Owner, build_optimization_job
 from optiserve.resources.names import MAX_NAME, job_name
-from tests.conftest import REPO_ROOT
+from tests.support.models import REPO_ROOT
 
 GOLDEN = Path(__file__).parent / "golden/minilm_job.yaml"
 OWNER = Owner("optiserve.io/v1alpha1", "OptimizedModel", "minilm", "0b7c7d1e-1111-2222-3333-444455556666")

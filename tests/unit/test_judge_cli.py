@@ -14,7 +14,7 @@ from optiserve.api.rollout import AnalysisSpec, duration_seconds
 from optiserve.cli import main
 from optiserve.domain.analysis import MetricKind
 from optiserve.domain.analysis_spec import analysis_plan
-from tests.conftest import REPO_ROOT
+from tests.support.models import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "examples/minilm/optimizedmodel.yaml"
 

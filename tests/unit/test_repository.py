@@ -11,7 +11,7 @@ from optiserve.api.spec import TritonSpec
 from optiserve.artifact import CorruptRepositoryError, verify_artifact
 from optiserve.resources.triton_config import parse_model_config
 from optiserve_jobs import repository
-from tests.conftest import tiny_mlp
+from tests.support.models import tiny_mlp
 
 
 def _publish(tmp_path: Path) -> Path:

@@ -15,7 +15,7 @@ from optiserve_jobs.datasets import load_dataset
 from optiserve_jobs.errors import SourceError
 from optiserve_jobs.source_model import load_source_model
 from optiserve_jobs.sources import resolve_uri
-from tests.conftest import tiny_dataset, tiny_mlp
+from tests.support.models import tiny_dataset, tiny_mlp
 
 
 @pytest.fixture

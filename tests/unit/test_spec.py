@@ -11,7 +11,7 @@ import yaml
 from optiserve.api.manifest import ManifestError, load_manifest, parse_manifest
 from optiserve.api.spec import QuantizePass
 from optiserve.cli import main
-from tests.conftest import REPO_ROOT, manifest
+from tests.support.models import REPO_ROOT, manifest
 
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*/optimizedmodel*.yaml"))
 

@@ -22,7 +22,6 @@ from optiserve.errors import TransientError
 from optiserve.kube.traffic import TrafficApi
 from optiserve.local.nginx import Backend, NginxConfigError, Split, render_config
 from optiserve.providers.traffic import (
-    FakeRouter,
     PermanentTrafficError,
     TransientTrafficError,
     WeightMismatchError,
@@ -41,6 +40,7 @@ from optiserve.resources.httproute import (
 )
 from optiserve.resources.model_service import build_model_service
 from optiserve.resources.pod import Owner
+from tests.support.fake_router import FakeRouter
 
 GOLDEN = Path(__file__).parent / "golden"
 OWNER = Owner("optiserve.io/v1alpha1", "OptimizedModel", "minilm", "0b7c7d1e-1111-2222-3333-444455556666")

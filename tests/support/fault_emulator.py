@@ -1,4 +1,5 @@
-"""The emulated Kubernetes API of tests/component, with faults a test can inject and a log of every call.
+"""The emulated Kubernetes API of tests/support/kube_emulator.py, with faults a test can inject and a log
+of every call.
 
 On top of `KubeEmulator` (uid, generation, resourceVersion, label selectors), this subclass
 
@@ -26,12 +27,12 @@ On top of `KubeEmulator` (uid, generation, resourceVersion, label selectors), th
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import copy
+import functools
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ import aiohttp.web
 import attrs
 import kmock
 
-from tests.component.kube_emulator import KubeEmulator
+from tests.support.kube_emulator import KubeEmulator, RunningEmulator, serve_emulator
 
 ARTIFACT_ANNOTATION = "optiserve.io/artifact-sha256"
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
@@ -306,42 +307,9 @@ class FaultEmulator(KubeEmulator):
             yield event
 
 
-@dataclass(frozen=True)
-class RunningFaultEmulator:
-    emulator: FaultEmulator
-    url: str
+RunningFaultEmulator = RunningEmulator[FaultEmulator]
 
 
-@contextlib.contextmanager
-def serve_fault_emulator(
-    resources: Mapping[str, kmock.ResourceInfo], timeout_s: float = 30.0, **options: Any
-) -> Iterator[RunningFaultEmulator]:
-    """Serve a `FaultEmulator` declaring `resources` on a free 127.0.0.1 port, in its own thread and loop."""
-    loop = asyncio.new_event_loop()
-    started: concurrent.futures.Future[tuple[FaultEmulator, str, asyncio.Event]] = concurrent.futures.Future()
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        try:
-            async with FaultEmulator(**options) as emulator, kmock.Server(emulator, host="127.0.0.1") as server:
-                for key, info in resources.items():
-                    emulator.resources[key] = info
-                started.set_result((emulator, str(server.url).rstrip("/"), stop))
-                await stop.wait()
-        except BaseException as e:
-            if not started.done():
-                started.set_exception(e)
-            raise
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), name="fault-emulator", daemon=True)
-    thread.start()
-    try:
-        emulator, url, stop = started.result(timeout=timeout_s)
-        try:
-            yield RunningFaultEmulator(emulator, url)
-        finally:
-            loop.call_soon_threadsafe(stop.set)
-    finally:
-        thread.join(timeout=timeout_s)
-        if not thread.is_alive():
-            loop.close()
+def serve_fault_emulator(resources: Mapping[str, kmock.ResourceInfo], **options: Any) -> ContextManager[RunningFaultEmulator]:
+    """`serve_emulator` with a `FaultEmulator` built from `options`."""
+    return serve_emulator(resources, functools.partial(FaultEmulator, **options))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.support.models import REPO_ROOT
 
 CHART = REPO_ROOT / "charts" / "optiserve"
 FULL_VALUES = CHART / "ci" / "full-values.yaml"

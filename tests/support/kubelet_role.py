@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,8 @@ import pytest
 
 from optiserve.api.job import JobResult
 from optiserve.kube.client import DEPLOYMENTS, PODS, KubeClient
-from tests.conftest import REPO_ROOT
+from tests.support.eventually import eventually
+from tests.support.models import REPO_ROOT
 
 HELM_HOME = Path(os.environ.get("OPTISERVE_HELM_HOME", Path.home() / ".cache/optiserve/helm"))
 SETUP_HELM = REPO_ROOT / "scripts/setup_helm.sh"
@@ -29,16 +29,10 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 T = TypeVar("T")
 
 
-def until(what: str, probe: Callable[[], T | None], timeout_s: float = 60.0) -> T:
-    """Poll `probe` until it returns something truthy; fail with the last value seen otherwise."""
-    deadline = time.monotonic() + timeout_s
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}; last seen: {last!r}", pytrace=False)
+def until(what: str, probe: Callable[[], T | None], timeout_s: float = 60.0, detail: Callable[[], str] | None = None) -> T:
+    """`eventually` with the real server's bound and a 0.2 s poll; at the deadline the failure
+    also shows `detail()` when given (a process's log tail)."""
+    return eventually(probe, timeout_s=timeout_s, interval_s=0.2, description=what, detail=detail)
 
 
 def kubectl_binary() -> Path:

@@ -1,5 +1,5 @@
-"""An emulated Kubernetes API for component tests: kmock's `KubernetesEmulator` plus the object
-bookkeeping that controllers rely on.
+"""An emulated Kubernetes API for tests: kmock's `KubernetesEmulator` plus the object bookkeeping
+that controllers rely on.
 
 kmock stores objects as plain dicts and merges patches into them. On top of that, this
 subclass does what a real API server does and a controller can observe:
@@ -16,8 +16,9 @@ subclass does what a real API server does and a controller can observe:
   `a notin (x,y)`).
 
 It still does no schema validation, no admission and no garbage collection (tested elsewhere).
-`serve_emulator()` runs it on 127.0.0.1 in a thread of its own, so a synchronous test and
-kopf's own thread can both reach it over HTTP.
+`serve_emulator()` runs it (or a subclass: tests/support/fault_emulator.py adds faults) on
+127.0.0.1 in a thread of its own, so a synchronous test and kopf's own thread can both reach it
+over HTTP.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ import re
 import secrets
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp.web
 import attrs
@@ -42,7 +43,6 @@ import jsonpatch
 import jsonpointer
 import kmock
 import pytest
-from kmock._internal import k8s_dicts  # the stored-object type, for the fast paths
 
 ALL_VERBS = frozenset({"list", "watch", "get", "patch", "create", "update", "delete"})
 
@@ -203,7 +203,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     # thousands (the scale benchmark: models, Jobs, Events) that dominates. These look the
     # object up by its key, as kmock's own write path (`_handle`) stores it.
 
-    def _stored(self, request: kmock.Request, namespace: str | None, name: str | None) -> k8s_dicts.Object | None:
+    def _stored(self, request: kmock.Request, namespace: str | None, name: str | None) -> kmock.Object | None:
         if request.resource is None or name is None:
             return None
         key = (request.resource, namespace, name)
@@ -276,27 +276,29 @@ def resource_info(kind: str, *, namespaced: bool = True, status: bool = False) -
     )
 
 
+E = TypeVar("E", bound=KubeEmulator)
+
+
 @dataclass(frozen=True)
-class RunningEmulator:
-    emulator: KubeEmulator
+class RunningEmulator(Generic[E]):
+    emulator: E
     url: str
 
 
 @contextlib.contextmanager
 def serve_emulator(
-    resources: Mapping[str, kmock.ResourceInfo], timeout_s: float = 30.0, request_history: int | None = None
-) -> Iterator[RunningEmulator]:
-    """Serve a `KubeEmulator` declaring `resources` on a free 127.0.0.1 port, in its own thread and loop."""
+    resources: Mapping[str, kmock.ResourceInfo], make: Callable[[], E], timeout_s: float = 30.0
+) -> Iterator[RunningEmulator[E]]:
+    """Serve the emulator `make()` builds (a `KubeEmulator` or a subclass) declaring `resources`, on a
+    free 127.0.0.1 port, in its own thread and loop (`make` is called in that loop, where the
+    emulator then lives)."""
     loop = asyncio.new_event_loop()
-    started: concurrent.futures.Future[tuple[KubeEmulator, str, asyncio.Event]] = concurrent.futures.Future()
+    started: concurrent.futures.Future[tuple[E, str, asyncio.Event]] = concurrent.futures.Future()
 
     async def main() -> None:
         stop = asyncio.Event()
         try:
-            async with (
-                KubeEmulator(request_history=request_history) as emulator,
-                kmock.Server(emulator, host="127.0.0.1") as server,
-            ):
+            async with make() as emulator, kmock.Server(emulator, host="127.0.0.1") as server:
                 for key, info in resources.items():
                     emulator.resources[key] = info
                 started.set_result((emulator, str(server.url).rstrip("/"), stop))
@@ -329,12 +331,12 @@ def emulator_fixtures(resources: Mapping[str, kmock.ResourceInfo]) -> tuple[Any,
     from optiserve.kube.client import KubeClient
 
     @pytest.fixture
-    def emulator() -> Iterator[RunningEmulator]:
-        with serve_emulator(resources) as running:
+    def emulator() -> Iterator[RunningEmulator[KubeEmulator]]:
+        with serve_emulator(resources, KubeEmulator) as running:
             yield running
 
     @pytest.fixture
-    def kube(emulator: RunningEmulator) -> Iterator[KubeClient]:
+    def kube(emulator: RunningEmulator[KubeEmulator]) -> Iterator[KubeClient]:
         client = KubeClient.for_host(emulator.url)
         yield client
         client.close()

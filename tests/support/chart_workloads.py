@@ -19,8 +19,8 @@ from optiserve.resources.comparator import ComparatorDeploymentSettings, build_c
 from optiserve.resources.job import Owner, build_optimization_job
 from optiserve.resources.triton_deployment import Variant, build_triton_deployment, build_triton_service
 from optiserve.settings import Settings
-from tests.chart.helm import Object, find
-from tests.conftest import REPO_ROOT
+from tests.support.helm import Object, find
+from tests.support.models import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "examples/minilm/optimizedmodel.yaml"
 

@@ -109,6 +109,22 @@ def test_a_healthy_candidate_walks_the_steps_and_is_promoted(kube: KubeClient, f
 
 
 @pytest.mark.usefixtures("operator")
+def test_status_shows_the_weight_the_router_read_back(kube: KubeClient, fakes: Fakes) -> None:
+    """A splitter that rounds (a replica ratio over three pods makes 10 % into 33 %): status.canary.weight
+    is what the router reads back; the step's own weight stays in the rollout's progress."""
+    fakes.router = FakeRouter(rounding={10: 33})
+    start_canary(kube, {**QUICK_ROLLOUT, "steps": [{"weight": 10, "pause": "1h"}, {"weight": 100}]})
+
+    def canary() -> dict[str, Any] | None:
+        found = status_of(kube).get("canary") or {}
+        return found if found.get("progress") else None
+
+    shown = wait_for(canary, "the canary's status")
+    assert (shown["weight"], shown["progress"]["weight"]) == (33, 10), shown
+    assert fakes.router.weight == 33
+
+
+@pytest.mark.usefixtures("operator")
 def test_a_slower_candidate_is_rolled_back_and_the_baseline_keeps_serving(kube: KubeClient, fakes: Fakes) -> None:
     fakes.backend.candidate_scale = 2.0
     start_canary(kube)

@@ -272,8 +272,6 @@ def test_a_candidate_that_stops_serving_mid_canary_is_degraded_then_rolled_back(
     status = wait_for(degraded, "Degraded")
     assert status["phase"] == "Canary" and LOAD_ERROR in status["message"], status["message"]
     wait_for(lambda: fakes.router.weight == 0 or None, "the candidate's traffic on the baseline")
-    canary = status["canary"]
-    assert (canary["weight"], canary["progress"]["weight"]) == (0, 10), "status shows the weight the router read back"
 
     rolled_back = wait_phase(kube, "RolledBack")
     assert conditions_of(rolled_back)["Ready"]["reason"] == "CandidateFailed"

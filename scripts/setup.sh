@@ -19,7 +19,7 @@ apt_install() {
     fi
 }
 # prometheus and nginx: the metrics backend and the traffic splitter of local mode and the tests.
-apt_install ca-certificates curl git make prometheus nginx-light
+apt_install ca-certificates curl git make prometheus nginx-light fortunes
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     apt_install python3.11 python3.11-venv

@@ -12,6 +12,7 @@ from typing import Annotated, Final, Literal, get_args
 from pydantic import Field, model_validator
 
 from optiserve.api.base import ApiModel
+from optiserve.api.compression import DistillPass, PrunePass
 from optiserve.api.rollout import RolloutSpec
 
 API_GROUP = "optiserve.io"
@@ -98,7 +99,9 @@ class ModelSpec(ApiModel):
 
 
 class ExportPass(ApiModel):
-    type: Literal["export"] = Field(description="Export the source model to ONNX (added first automatically).")
+    type: Literal["export"] = Field(
+        description="Export the model to ONNX (added automatically after prune and distill, before the ONNX passes)."
+    )
     opset: int = Field(default=17, ge=13, le=23, description="ONNX opset version of the export.")
     atol: float = Field(default=1e-4, ge=0, description="Absolute tolerance of the numerical check against the source.")
     rtol: float = Field(default=1e-3, ge=0, description="Relative tolerance of the numerical check against the source.")
@@ -203,7 +206,7 @@ class TensorRTPass(ApiModel):
 
 
 Pass = Annotated[
-    ExportPass | GraphPass | Fp16Pass | QuantizePass | TensorRTPass,
+    PrunePass | DistillPass | ExportPass | GraphPass | Fp16Pass | QuantizePass | TensorRTPass,
     Field(discriminator="type"),
 ]
 """Every optimization pass: the one list of them. A new pass is a configuration model added here
@@ -219,10 +222,39 @@ def pass_type(config: type[ApiModel]) -> str:
 
 PASS_CONFIGS: Final[tuple[type[ApiModel], ...]] = get_args(get_args(Pass)[0])
 PASS_TYPES: Final[tuple[str, ...]] = tuple(pass_type(config) for config in PASS_CONFIGS)
+TORCH_PASSES: Final[tuple[type[ApiModel], ...]] = (PrunePass, DistillPass)
+"""Passes that change the PyTorch module: they come before the export pass."""
+JOB_RESERVE_SECONDS: Final = 600
+"""What a Job's deadline keeps for everything but training: loading, export, validation, benchmark, publish."""
 
 
 class OptimizationSpec(ApiModel):
-    passes: list[Pass] = Field(default_factory=list, description="Passes, applied in order to the ONNX model.")
+    passes: list[Pass] = Field(
+        default_factory=list,
+        description="Passes, applied in order: prune and distill on the PyTorch model, then export, then the ONNX passes.",
+    )
+    deadline_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=7 * 86400,
+        description=(
+            "The optimization Job's activeDeadlineSeconds. It must hold every training budget "
+            f"(maxTrainingSeconds) plus {JOB_RESERVE_SECONDS} s for the rest of the job."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_deadline(self) -> OptimizationSpec:
+        training = [(i, p.max_training_seconds) for i, p in enumerate(self.passes) if isinstance(p, DistillPass)]
+        total = sum(seconds for _, seconds in training)
+        if training and total + JOB_RESERVE_SECONDS > self.deadline_seconds:
+            fields = " + ".join(f"optimization.passes[{i}].maxTrainingSeconds ({s} s)" for i, s in training)
+            raise ValueError(
+                f"deadlineSeconds: {fields} and {JOB_RESERVE_SECONDS} s for the rest of the job need "
+                f"{total + JOB_RESERVE_SECONDS} s, more than optimization.deadlineSeconds ({self.deadline_seconds} s); "
+                "raise the deadline or lower the budget"
+            )
+        return self
 
 
 DEFAULT_SPEED_GATE = "faster_than_baseline"
@@ -407,9 +439,20 @@ class OptimizedModelSpec(ApiModel):
         quantize_count = sum(isinstance(p, QuantizePass) for p in self.optimization.passes)
         if quantize_count > 1:
             raise ValueError("optimization.passes: at most one quantize pass")
-        for index, step in enumerate(self.optimization.passes):
-            if isinstance(step, ExportPass) and index != 0:
-                raise ValueError(f"optimization.passes[{index}]: export must be the first pass")
+        passes = self.optimization.passes
+        first_onnx = next((i for i, p in enumerate(passes) if not isinstance(p, TORCH_PASSES)), len(passes))
+        for index, step in enumerate(passes):
+            if isinstance(step, TORCH_PASSES) and index > first_onnx:
+                raise ValueError(
+                    f"optimization.passes[{index}]: {step.type} changes the PyTorch model, so it comes before "
+                    f"export and the ONNX passes (passes[{first_onnx}] is {passes[first_onnx].type})"
+                )
+            if isinstance(step, ExportPass) and index != first_onnx:
+                raise ValueError(f"optimization.passes[{index}]: export must come first after prune and distill")
+            if isinstance(step, TORCH_PASSES) and self.model.format is ModelFormat.ONNX:
+                raise ValueError(
+                    f"optimization.passes[{index}]: {step.type} needs the PyTorch model; model.format onnx has none"
+                )
         return self
 
 

@@ -1,7 +1,7 @@
 """Train the digits CNN (a few seconds on 2 cores) and write weights and data sets as .npz.
 
 Outputs in ./artifacts: digits_cnn.pt (state_dict), calibration.npz (from the training split),
-validation.npz (held out, with labels).
+train.npz (the whole training split with labels, for distillation), validation.npz (held out, with labels).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def train(x: np.ndarray, y: np.ndarray) -> DigitsCNN:
 
 
 def main() -> None:
-    if (ARTIFACTS / "validation.npz").exists():
+    if (ARTIFACTS / "train.npz").exists():
         return
     torch.set_num_threads(2)
     x_train, x_val, y_train, y_val = _data()
@@ -54,6 +54,7 @@ def main() -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     torch.save(model.state_dict(), ARTIFACTS / "digits_cnn.pt")
     np.savez(ARTIFACTS / "calibration.npz", image=x_train[:200])
+    np.savez(ARTIFACTS / "train.npz", image=x_train, labels=y_train)
     np.savez(ARTIFACTS / "validation.npz", image=x_val, labels=y_val)
     with torch.inference_mode():
         accuracy = (model(torch.from_numpy(x_val)).argmax(1).numpy() == y_val).mean()

@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 
 from optiserve.api.job import JobRequest, JobResult
-from optiserve.api.spec import ExportPass, ModelFormat
+from optiserve.api.spec import TORCH_PASSES, ExportPass, ModelFormat
 from optiserve_jobs import repository
 from optiserve_jobs.benchmark import evidence, run_benchmark
 from optiserve_jobs.datasets import Dataset, load_dataset
@@ -72,7 +72,8 @@ class _Job:
     def _run_passes(self, source: SourceModel, validation: Dataset) -> Path:
         configs = list(self.request.passes)
         if source.format is not ModelFormat.ONNX and not any(isinstance(c, ExportPass) for c in configs):
-            configs.insert(0, ExportPass(type="export"))
+            first_onnx = next((i for i, c in enumerate(configs) if not isinstance(c, TORCH_PASSES)), len(configs))
+            configs.insert(first_onnx, ExportPass(type="export"))
         context = PassContext(
             work_dir=self.work_dir,
             source=source,
@@ -81,6 +82,7 @@ class _Job:
             sample=validation.take(NUMERICAL_CHECK_SAMPLES),
             load_dataset=lambda uri, limit: self.dataset(source, uri, limit),
             log_dir=self.out_dir / "logs",
+            progress=self.progress,
         )
         current = source.path
         for index, config in enumerate(configs):

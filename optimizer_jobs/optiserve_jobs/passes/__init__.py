@@ -12,12 +12,15 @@ from collections.abc import Callable
 from typing import Any
 
 from optiserve.api.base import ApiModel
+from optiserve.api.compression import DistillPass, PrunePass
 from optiserve.api.spec import ExportPass, Fp16Pass, GraphPass, Pass, QuantizePass, TensorRTPass, pass_type
 from optiserve_jobs.errors import PassError
 from optiserve_jobs.passes.base import OptimizationPass, PassContext, PassOutcome, PassStatus
+from optiserve_jobs.passes.distill import Distill
 from optiserve_jobs.passes.export import Export
 from optiserve_jobs.passes.fp16 import Fp16
 from optiserve_jobs.passes.graph import Graph
+from optiserve_jobs.passes.prune import Prune
 from optiserve_jobs.passes.quantize import Quantize
 from optiserve_jobs.passes.tensorrt import TensorRT
 
@@ -25,6 +28,8 @@ PassFactory = Callable[[Any], OptimizationPass]
 """An implementation's constructor; it takes its own configuration model (hence `Any` here)."""
 
 REGISTRY: dict[type[ApiModel], PassFactory] = {
+    PrunePass: Prune,
+    DistillPass: Distill,
     ExportPass: Export,
     GraphPass: Graph,
     Fp16Pass: Fp16,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import onnx
 
@@ -54,6 +54,10 @@ class PassContext:
     """Load a data set by URI, at most N samples (calibration data)."""
     log_dir: Path | None = None
     """Where passes copy their logs so they outlive `work_dir` (the job's output directory); None keeps them in work_dir."""
+    torch_module: Any = None
+    """The PyTorch model as prune and distill left it (a torch.nn.Module); the export pass exports it. None: the source."""
+    progress: Callable[[str], None] = field(default=lambda _: None)
+    """Where a long pass says how far it is (the job's progress display)."""
 
     def output_path(self, pass_index: int, name: str) -> Path:
         return self.work_dir / f"{pass_index:02d}-{name}.onnx"

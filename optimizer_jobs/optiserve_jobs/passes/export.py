@@ -348,7 +348,7 @@ class Export:
 
         if context.source.format is ModelFormat.ONNX:
             return PassOutcome.skipped("source is already ONNX")
-        module = load_torch_module(context.source, context.base_dir)
+        module = context.torch_module if context.torch_module is not None else load_torch_module(context.source, context.base_dir)
         names = [i.name for i in context.source.inputs]
         example = tuple(torch.from_numpy(context.sample.take(2).inputs[n]) for n in names)
         output = context.output_path(index, self.name)

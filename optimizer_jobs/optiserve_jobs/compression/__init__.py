@@ -1,0 +1,1 @@
+"""Structured pruning and distillation on PyTorch modules: the work behind the prune and distill passes."""

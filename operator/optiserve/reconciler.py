@@ -96,10 +96,20 @@ def _parse(
         manifest = parse_manifest(document, source=f"{namespace}/{name}")
     except ManifestError as e:
         return None, tuple(e.errors)
+    refused = _platform_refusals(manifest, settings)
+    return (None, refused) if refused else (manifest, ())
+
+
+def _platform_refusals(manifest: OptimizedModel, settings: Settings) -> tuple[str, ...]:
+    """What a valid spec asks that this operator's settings do not allow, field by field."""
+    refusals = []
     image = manifest.spec.serving.triton.image
     if not settings.image_allowed(image):
-        return None, (f"spec.serving.triton.image: {image} is not in the operator's allow-list",)
-    return manifest, ()
+        refusals.append(f"spec.serving.triton.image: {image} is not in the operator's allow-list")
+    deadline = settings.job_settings().deadline_error(manifest.spec.optimization.deadline_seconds)
+    if deadline is not None:
+        refusals.append(deadline)
+    return tuple(refusals)
 
 
 Routers = Callable[[OptimizedModel, RouterContext], TrafficRouter]
@@ -278,7 +288,8 @@ def _act(decision: Decision, resource: Resource, seen: Observation, context: Rec
     scale_owned = not (seen.observed.replica_split and decision.weight is not None)
     if manifest is not None and Child.JOB in decision.want and job is None:
         request = job_request_from_manifest(manifest, base_dir=source_dir(resource.name))
-        kube.ensure(build_optimization_job(resource.owner, namespace, generation, request, settings.job_settings()))
+        deadline = manifest.spec.optimization.deadline_seconds
+        kube.ensure(build_optimization_job(resource.owner, namespace, generation, request, settings.job_settings(), deadline))
     result = job.result if job is not None else None
     if manifest is not None and Child.CANDIDATE in decision.want and result is not None and result.artifact is not None:
         for child in _triton_manifests(resource, Variant(CANDIDATE, generation, 1), result.artifact, settings):

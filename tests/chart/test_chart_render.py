@@ -211,6 +211,15 @@ def test_all_namespaces_mode_uses_one_cluster_role(default_objects: list[Object]
     assert user_roles["optiserve-view"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
 
 
+def test_the_operator_reads_pod_logs_and_nothing_else_of_pods(rendered: list[Object]) -> None:
+    """A running Job's log says which pass it is in; pods themselves are only listed."""
+    roles = [r for r in find(rendered, "Role") + find(rendered, "ClusterRole") if r["metadata"]["name"] == "optiserve"]
+    assert roles
+    for role in roles:
+        core = {resource: rule["verbs"] for rule in role["rules"] if rule["apiGroups"] == [""] for resource in rule["resources"]}
+        assert (core["pods"], core["pods/log"]) == (["list"], ["get"])
+
+
 def test_operator_never_gets_write_access_to_spec_through_update(rendered: list[Object]) -> None:
     """It patches OptimizedModels (finalizer, annotations) but holds no update/create/delete on them."""
     for role in find(rendered, "Role") + find(rendered, "ClusterRole"):

@@ -121,6 +121,14 @@ def test_each_refusal_names_its_field(case: str, spec: dict[str, Any], expected:
     assert line.startswith(expected), line
 
 
+def test_a_value_that_is_neither_a_number_nor_a_list_names_the_field_not_the_union() -> None:
+    assert _errors(_spec(PRUNE | {"heads": {}})) == [
+        f"{P0}.heads: Input should be a valid integer",
+        f"{P0}.heads: Input should be a valid array",
+    ]
+    assert f"{P0}.ffnRatio[1]: Input should be a valid number" in _errors(_spec(PRUNE | {"ffnRatio": [0.5, "half"]}))
+
+
 def test_distill_needs_its_data_and_its_budget() -> None:
     assert _errors(_spec({"type": "distill"})) == [
         "spec.optimization.passes[0].datasetUri: Field required",

@@ -22,13 +22,17 @@ class ManifestError(ValueError):
         super().__init__(f"{source}: " + "; ".join(errors))
 
 
+_UNION_MEMBER = re.compile(r"^(?:int|float|str|bool|list\[.+\]|dict\[.+\])$")
+"""The member pydantic names in the location of an error in a plain union (`int | list[int]`)."""
+
+
 def _format_location(loc: tuple[int | str, ...], union_tags: frozenset[str]) -> str:
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in union_tags:
-            continue  # pydantic inserts the discriminator value into the location
+        elif part in union_tags or _UNION_MEMBER.match(part):
+            continue  # pydantic inserts the discriminator value, or the union member, into the location
         else:
             path += f".{part}" if path else part
     return path

@@ -17,3 +17,17 @@ def apply_merge_patch(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict
         else:
             merged[key] = value
     return merged
+
+
+def compose_merge_patches(first: Mapping[str, Any], then: Mapping[str, Any]) -> dict[str, Any]:
+    """One merge patch that does what `first` and then `then` do, where a later patch writes only some
+    keys of a mapping (the earlier patch's removals inside it are kept): mappings in both compose key
+    by key; anything else, None included, is the later patch's."""
+    composed = dict(first)
+    for key, value in then.items():
+        earlier = composed.get(key)
+        if isinstance(value, Mapping) and isinstance(earlier, Mapping):
+            composed[key] = compose_merge_patches(earlier, value)
+        else:
+            composed[key] = value
+    return composed

@@ -31,6 +31,7 @@ from optiserve.domain.lifecycle import (
     Child,
     Decision,
     JobObservation,
+    JobState,
     Observed,
     decide,
     route_weight,
@@ -39,7 +40,7 @@ from optiserve.domain.lifecycle import (
 from optiserve.domain.pipeline_generation import described_generation, pipeline_generation, spec_digest
 from optiserve.errors import PermanentError
 from optiserve.kube.client import ARTIFACT_ANNOTATION, BASELINE, CANDIDATE, KubeClient, deployment_ready
-from optiserve.merge_patch import apply_merge_patch
+from optiserve.merge_patch import apply_merge_patch, compose_merge_patches
 from optiserve.providers.traffic import TrafficRouter
 from optiserve.providers.traffic_factory import RouterContext, router_for
 from optiserve.resources.comparator import build_comparator_deployment, build_comparator_service
@@ -51,6 +52,8 @@ from optiserve.status_writer import WARNING_PHASES, Tracking, build_status, read
 
 logger = logging.getLogger(__name__)
 
+PASS_STARTED = "PassStarted"  # noqa: S105 - an Event reason (an optimization pass), no secret
+"""The reason of the Event that says the optimization Job began a pass (status.optimization.currentPass)."""
 MAX_PASSES = 3
 """Decisions that ask to be re-run at once (a finished Job -> deploy) are followed within the
 same call, up to this many passes, instead of waiting for the next timer tick."""
@@ -96,10 +99,20 @@ def _parse(
         manifest = parse_manifest(document, source=f"{namespace}/{name}")
     except ManifestError as e:
         return None, tuple(e.errors)
+    refused = _platform_refusals(manifest, settings)
+    return (None, refused) if refused else (manifest, ())
+
+
+def _platform_refusals(manifest: OptimizedModel, settings: Settings) -> tuple[str, ...]:
+    """What a valid spec asks that this operator's settings do not allow, field by field."""
+    refusals = []
     image = manifest.spec.serving.triton.image
     if not settings.image_allowed(image):
-        return None, (f"spec.serving.triton.image: {image} is not in the operator's allow-list",)
-    return manifest, ()
+        refusals.append(f"spec.serving.triton.image: {image} is not in the operator's allow-list")
+    deadline = settings.job_settings().deadline_error(manifest.spec.optimization.deadline_seconds)
+    if deadline is not None:
+        refusals.append(deadline)
+    return tuple(refusals)
 
 
 Routers = Callable[[OptimizedModel, RouterContext], TrafficRouter]
@@ -199,6 +212,26 @@ def _observe_router(resource: Resource, context: ReconcileContext) -> tuple[Traf
         return None, None, str(e)
 
 
+def _with_known_pass(job: JobObservation | None, status: OptimizedModelStatus) -> JobObservation | None:
+    """A running Job whose log said nothing this time (it cannot be read, or the pass line has left
+    its tail) is still in the pass the status names, when that status describes the same generation."""
+    if job is None or job.state is not JobState.RUNNING or job.current_pass is not None:
+        return job
+    if described_generation(status) != job.generation or status.optimization is None:
+        return job
+    return replace(job, current_pass=status.optimization.current_pass)
+
+
+def _pass_events(previous: OptimizedModelStatus, status: Mapping[str, Any]) -> list[Event]:
+    """PassStarted when the status names a pass it did not name before."""
+    optimization = status.get("optimization")
+    now = optimization.get("currentPass") if isinstance(optimization, Mapping) else None
+    before = previous.optimization.current_pass if previous.optimization is not None else None
+    if not now or now == before:
+        return []
+    return [Event("Normal", PASS_STARTED, f"the optimization job started pass {now}")]
+
+
 def _replica_split(manifest: OptimizedModel | None) -> bool:
     return manifest is not None and manifest.spec.rollout.traffic.provider is TrafficProvider.REPLICAS
 
@@ -209,7 +242,7 @@ def _observe(resource: Resource, context: ReconcileContext) -> Observation:
     settled = phase in TERMINAL and observed_generation == generation
     job = candidate = baseline = None
     if resource.manifest is not None and not settled:  # a settled resource needs no job reads until its spec changes
-        job = kube.observe_job(namespace, name, generation)
+        job = _with_known_pass(kube.observe_job(namespace, name, generation), resource.status)
     if resource.manifest is not None and (not settled or phase is Phase.PROMOTED):  # promoted: keep the baseline serving
         candidate = kube.observe_candidate(namespace, name)
         baseline = kube.observe_baseline(namespace, name)
@@ -278,7 +311,8 @@ def _act(decision: Decision, resource: Resource, seen: Observation, context: Rec
     scale_owned = not (seen.observed.replica_split and decision.weight is not None)
     if manifest is not None and Child.JOB in decision.want and job is None:
         request = job_request_from_manifest(manifest, base_dir=source_dir(resource.name))
-        kube.ensure(build_optimization_job(resource.owner, namespace, generation, request, settings.job_settings()))
+        deadline = manifest.spec.optimization.deadline_seconds
+        kube.ensure(build_optimization_job(resource.owner, namespace, generation, request, settings.job_settings(), deadline))
     result = job.result if job is not None else None
     if manifest is not None and Child.CANDIDATE in decision.want and result is not None and result.artifact is not None:
         for child in _triton_manifests(resource, Variant(CANDIDATE, generation, 1), result.artifact, settings):
@@ -349,7 +383,7 @@ def _one_pass(resource: Resource, context: ReconcileContext) -> tuple[Decision, 
         tracking=Tracking(resource.metadata_generation, spec_digest(resource.spec), verified_weight),
     )
     restarted = observed.observed_generation is not None and observed.observed_generation != resource.generation
-    return decision, new_status, _events(observed.phase, restarted, decision)
+    return decision, new_status, _events(observed.phase, restarted, decision) + _pass_events(resource.status, new_status)
 
 
 def reconcile(
@@ -375,7 +409,7 @@ def reconcile(
     for _ in range(MAX_PASSES):
         resource = _resource(name, namespace, body, read_status(raw), settings)
         decision, step, step_events = _one_pass(resource, context)
-        patch = {**patch, **step}  # each pass writes whole top-level fields; None (remove) is kept
+        patch = compose_merge_patches(patch, step)  # a later pass's removals and partial writes both hold
         raw = apply_merge_patch(raw, step)
         events.extend(step_events)
         if decision.requeue_after_s != 0:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from optiserve.resources.comparator import ComparatorDeploymentSettings
-from optiserve.resources.job import JobSettings
+from optiserve.resources.job import DEFAULT_DEADLINE_SECONDS, DEFAULT_MAX_DEADLINE_SECONDS, JobSettings
 from optiserve.resources.pod import ContainerResources
 from optiserve.resources.triton_deployment import ServingSettings
 
@@ -155,6 +155,10 @@ class Settings:
     leader_election: LeaderElectionSettings = field(default_factory=LeaderElectionSettings)
     job_resources: ContainerResources | None = None
     """The optimization Job's requests and limits; None: JobSettings' defaults."""
+    job_training_resources: ContainerResources | None = None
+    """The same for a Job whose passes train (distill); None: JobSettings' defaults."""
+    job_max_deadline_seconds: int = DEFAULT_MAX_DEADLINE_SECONDS
+    """The longest optimization.deadlineSeconds a spec may ask for; a spec over it fails, naming both."""
     triton_resources: ContainerResources | None = None
     """Each Triton container's requests and limits; None: ServingSettings' defaults."""
 
@@ -171,6 +175,11 @@ class Settings:
             raise SettingsError(f"OPTISERVE_RECONCILE_WORKERS: must be at least 1, got {self.reconcile_workers}")
         if self.metrics_port is not None and self.metrics_port == self.health_port:
             raise SettingsError(f"OPTISERVE_HEALTH_PORT: {self.health_port} is already the metrics port")
+        if self.job_max_deadline_seconds < DEFAULT_DEADLINE_SECONDS:
+            raise SettingsError(
+                f"OPTISERVE_JOB_MAX_DEADLINE_SECONDS: at least {DEFAULT_DEADLINE_SECONDS} (the deadline of a spec that "
+                f"sets none, which a lower ceiling would refuse), got {self.job_max_deadline_seconds}"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -190,6 +199,8 @@ class Settings:
             reconcile_workers=_count(source, "OPTISERVE_RECONCILE_WORKERS", DEFAULT_RECONCILE_WORKERS),
             leader_election=LeaderElectionSettings.from_env(source),
             job_resources=_resources(source, "OPTISERVE_JOB_RESOURCES"),
+            job_training_resources=_resources(source, "OPTISERVE_JOB_TRAINING_RESOURCES"),
+            job_max_deadline_seconds=_count(source, "OPTISERVE_JOB_MAX_DEADLINE_SECONDS", DEFAULT_MAX_DEADLINE_SECONDS),
             triton_resources=_resources(source, "OPTISERVE_TRITON_RESOURCES"),
         )
 
@@ -204,8 +215,14 @@ class Settings:
         return not self.allowed_images or image in self.allowed_images
 
     def job_settings(self) -> JobSettings:
-        job = JobSettings(image=self.job_image, models_pvc=self.models_pvc, allowed_images=self.allowed_images)
-        return replace(job, resources=self.job_resources) if self.job_resources else job
+        job = JobSettings(
+            image=self.job_image,
+            models_pvc=self.models_pvc,
+            allowed_images=self.allowed_images,
+            max_deadline_seconds=self.job_max_deadline_seconds,
+        )
+        job = replace(job, resources=self.job_resources) if self.job_resources else job
+        return replace(job, training_resources=self.job_training_resources) if self.job_training_resources else job
 
     def comparator_settings(self) -> ComparatorDeploymentSettings:
         return ComparatorDeploymentSettings(image=self.operator_image, models_pvc=self.models_pvc)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import ValidationError
 
@@ -63,7 +63,8 @@ def _optimized_and_validated(job: JobObservation | None) -> tuple[Wanted, Wanted
     if job is None:
         return Wanted("Unknown", "JobNotStarted"), Wanted("Unknown", "NotValidated")
     if job.state is JobState.RUNNING:
-        return Wanted("Unknown", "JobRunning", "the optimization job is running"), Wanted("Unknown", "NotValidated")
+        running = "the optimization job is running" + (f": pass {job.current_pass}" if job.current_pass else "")
+        return Wanted("Unknown", "JobRunning", running), Wanted("Unknown", "NotValidated")
     result = job.result
     if result is None or (not result.passed and not result.failed_gates):
         reason = (result.reason if result is not None else "") or job.failure or "the optimization job failed"
@@ -146,6 +147,26 @@ def summary(result: JobResult) -> dict[str, Any]:
     ).model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+KEEP: Final = object()
+"""A status field this reconcile leaves as it is."""
+
+
+def _optimization(ours: JobObservation | None, previous: OptimizedModelStatus, same_generation: bool) -> object:
+    """status.optimization (a merge patch: None removes a key): the summary of the generation's Job
+    once it has a result; while it runs, the pass it is in where known (else the one written stays);
+    removed for a new generation, whose Job has not said anything yet."""
+    had_pass = previous.optimization is not None and previous.optimization.current_pass is not None
+    if ours is not None and ours.result is not None:
+        return {**summary(ours.result), **({"currentPass": None} if had_pass else {})}
+    if not same_generation:
+        return None  # the previous generation's summary no longer describes the spec
+    if ours is None:
+        return KEEP
+    if ours.state is JobState.RUNNING:
+        return {"currentPass": ours.current_pass} if ours.current_pass else KEEP
+    return {"currentPass": None} if had_pass else KEEP
+
+
 def phase_since(phase: Phase, previous: OptimizedModelStatus, generation: int, now: datetime) -> str:
     """When the resource entered `phase`: kept while phase and generation stay, `now` otherwise
     (a spec change restarts the pipeline, even when it lands in the phase it was in)."""
@@ -205,10 +226,9 @@ def build_status(
         "conditions": _conditions(wanted_conditions(decision, job), previous.conditions, observed, now),
     }
     ours = job if job is not None and job.generation == generation else None
-    if ours is not None and ours.result is not None:
-        status["optimization"] = summary(ours.result)
-    elif not same_generation:
-        status["optimization"] = None  # the previous generation's summary no longer describes the spec
+    optimization = _optimization(ours, previous, same_generation)
+    if optimization is not KEEP:
+        status["optimization"] = optimization
     promoted = decision.promote.artifact if decision.promote is not None else None
     if promoted is not None:
         status["artifact"] = promoted.model_dump(mode="json", by_alias=True)

@@ -211,6 +211,15 @@ def test_all_namespaces_mode_uses_one_cluster_role(default_objects: list[Object]
     assert user_roles["optiserve-view"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
 
 
+def test_the_operator_reads_pod_logs_and_nothing_else_of_pods(rendered: list[Object]) -> None:
+    """A running Job's log says which pass it is in; pods themselves are only listed."""
+    roles = [r for r in find(rendered, "Role") + find(rendered, "ClusterRole") if r["metadata"]["name"] == "optiserve"]
+    assert roles
+    for role in roles:
+        core = {resource: rule["verbs"] for rule in role["rules"] if rule["apiGroups"] == [""] for resource in rule["resources"]}
+        assert (core["pods"], core["pods/log"]) == (["list"], ["get"])
+
+
 def test_operator_never_gets_write_access_to_spec_through_update(rendered: list[Object]) -> None:
     """It patches OptimizedModels (finalizer, annotations) but holds no update/create/delete on them."""
     for role in find(rendered, "Role") + find(rendered, "ClusterRole"):
@@ -356,3 +365,19 @@ def test_job_and_triton_resources_reach_what_the_operator_builds() -> None:
     incomplete = {"optimizer": {"resources": {"requests": {"cpu": "1"}}}}
     result = run_helm("template", "x", str(CHART), *values_args(set_json=incomplete), check=False)
     assert result.returncode != 0 and "resources" in result.stderr
+
+
+def test_training_resources_and_the_deadline_ceiling_reach_what_the_operator_builds() -> None:
+    large = {"requests": {"cpu": "8", "memory": "24Gi"}, "limits": {"cpu": "16", "memory": "48Gi"}}
+    settings = chart_settings(render(set_json={"optimizer": {"trainingResources": large, "maxDeadlineSeconds": 14400}}))
+    assert settings.job_settings().training_resources.manifest() == large
+    assert settings.job_settings().resources == JobSettings(image="any").resources, "the plain Job keeps its own"
+    assert settings.job_settings().max_deadline_seconds == 14400
+    defaults = chart_settings(render()).job_settings()
+    assert defaults.training_resources == JobSettings(image="any").training_resources
+    assert defaults.max_deadline_seconds == JobSettings(image="any").max_deadline_seconds
+    full = chart_settings(render([FULL_VALUES])).job_settings()
+    assert (full.max_deadline_seconds, full.training_resources.manifest()["requests"]) == (43200, {"cpu": "4", "memory": "16Gi"})
+    for bad in ({"maxDeadlineSeconds": 600}, {"trainingResources": {"limits": {"cpu": "1"}}}):
+        result = run_helm("template", "x", str(CHART), *values_args(set_json={"optimizer": bad}), check=False)
+        assert result.returncode != 0 and next(iter(bad)) in result.stderr, result.stderr

@@ -346,6 +346,8 @@ def test_the_operator_cannot_reach_outside_its_namespaces(
         return result.stdout.strip()
 
     assert can_i("create", "jobs.batch", "-n", WATCHED) == "yes"
+    assert can_i("get", "pods", "--subresource=log", "-n", WATCHED) == "yes"  # a running Job's pass
+    assert can_i("get", "pods", "-n", WATCHED) == "no"  # pods are listed, their logs read, nothing else
     assert can_i("patch", "optimizedmodels.optiserve.io", "--subresource=status", "-n", WATCHED) == "yes"
     assert can_i("update", "optimizedmodels.optiserve.io", "-n", WATCHED) == "no"  # never writes spec
     assert can_i("create", "jobs.batch", "-n", "default") == "no"

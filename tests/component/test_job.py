@@ -14,7 +14,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from optiserve.api.job import JobRequest, JobResult
+from optiserve.api.job import JobRequest, JobResult, RunningPass, running_pass
 from optiserve.artifact import verify_artifact
 from optiserve.cli import main
 from optiserve.golden import GOLDEN_FILE, load_golden
@@ -249,6 +249,8 @@ def test_container_entry_point_writes_the_termination_message(tmp_path: Path, ti
     )
     completed, termination = _run_container_entry_point(tmp_path, request.model_dump_json(by_alias=True))
     assert completed.returncode == 0, completed.stderr[-2000:]
+    # The container's output is its pod's log: the operator reads the running pass from it.
+    assert running_pass(completed.stdout + completed.stderr) == RunningPass(2, 2, "quantize")
     result = JobResult.from_termination_message(termination.read_text())
     assert result.passed and result.artifact is not None and result.artifact.size_bytes > 0
     assert len(termination.read_bytes()) <= 4096

@@ -171,6 +171,44 @@ def test_an_invalid_spec_fails_with_the_field_named(kube: KubeClient) -> None:
     assert model_objects(kube, JOBS) == []
 
 
+def _distilled(name: str, deadline_seconds: int) -> dict[str, Any]:
+    """The example pruned and distilled before its export, with its own Job deadline."""
+    document = minilm_manifest()
+    document["metadata"]["name"] = name
+    document["spec"]["optimization"] = {
+        "passes": [
+            {"type": "prune", "heads": 8, "importance": "magnitude"},
+            {"type": "distill", "datasetUri": "data/train.txt", "maxTrainingSeconds": 1800, "layers": 4},
+            {"type": "export"},
+        ],
+        "deadlineSeconds": deadline_seconds,
+    }
+    return document
+
+
+def test_the_job_takes_the_specs_deadline_and_the_training_resources(
+    kube: KubeClient, emulator: RunningEmulator[KubeEmulator]
+) -> None:
+    settings = Settings(resync_seconds=0.2, job_max_deadline_seconds=7200)
+    with running_operator(KubeClient.for_host(emulator.url), settings=settings, timeout_s=WAIT_S):
+        kube.create(OPTIMIZED_MODELS, NAMESPACE, _distilled("distilled", 5400))
+        kube.create(OPTIMIZED_MODELS, NAMESPACE, _distilled("too-long", 9000))
+
+        job = wait_for(lambda: kube.get(JOBS, NAMESPACE, "distilled-optimize-g1"), "the distilled model's Job")
+        assert job["spec"]["activeDeadlineSeconds"] == 5400
+        resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+        assert resources == settings.job_settings().training_resources.manifest()
+        assert resources["limits"]["memory"] == "12Gi"
+
+        status = wait_phase(kube, "Failed", name="too-long")
+        assert status["message"] == (
+            "spec.optimization.deadlineSeconds: 9000 s is more than the 7200 s this operator allows an optimization "
+            "Job (its OPTISERVE_JOB_MAX_DEADLINE_SECONDS, Helm value optimizer.maxDeadlineSeconds)"
+        )
+        assert conditions_of(status)["Ready"]["reason"] == "InvalidSpec"
+        assert kube.get(JOBS, NAMESPACE, "too-long-optimize-g1") is None
+
+
 @pytest.mark.usefixtures("operator")
 def test_a_failed_gate_fails_and_deploys_nothing(kube: KubeClient) -> None:
     kube.create(OPTIMIZED_MODELS, NAMESPACE, minilm_manifest())

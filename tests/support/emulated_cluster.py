@@ -79,20 +79,42 @@ def wait_condition(kube: KubeClient, kind: str, value: str, name: str = MODEL) -
     return wait_for(reached, f"condition {kind}={value}")
 
 
+def job_pod(job: str) -> str:
+    """The name the Job controller gives the Job's (one) pod here."""
+    return f"{job}-x7k2p"
+
+
+def _ensure_job_pod(kube: KubeClient, job: str) -> str:
+    pod = job_pod(job)
+    if kube.get(PODS, NAMESPACE, pod) is None:
+        labels = {"job-name": job, "batch.kubernetes.io/job-name": job}
+        kube.create(
+            PODS,
+            NAMESPACE,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": pod, "namespace": NAMESPACE, "labels": labels},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "optimize", "image": "optimizer"}]},
+            },
+        )
+    return pod
+
+
+def start_job_pod(kube: KubeClient, job: str, *, started: bool = True) -> str:
+    """What the Job controller and kubelet report first: the Job's pod, its container running (or,
+    not `started`, still being created: no log yet). Returns the pod's name."""
+    pod = _ensure_job_pod(kube, job)
+    state = {"running": {"startedAt": "2026-01-01T00:00:00Z"}} if started else {"waiting": {"reason": "ContainerCreating"}}
+    pod_status = {"phase": "Running" if started else "Pending", "containerStatuses": [{"name": "optimize", "state": state}]}
+    kube.patch(PODS, NAMESPACE, pod, {"status": pod_status}, subresource="status")
+    return pod
+
+
 def finish_job(kube: KubeClient, job: str, result: JobResult) -> None:
     """What the Job controller and kubelet would report: the pod's termination message, then the condition."""
     exit_code = 0 if result.passed else 1
-    pod = f"{job}-x7k2p"
-    kube.create(
-        PODS,
-        NAMESPACE,
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": pod, "namespace": NAMESPACE, "labels": {"job-name": job, "batch.kubernetes.io/job-name": job}},
-            "spec": {"restartPolicy": "Never", "containers": [{"name": "optimize", "image": "optimizer"}]},
-        },
-    )
+    pod = _ensure_job_pod(kube, job)
     terminated = {
         "exitCode": exit_code,
         "reason": "Completed" if exit_code == 0 else "Error",

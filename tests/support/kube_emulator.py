@@ -15,6 +15,11 @@ subclass does what a real API server does and a controller can observe:
 - `labelSelector` on lists and watches (`a=b`, `a==b`, `a!=b`, `a`, `!a`, `a in (x,y)`,
   `a notin (x,y)`).
 
+- a pod's log (`GET .../pods/<name>/log`, with `container` and `tailLines`), as plain text: what
+  the test, playing the kubelet, wrote with `write_log`. A pod whose container has not started
+  answers 400, as the API server relays the kubelet's refusal; an unknown pod 404. (kmock alone
+  would answer the pod object itself.)
+
 It still does no schema validation, no admission and no garbage collection (tested elsewhere).
 `serve_emulator()` runs it (or a subclass: tests/support/fault_emulator.py adds faults) on
 127.0.0.1 in a thread of its own, so a synchronous test and kopf's own thread can both reach it
@@ -141,6 +146,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
     scale benchmark) bounds it. Tests that count or slice past requests keep the default."""
     _revision: int = attrs.field(default=0, init=False)
     _writes: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    _logs: dict[tuple[str, str, str], str] = attrs.field(factory=dict, init=False)
+    _logs_guard: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+
+    def write_log(self, namespace: str, pod: str, text: str, container: str = "optimize") -> None:
+        """Append to a container's log, as the kubelet would (callable from any thread)."""
+        with self._logs_guard:
+            key = (namespace, pod, container)
+            self._logs[key] = self._logs.get(key, "") + text
+
+    def _pod_log(self, namespace: str, pod: str, container: str) -> str:
+        with self._logs_guard:
+            return self._logs.get((namespace, pod, container), "")
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if self.request_history is not None and len(self._requests) > self.request_history:
@@ -214,7 +231,27 @@ class KubeEmulator(kmock.KubernetesEmulator):
             obj = self._stored(request, request.namespace, request.name)
         if obj is None or obj.deleted:
             raise kmock.KubernetesObjectNotFoundError()
+        if request.subresource == "log" and request.resource is not None and request.resource.plural == "pods":
+            return self._serve_log(request, obj.raw)
         return obj.raw
+
+    def _serve_log(self, request: kmock.Request, pod: Mapping[str, Any]) -> kmock.Payload:
+        containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+        container = request.params.get("container") or (containers[0] if len(containers) == 1 else None)
+        name = (pod.get("metadata") or {}).get("name")
+        if container is None or container not in containers:
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message=f"container {container!r} is not in pod {name}")
+        statuses = {s.get("name"): s for s in (pod.get("status") or {}).get("containerStatuses") or []}
+        state = (statuses.get(container) or {}).get("state") or {}
+        if not (state.get("running") or state.get("terminated")):
+            message = f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating'
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message=message)
+        text = self._pod_log(str(request.namespace), str(name), str(container))
+        tail = request.params.get("tailLines")
+        if tail and tail.isdigit():
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[len(lines) - int(tail) :]) if int(tail) else ""
+        return text.encode()  # bytes go out as they are (kmock would quote a str as JSON)
 
     async def _serve_create(self, request: kmock.Request) -> kmock.Payload:
         meta = (request.data or {}).get("metadata", {}) if isinstance(request.data, dict) else {}

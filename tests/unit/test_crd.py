@@ -20,6 +20,9 @@ from tests.support.models import REPO_ROOT, manifest
 
 CRD_FILE = REPO_ROOT / "crds/optimizedmodels.optiserve.io.yaml"
 BASE: dict[str, Any] = {"model": {"uri": "m.onnx", "format": "onnx"}, "validation": {"datasetUri": "v.npz"}}
+TEXT_MODEL = {"model": {"uri": "minilm", "format": "huggingface"}}
+PRUNE = {"type": "prune", "heads": 8, "importance": "magnitude"}
+DISTILL = {"type": "distill", "datasetUri": "train.txt", "maxTrainingSeconds": 600}
 
 
 def test_crds_directory_equals_the_generated_crd() -> None:
@@ -101,6 +104,34 @@ CASES: dict[str, dict[str, Any]] = {
         "rollout": {"analysis": {"metrics": [{"name": "errorRate", "maxAbsoluteIncrease": 0.01}]}}
     },
     "custom metric with query": {"rollout": {"analysis": {"metrics": [{"name": "p42", "max": 1, "query": "up"}]}}},
+    "quantize at fp16": {"optimization": {"passes": [{"type": "quantize", "precision": "fp16"}]}},
+    "prune on an onnx source": {"optimization": {"passes": [PRUNE]}},
+    "prune, export, quantize": TEXT_MODEL | {"optimization": {"passes": [PRUNE, {"type": "export"}, {"type": "quantize"}]}},
+    "prune after export": TEXT_MODEL | {"optimization": {"passes": [{"type": "export"}, PRUNE]}},
+    "distill after quantize": TEXT_MODEL | {"optimization": {"passes": [{"type": "quantize"}, DISTILL]}},
+    "export after graph, after prune": TEXT_MODEL | {"optimization": {"passes": [PRUNE, {"type": "graph"}, {"type": "export"}]}},
+    "export twice after distill": TEXT_MODEL | {"optimization": {"passes": [DISTILL, {"type": "export"}, {"type": "export"}]}},
+    "prune by activation without data": TEXT_MODEL | {"optimization": {"passes": [{"type": "prune", "heads": 8}]}},
+    "prune by activation with data": TEXT_MODEL
+    | {"optimization": {"passes": [{"type": "prune", "heads": 8, "datasetUri": "calibration.txt"}]}},
+    "prune scoring more samples than it may": TEXT_MODEL | {"optimization": {"passes": [PRUNE | {"samples": 200_000}]}},
+    "distill on as many samples as it may": TEXT_MODEL
+    | {"optimization": {"passes": [DISTILL | {"samples": 200_000, "minSamples": 1}]}},
+    "distill without data": TEXT_MODEL | {"optimization": {"passes": [{"type": "distill", "maxTrainingSeconds": 60}]}},
+    "distill without a budget": TEXT_MODEL | {"optimization": {"passes": [{"type": "distill", "datasetUri": "t.txt"}]}},
+    "distill below minSamples": TEXT_MODEL | {"optimization": {"passes": [DISTILL | {"samples": 999}]}},
+    "distill below a raised minSamples": TEXT_MODEL
+    | {"optimization": {"passes": [DISTILL | {"samples": 20_000, "minSamples": 30_000}]}},
+    "a budget the default deadline just holds": TEXT_MODEL
+    | {"optimization": {"passes": [DISTILL | {"maxTrainingSeconds": 3000}]}},
+    "a budget over the default deadline": TEXT_MODEL | {"optimization": {"passes": [DISTILL | {"maxTrainingSeconds": 3001}]}},
+    "two budgets over a raised deadline": TEXT_MODEL
+    | {
+        "optimization": {
+            "passes": [DISTILL | {"maxTrainingSeconds": 2000}, DISTILL | {"maxTrainingSeconds": 1500}],
+            "deadlineSeconds": 4000,
+        }
+    },
 }
 
 
@@ -111,6 +142,21 @@ def test_cel_rules_agree_with_the_models(case: str) -> None:
 
 
 PASS = st.one_of(
+    st.builds(
+        lambda importance, data: {"type": "prune", "heads": 4, "importance": importance} | ({"datasetUri": "c"} if data else {}),
+        st.sampled_from(["activation", "magnitude"]),
+        st.booleans(),
+    ),
+    st.builds(
+        lambda budget, samples, minimum: (
+            {"type": "distill", "datasetUri": "t", "maxTrainingSeconds": budget}
+            | ({"samples": samples} if samples else {})
+            | ({"minSamples": minimum} if minimum else {})
+        ),
+        st.integers(1, 4000),
+        st.sampled_from([None, 500, 1000, 5000]),
+        st.sampled_from([None, 1000, 2000]),
+    ),
     st.just({"type": "export"}),
     st.just({"type": "graph"}),
     st.just({"type": "fp16"}),
@@ -128,9 +174,21 @@ PASS = st.one_of(
 
 
 @settings(max_examples=150, deadline=None)
-@given(passes=st.lists(PASS, max_size=4), weights=st.lists(st.integers(0, 100), min_size=1, max_size=5))
-def test_generated_specs_get_the_same_verdict(passes: list[dict[str, Any]], weights: list[int]) -> None:
-    spec = {**BASE, "optimization": {"passes": passes}, "rollout": {"steps": [{"weight": w} for w in weights]}}
+@given(
+    passes=st.lists(PASS, max_size=4),
+    weights=st.lists(st.integers(0, 100), min_size=1, max_size=5),
+    source=st.sampled_from(["onnx", "huggingface"]),
+    deadline=st.sampled_from([{}, {"deadlineSeconds": 1800}, {"deadlineSeconds": 9000}]),
+)
+def test_generated_specs_get_the_same_verdict(
+    passes: list[dict[str, Any]], weights: list[int], source: str, deadline: dict[str, int]
+) -> None:
+    spec = {
+        **BASE,
+        "model": {"uri": "m", "format": source},
+        "optimization": {"passes": passes, **deadline},
+        "rollout": {"steps": [{"weight": w} for w in weights]},
+    }
     models_ok, cel_ok = _verdicts(spec)
     assert models_ok == cel_ok
 
@@ -153,3 +211,22 @@ def test_server_side_defaults_keep_the_manifest_parseable() -> None:
         assert parse_manifest(manifest(defaulted)).spec.model.uri == document["spec"]["model"]["uri"]
     every_pass = [{"type": t} for t in ("export", "graph", "fp16", "tensorrt")] + [{"type": "quantize"}]
     parse_manifest(manifest(apply_defaults(schema, {**BASE, "optimization": {"passes": every_pass}})))
+    compressed = TEXT_MODEL | {"optimization": {"passes": [PRUNE, DISTILL, *every_pass]}}
+    defaulted = apply_defaults(schema, {**BASE, **compressed})
+    assert defaulted["optimization"]["deadlineSeconds"] == 3600, "the server fills the deadline in, as the models do"
+    assert parse_manifest(manifest(defaulted)).spec.optimization.deadline_seconds == 3600
+
+
+def test_a_field_that_takes_a_number_or_a_list_has_no_type_and_no_rule() -> None:
+    """The API server cannot type `heads: 4 | [4, 2]`: the field keeps what it is given (the models
+    check it), and no CEL rule may name it, since the API server's CEL would not see it."""
+    passes = spec_schema()["properties"]["optimization"]["properties"]["passes"]
+    item = passes["items"]
+    for name in ("heads", "ffnRatio", "channelRatio", "layers"):
+        assert item["properties"][name] == {
+            "description": item["properties"][name]["description"],
+            "x-kubernetes-preserve-unknown-fields": True,
+        }
+    rules = [r["rule"] for node in (passes, item) for r in node.get("x-kubernetes-validations", [])]
+    rules += [r["rule"] for r in spec_schema().get("x-kubernetes-validations", [])]
+    assert rules and not [rule for rule in rules if any(f"self.{name}" in rule for name in ("heads", "ffnRatio", "layers"))]

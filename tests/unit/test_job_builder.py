@@ -12,7 +12,13 @@ import yaml
 
 from optiserve.api.job import JobRequest, job_request_from_manifest
 from optiserve.api.manifest import load_manifest
-from optiserve.resources.job import ImageNotAllowedError, JobSettings, Owner, build_optimization_job
+from optiserve.resources.job import (
+    DeadlineNotAllowedError,
+    ImageNotAllowedError,
+    JobSettings,
+    Owner,
+    build_optimization_job,
+)
 from optiserve.resources.names import MAX_NAME, job_name
 from tests.support.models import REPO_ROOT
 
@@ -72,3 +78,53 @@ def test_names_are_deterministic_and_short() -> None:
     assert job_name("minilm", 3) == job_name("minilm", 3) == "minilm-optimize-g3"
     long = job_name("m" * 63, 12)
     assert len(long) <= MAX_NAME and long == job_name("m" * 63, 12) and long != job_name("m" * 63, 13)
+
+
+def _request(passes: list[dict[str, object]]) -> JobRequest:
+    return JobRequest.model_validate(
+        {
+            "name": "minilm",
+            "model": {"uri": "model", "format": "huggingface", "task": "embedding"},
+            "passes": passes,
+            "validation": {"datasetUri": "v.txt"},
+        }
+    )
+
+
+PRUNE = {"type": "prune", "heads": 8, "importance": "magnitude"}
+DISTILL = {"type": "distill", "datasetUri": "train.txt", "maxTrainingSeconds": 1800}
+
+
+def _container_resources(job: dict[str, object]) -> object:
+    return job["spec"]["template"]["spec"]["containers"][0]["resources"]  # type: ignore[index]
+
+
+def test_the_deadline_is_the_specs() -> None:
+    job = build_optimization_job(OWNER, "ml", 3, _request([DISTILL]), SETTINGS, deadline_seconds=5400)
+    assert job["spec"]["activeDeadlineSeconds"] == 5400
+
+
+def test_a_deadline_over_the_ceiling_is_refused_naming_both() -> None:
+    settings = JobSettings(image=SETTINGS.image, max_deadline_seconds=7200)
+    assert settings.deadline_error(7200) is None
+    with pytest.raises(DeadlineNotAllowedError) as refused:
+        build_optimization_job(OWNER, "ml", 3, _request([]), settings, deadline_seconds=7201)
+    assert str(refused.value) == (
+        "spec.optimization.deadlineSeconds: 7201 s is more than the 7200 s this operator allows an optimization Job "
+        "(its OPTISERVE_JOB_MAX_DEADLINE_SECONDS, Helm value optimizer.maxDeadlineSeconds)"
+    )
+
+
+def test_a_job_that_trains_gets_the_training_resources() -> None:
+    training = {"requests": {"cpu": "2", "memory": "6Gi"}, "limits": {"cpu": "4", "memory": "12Gi"}}
+    plain = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}
+    assert _container_resources(build_optimization_job(OWNER, "ml", 3, _request([PRUNE, DISTILL]), SETTINGS)) == training
+    assert _container_resources(build_optimization_job(OWNER, "ml", 3, _request([PRUNE]), SETTINGS)) == plain, (
+        "pruning scores units on calibration data; it does not train"
+    )
+    assert _container_resources(_job()) == plain
+
+
+def test_a_training_job_is_valid_for_kubernetes() -> None:
+    job = build_optimization_job(OWNER, "ml", 3, _request([PRUNE, DISTILL, {"type": "export"}]), SETTINGS, deadline_seconds=7200)
+    kubernetes_validate.validate(job, "1.33", strict=True)

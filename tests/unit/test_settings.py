@@ -68,3 +68,30 @@ def test_job_and_triton_resources_come_from_json_and_bad_ones_name_the_variable(
     ):
         with pytest.raises(SettingsError, match="OPTISERVE_TRITON_RESOURCES"):
             Settings.from_env({"OPTISERVE_TRITON_RESOURCES": bad})
+
+
+def test_training_resources_and_the_deadline_ceiling_come_from_the_environment() -> None:
+    large = '{"requests": {"cpu": "8", "memory": "24Gi"}, "limits": {"cpu": "16", "memory": "48Gi"}}'
+    settings = Settings.from_env({"OPTISERVE_JOB_TRAINING_RESOURCES": large, "OPTISERVE_JOB_MAX_DEADLINE_SECONDS": "14400"})
+    job = settings.job_settings()
+    assert job.training_resources.manifest()["requests"] == {"cpu": "8", "memory": "24Gi"}
+    assert job.resources == Settings().job_settings().resources, "the plain Job keeps its own"
+    assert job.max_deadline_seconds == 14400
+    defaults = Settings.from_env({}).job_settings()
+    assert (defaults.max_deadline_seconds, defaults.training_resources.manifest()["limits"]) == (
+        86400,
+        {"cpu": "4", "memory": "12Gi"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"OPTISERVE_JOB_MAX_DEADLINE_SECONDS": "1800"}, "OPTISERVE_JOB_MAX_DEADLINE_SECONDS: at least 3600"),
+        ({"OPTISERVE_JOB_MAX_DEADLINE_SECONDS": "a day"}, "OPTISERVE_JOB_MAX_DEADLINE_SECONDS: expected a whole number"),
+        ({"OPTISERVE_JOB_TRAINING_RESOURCES": '{"limits": {}}'}, "OPTISERVE_JOB_TRAINING_RESOURCES: requests and limits"),
+    ],
+)
+def test_a_bad_job_setting_names_its_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)

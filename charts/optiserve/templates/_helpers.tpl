@@ -86,6 +86,10 @@ or into one Role per watched namespace.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+# The tail of a running optimization Job's log: the pass it is in (status.optimization.currentPass).
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
 # Events on OptimizedModels (kopf posts them through the core API).
 - apiGroups: [""]
   resources: [events]

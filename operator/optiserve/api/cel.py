@@ -14,21 +14,45 @@ from typing import Any
 import celpy
 from celpy import celtypes
 from celpy.adapter import json_to_cel
-from celpy.evaluation import CELEvalError
+from celpy.evaluation import CELEvalError, CELFunction
 
 Schema = dict[str, Any]
 
 
+# Kubernetes' CEL list library (k8s.io/apiserver/pkg/cel/library/lists.go), which cel-python does not ship.
+
+
 def _is_sorted(values: Any) -> celtypes.BoolType:
-    """Kubernetes' CEL list extension `isSorted()`, which cel-python does not ship."""
+    """`isSorted()`."""
     items = list(values)
     return celtypes.BoolType(all(a <= b for a, b in pairwise(items)))
+
+
+def _index_of(values: Any, item: Any) -> celtypes.IntType:
+    """`indexOf(x)`: the first index of x, -1 when absent."""
+    items = list(values)
+    return celtypes.IntType(items.index(item) if item in items else -1)
+
+
+def _last_index_of(values: Any, item: Any) -> celtypes.IntType:
+    """`lastIndexOf(x)`: the last index of x, -1 when absent."""
+    items = list(values)
+    return celtypes.IntType(len(items) - 1 - items[::-1].index(item) if item in items else -1)
+
+
+def _sum(values: Any) -> celtypes.IntType | celtypes.DoubleType:
+    """`sum()` of a list of ints or of doubles (0 for an empty list)."""
+    items = list(values)
+    if any(isinstance(item, celtypes.DoubleType) for item in items):
+        return celtypes.DoubleType(sum(float(item) for item in items))
+    return celtypes.IntType(sum(int(item) for item in items))
 
 
 @cache
 def _program(rule: str) -> Any:
     environment = celpy.Environment()
-    return environment.program(environment.compile(rule), functions={"isSorted": _is_sorted})
+    library: dict[str, CELFunction] = {"isSorted": _is_sorted, "indexOf": _index_of, "lastIndexOf": _last_index_of, "sum": _sum}
+    return environment.program(environment.compile(rule), functions=library)
 
 
 def apply_defaults(schema: Schema, value: Any) -> Any:

@@ -9,7 +9,7 @@ a student deeper than its teacher) is refused by the job, naming the same field.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
@@ -26,6 +26,22 @@ class Importance(StrEnum):
 class PruneScope(StrEnum):
     LAYER = "layer"
     GLOBAL = "global"
+
+
+Number = TypeVar("Number", int, float)
+
+
+def _each(value: Number | list[Number] | None) -> list[tuple[str, Number]]:
+    """A one-for-every-layer or per-layer value as (where, value) pairs: where is "" for the single
+    value and "[i]: " for a list item, so an error names the item (a message that starts with a field
+    path is located there). An empty list is refused: it sets no target for any layer."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        return [("", value)]
+    if not value:
+        raise ValueError("an empty list keeps nothing; give one value for every layer, or one per layer")
+    return [(f"[{index}]: ", item) for index, item in enumerate(value)]
 
 
 class PrunePass(ApiModel):
@@ -75,20 +91,17 @@ class PrunePass(ApiModel):
     @field_validator("heads")
     @classmethod
     def _heads_positive(cls, value: int | list[int] | None) -> int | list[int] | None:
-        values = value if isinstance(value, list) else [] if value is None else [value]
-        for layer, kept in enumerate(values):
+        for where, kept in _each(value):
             if kept < 1:
-                where = f"[{layer}]" if isinstance(value, list) else ""
-                raise ValueError(f"heads{where}: {kept} keeps no attention head; a layer keeps at least 1")
+                raise ValueError(f"{where}{kept} keeps no attention head; a layer keeps at least 1")
         return value
 
     @field_validator("ffn_ratio", "channel_ratio")
     @classmethod
     def _ratio_in_range(cls, value: float | list[float] | None) -> float | list[float] | None:
-        values = value if isinstance(value, list) else [] if value is None else [value]
-        for ratio in values:
+        for where, ratio in _each(value):
             if not 0 < ratio <= 1:
-                raise ValueError(f"{ratio:g} is not a share of units kept in (0, 1]")
+                raise ValueError(f"{where}{ratio:g} is not a share of units kept in (0, 1]")
         return value
 
     @model_validator(mode="after")
@@ -124,12 +137,19 @@ class DistillPass(ApiModel):
         description="Fewer training samples than this are refused: a student trained on so few learns them by heart.",
     )
     max_training_seconds: int = Field(
-        description="Wall-clock budget of the training loop; training stops when it is spent (counts into the Job's deadline).",
+        description=(
+            "Wall-clock budget of the training loop in seconds, at least 1; training stops when it is spent. "
+            "It counts into the Job's deadline (optimization.deadlineSeconds)."
+        ),
+        # The bound is checked by `_budget_positive` (its message says why); the schema carries it for the API server.
+        json_schema_extra={"minimum": 1},
     )
     epochs: float = Field(default=3.0, gt=0, le=1000, description="Passes over the training data, unless the budget ends first.")
     batch_size: int = Field(default=32, ge=1, le=4096, description="Training batch size.")
     learning_rate: float = Field(default=1e-4, gt=0, le=1, description="AdamW learning rate (linear warm-up and decay).")
-    seed: int = Field(default=0, ge=0, description="Seed of the data order and of every random choice: the same inputs make the same student.")
+    seed: int = Field(
+        default=0, ge=0, description="Seed of the data order and of every random choice: the same inputs make the same student."
+    )
     temperature: float = Field(default=2.0, gt=0, le=100, description="Softmax temperature of the KL loss (classification).")
     label_weight: float = Field(
         default=0.5,
@@ -140,7 +160,9 @@ class DistillPass(ApiModel):
     hidden_weight: float = Field(
         default=0.0,
         ge=0,
-        description="Weight of an MSE between the student's encoder layer outputs and the teacher layers they came from (0: off).",
+        description=(
+            "Weight of an MSE between the student's encoder layer outputs and the teacher layers they came from (0: off)."
+        ),
     )
     sequence_length: int = Field(default=128, ge=8, le=8192, description="Longest training sequence in tokens (text models).")
 
@@ -155,12 +177,12 @@ class DistillPass(ApiModel):
     @classmethod
     def _layers_valid(cls, value: int | list[int] | None) -> int | list[int] | None:
         if isinstance(value, int) and value < 1:
-            raise ValueError(f"{value}: a student keeps at least 1 encoder layer")
+            raise ValueError(f"{value} keeps no encoder layer; a student keeps at least 1")
         if isinstance(value, list):
             if not value:
-                raise ValueError("[]: a student keeps at least 1 encoder layer")
+                raise ValueError("an empty list keeps no encoder layer; a student keeps at least 1")
             if any(index < 0 for index in value) or sorted(set(value)) != value:
-                raise ValueError(f"{value}: teacher layer indices, each at most once, in increasing order")
+                raise ValueError(f"{value} are not teacher layer indices, each at most once, in increasing order")
         return value
 
     @model_validator(mode="after")

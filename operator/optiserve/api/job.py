@@ -8,6 +8,8 @@ report next to the artifact.
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
@@ -24,6 +26,42 @@ from optiserve.api.spec import (
 
 JOB_API_VERSION: Literal["optiserve.io/job/v1"] = "optiserve.io/job/v1"
 TERMINATION_MESSAGE_LIMIT = 4096
+
+# While the Job runs, its log is the one channel to the operator (the pod has no API credentials):
+# when a pass starts, the job writes the line `pass <i>/<n>: <type>` (its progress log, after the
+# logging prefix), and the operator reads the running pass from the tail of the pod's log.
+_PASS_LINE = re.compile(r"(?:^|\s)pass (?P<index>\d{1,3})/(?P<total>\d{1,3}): (?P<type>[a-z][a-z0-9_-]{0,31})\s*$")
+
+
+@dataclass(frozen=True)
+class RunningPass:
+    index: int
+    """Counted from 1."""
+    total: int
+    type: str
+
+    @property
+    def label(self) -> str:
+        """As status.optimization.currentPass shows it: `2/4 distill`."""
+        return f"{self.index}/{self.total} {self.type}"
+
+
+def pass_line(index: int, total: int, pass_type: str) -> str:
+    """The progress line a job writes when its pass `index` (from 1) of `total` starts."""
+    return f"pass {index}/{total}: {pass_type}"
+
+
+def running_pass(log: str) -> RunningPass | None:
+    """The last pass a job's log says started; None for a log without a pass line (not started, or
+    still loading the model). Anything else in the log (training progress, warnings) is ignored."""
+    for line in reversed(log.splitlines()):
+        found = _PASS_LINE.search(line)
+        if found is None:
+            continue
+        index, total = int(found["index"]), int(found["total"])
+        if 1 <= index <= total:
+            return RunningPass(index, total, found["type"])
+    return None
 
 
 class JobRequest(ApiModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,17 @@ class ManifestError(ValueError):
         super().__init__(f"{source}: " + "; ".join(errors))
 
 
+_UNION_MEMBER = re.compile(r"^(?:int|float|str|bool|list\[.+\]|dict\[.+\])$")
+"""The member pydantic names in the location of an error in a plain union (`int | list[int]`)."""
+
+
 def _format_location(loc: tuple[int | str, ...], union_tags: frozenset[str]) -> str:
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in union_tags:
-            continue  # pydantic inserts the discriminator value into the location
+        elif part in union_tags or _UNION_MEMBER.match(part):
+            continue  # pydantic inserts the discriminator value, or the union member, into the location
         else:
             path += f".{part}" if path else part
     return path
@@ -36,16 +41,27 @@ def _format_location(loc: tuple[int | str, ...], union_tags: frozenset[str]) -> 
 _PASS_TAGS = frozenset(PASS_TYPES)
 
 
+_FIELD_PREFIX = re.compile(r"^(?P<field>(?:[A-Za-z]\w*|\[\d+\])(?:\.[A-Za-z]\w*|\[\d+\])*): (?P<message>.*)$", re.DOTALL)
+"""A validator's message that starts with the field it is about: `field: reason`, `a.b[2]: reason`, or
+`[2]: reason` (an item of the field being validated)."""
+
+
+def _located(where: str, message: str) -> tuple[str, str]:
+    """Cross-field validators name their field in the message as 'field: reason': move it into the location."""
+    match = _FIELD_PREFIX.match(message)
+    if match is None:
+        return where, message
+    sub = match["field"]
+    joined = f"{where}{sub}" if sub.startswith("[") or not where else f"{where}.{sub}"
+    return joined, match["message"]
+
+
 def format_validation_error(error: ValidationError) -> list[str]:
     """One line per error, naming the field as it is written in YAML (camelCase, with indexes)."""
     lines = []
     for item in error.errors():
         where = _format_location(tuple(item["loc"]), _PASS_TAGS)
-        message = str(item["msg"]).removeprefix("Value error, ")
-        # Cross-field validators name their field in the message as 'field: reason'.
-        if ": " in message and message.split(": ", 1)[0].replace(".", "").replace("[", "").replace("]", "").isalnum():
-            sub, message = message.split(": ", 1)
-            where = f"{where}.{sub}" if where else sub
+        where, message = _located(where, str(item["msg"]).removeprefix("Value error, "))
         lines.append(f"{where or '<root>'}: {message}")
     return lines
 

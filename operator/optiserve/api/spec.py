@@ -6,13 +6,14 @@ Every field carries a description, because it becomes `kubectl explain` output.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Final, Literal, get_args
 
 from pydantic import Field, model_validator
 
 from optiserve.api.base import ApiModel
-from optiserve.api.compression import DistillPass, PrunePass
+from optiserve.api.compression import TRAINING_PASS_TYPES, DistillPass, PrunePass
 from optiserve.api.rollout import RolloutSpec
 
 API_GROUP = "optiserve.io"
@@ -224,14 +225,37 @@ PASS_CONFIGS: Final[tuple[type[ApiModel], ...]] = get_args(get_args(Pass)[0])
 PASS_TYPES: Final[tuple[str, ...]] = tuple(pass_type(config) for config in PASS_CONFIGS)
 TORCH_PASSES: Final[tuple[type[ApiModel], ...]] = (PrunePass, DistillPass)
 """Passes that change the PyTorch module: they come before the export pass."""
+TORCH_PASS_TYPES: Final[tuple[str, ...]] = tuple(pass_type(config) for config in TORCH_PASSES)
 JOB_RESERVE_SECONDS: Final = 600
 """What a Job's deadline keeps for everything but training: loading, export, validation, benchmark, publish."""
+MAX_PASSES: Final = 16
+"""Passes in one spec at most: bounds what the API server's CEL rules over the list may cost."""
+
+
+def first_onnx_pass(passes: Sequence[Pass]) -> int:
+    """Where the ONNX passes begin: the index of the first pass that is not a PyTorch pass
+    (`len(passes)` when there is none). The export pass belongs exactly there."""
+    return next((index for index, step in enumerate(passes) if not isinstance(step, TORCH_PASSES)), len(passes))
+
+
+def training_budgets(passes: Sequence[Pass]) -> list[tuple[int, int]]:
+    """(index, maxTrainingSeconds) of every pass that trains, in order."""
+    return [(index, step.max_training_seconds) for index, step in enumerate(passes) if isinstance(step, DistillPass)]
+
+
+def trains(passes: Sequence[Pass]) -> bool:
+    """Whether any pass trains the model (its Job then gets the training resources)."""
+    return any(step.type in TRAINING_PASS_TYPES for step in passes)
 
 
 class OptimizationSpec(ApiModel):
     passes: list[Pass] = Field(
         default_factory=list,
-        description="Passes, applied in order: prune and distill on the PyTorch model, then export, then the ONNX passes.",
+        max_length=MAX_PASSES,
+        description=(
+            "Passes, applied in order: prune and distill on the PyTorch model, then export, then the ONNX passes "
+            f"(at most {MAX_PASSES})."
+        ),
     )
     deadline_seconds: int = Field(
         default=3600,
@@ -245,7 +269,7 @@ class OptimizationSpec(ApiModel):
 
     @model_validator(mode="after")
     def _check_deadline(self) -> OptimizationSpec:
-        training = [(i, p.max_training_seconds) for i, p in enumerate(self.passes) if isinstance(p, DistillPass)]
+        training = training_budgets(self.passes)
         total = sum(seconds for _, seconds in training)
         if training and total + JOB_RESERVE_SECONDS > self.deadline_seconds:
             fields = " + ".join(f"optimization.passes[{i}].maxTrainingSeconds ({s} s)" for i, s in training)
@@ -436,24 +460,41 @@ class OptimizedModelSpec(ApiModel):
 
     @model_validator(mode="after")
     def _check_passes(self) -> OptimizedModelSpec:
-        quantize_count = sum(isinstance(p, QuantizePass) for p in self.optimization.passes)
-        if quantize_count > 1:
-            raise ValueError("optimization.passes: at most one quantize pass")
         passes = self.optimization.passes
-        first_onnx = next((i for i, p in enumerate(passes) if not isinstance(p, TORCH_PASSES)), len(passes))
-        for index, step in enumerate(passes):
-            if isinstance(step, TORCH_PASSES) and index > first_onnx:
-                raise ValueError(
-                    f"optimization.passes[{index}]: {step.type} changes the PyTorch model, so it comes before "
-                    f"export and the ONNX passes (passes[{first_onnx}] is {passes[first_onnx].type})"
-                )
-            if isinstance(step, ExportPass) and index != first_onnx:
-                raise ValueError(f"optimization.passes[{index}]: export must come first after prune and distill")
-            if isinstance(step, TORCH_PASSES) and self.model.format is ModelFormat.ONNX:
-                raise ValueError(
-                    f"optimization.passes[{index}]: {step.type} needs the PyTorch model; model.format onnx has none"
-                )
+        if sum(isinstance(step, QuantizePass) for step in passes) > 1:
+            raise ValueError("optimization.passes: at most one quantize pass")
+        _refuse_torch_passes_without_torch_model(passes, self.model.format)
+        _refuse_torch_passes_after_onnx_passes(passes)
+        _refuse_export_out_of_place(passes)
         return self
+
+
+def _refuse_torch_passes_without_torch_model(passes: Sequence[Pass], model_format: ModelFormat) -> None:
+    if model_format is not ModelFormat.ONNX:
+        return
+    for index, step in enumerate(passes):
+        if isinstance(step, TORCH_PASSES):
+            raise ValueError(f"optimization.passes[{index}]: {step.type} needs the PyTorch model; model.format onnx has none")
+
+
+def _refuse_torch_passes_after_onnx_passes(passes: Sequence[Pass]) -> None:
+    first_onnx = first_onnx_pass(passes)
+    for index, step in enumerate(passes[first_onnx:], start=first_onnx):
+        if isinstance(step, TORCH_PASSES):
+            raise ValueError(
+                f"optimization.passes[{index}]: {step.type} changes the PyTorch model, so it comes before "
+                f"export and the ONNX passes (passes[{first_onnx}] is {passes[first_onnx].type})"
+            )
+
+
+def _refuse_export_out_of_place(passes: Sequence[Pass]) -> None:
+    first_onnx = first_onnx_pass(passes)
+    for index, step in enumerate(passes):
+        if isinstance(step, ExportPass) and index != first_onnx:
+            raise ValueError(
+                f"optimization.passes[{index}]: export must be the first pass after prune and distill, and only once "
+                f"(passes[{first_onnx}] is {passes[first_onnx].type})"
+            )
 
 
 class ObjectMeta(ApiModel):

@@ -45,6 +45,14 @@ class OptimizationSummary(ApiModel):
     accuracy_delta: float | None = Field(default=None, description="Candidate minus baseline label accuracy.")
     fidelity_mean: float | None = Field(default=None, description="Mean fidelity to the unoptimized model.")
     fidelity_min: float | None = Field(default=None, description="Worst single-sample fidelity.")
+    current_pass: str | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "While the optimization Job runs: the pass it is in, as <i>/<n> <type> (e.g. 2/4 distill), read from "
+            "the Job's log; gone once the Job ended."
+        ),
+    )
 
 
 class CanaryStatus(ApiModel):

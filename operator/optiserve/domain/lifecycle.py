@@ -48,6 +48,8 @@ class JobObservation:
     state: JobState
     result: JobResult | None = None
     failure: str = ""
+    current_pass: str | None = None
+    """While it runs: the pass it is in, as `2/4 distill` (from its log); None where not known."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,8 @@ def _optimizing(observed: Observed, job: JobObservation | None) -> Decision:
             requeue_after_s=0,
         )
     message = f"optimization job for generation {observed.generation} is running"
+    if job is not None and job.current_pass:
+        message += f": pass {job.current_pass}"
     return Decision(
         Phase.OPTIMIZING, "JobRunning", message, want=frozenset({Child.JOB}), remove_stale=True, requeue_after_s=POLL_S
     )

@@ -34,7 +34,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from optiserve.api.crd import PLURAL
-from optiserve.api.job import JobResult
+from optiserve.api.job import JobResult, RunningPass, running_pass
 from optiserve.api.spec import API_GROUP, API_VERSION, KIND
 from optiserve.domain.lifecycle import CandidateObservation, JobObservation, JobState
 from optiserve.errors import DEFAULT_RETRY_S, OptiServeError, PermanentError
@@ -59,6 +59,9 @@ CANDIDATE: Final = "candidate"
 COMPARATOR: Final = "comparator"
 
 MERGE_PATCH: Final = "application/merge-patch+json"
+LOG_TAIL_LINES: Final = 200
+"""How much of a running Job's log is read for its pass: the job's pass lines are a few per pass, but
+a pass may log much in between (training progress); an older pass line out of the tail changes nothing."""
 
 # Pod states that will not fix themselves: worth reporting while a candidate is not ready.
 STUCK_WAITING_REASONS = frozenset(
@@ -218,6 +221,18 @@ def _first_container_status(pod: Mapping[str, Any]) -> dict[str, Any]:
     return next((s for s in statuses if s.get("name") == first), statuses[0] if statuses else {})
 
 
+def _container_started(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's (first) container has run at all, so that it has a log to read."""
+    state = _first_container_status(pod).get("state") or {}
+    return isinstance(state, dict) and bool(state.get("running") or state.get("terminated"))
+
+
+def _newest_started(pods: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The newest pod whose container has started (a Job's retry replaces a failed pod)."""
+    started = [pod for pod in pods if _container_started(pod)]
+    return max(started, key=lambda pod: str(_meta(pod).get("creationTimestamp", ""))) if started else None
+
+
 def job_result_from_pods(pods: Iterable[Mapping[str, Any]]) -> tuple[JobResult | None, str]:
     """The JobResult in the termination message of the newest finished pod, or why there is none."""
     newest_first = sorted(pods, key=lambda p: str(_meta(p).get("creationTimestamp", "")), reverse=True)
@@ -363,7 +378,18 @@ class KubeClient:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
+        return self._send(method, path, headers, query, body)
+
+    def _get_text(self, path: str, query: list[tuple[str, str]]) -> str:
+        """A GET whose answer is plain text (a pod's log), not a JSON object."""
+        data = self._send("GET", path, {"Accept": "text/plain"}, query, None)
+        return bytes(data).decode("utf-8", errors="replace")
+
+    def _send(
+        self, method: str, path: str, headers: dict[str, str], query: list[tuple[str, str]] | None, body: Object | None
+    ) -> Any:
         what = f"{method} {path}"
+        response_type = "object" if headers.get("Accept") == "application/json" else "bytearray"
         try:
             request = self._api.param_serialize(
                 method=method,
@@ -375,7 +401,7 @@ class KubeClient:
             )
             response = self._api.call_api(*request, _request_timeout=self._timeout)
             response.read()  # type: ignore[no-untyped-call]
-            return self._api.response_deserialize(response, {"2XX": "object"}).data
+            return self._api.response_deserialize(response, {"2XX": response_type}).data
         except ApiException as e:
             raise classify_api_error(e, what) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
@@ -429,16 +455,36 @@ class KubeClient:
     # --- observations --------------------------------------------------------------------------
 
     def observe_job(self, namespace: str, model: str, generation: int) -> JobObservation | None:
-        """The optimization Job of this generation, with its result once it finished."""
+        """The optimization Job of this generation: while it runs, the pass its log says it is in;
+        once it finished, its result."""
         name = job_name(model, generation)
         job = self.get(JOBS, namespace, name)
         if job is None:
             return None
         state, failure = job_state(job)
         if state is JobState.RUNNING:
-            return JobObservation(generation, state)
+            running = self.observe_running_pass(namespace, name)
+            return JobObservation(generation, state, current_pass=running.label if running is not None else None)
         result, problem = job_result_from_pods(self.select(PODS, namespace, _selector({JOB_NAME_LABEL: name})))
         return JobObservation(generation, state, result, "; ".join(part for part in (failure, problem) if part))
+
+    def observe_running_pass(self, namespace: str, job: str) -> RunningPass | None:
+        """The pass the Job's newest started pod last wrote it began (`optiserve.api.job.running_pass`),
+        from the tail of its log. None, and no error, where there is nothing to read yet or it cannot
+        be read: no pod, a container not started, a log without a pass line, an API refusal or outage
+        (the pass is a detail of the status; the reconcile goes on without it)."""
+        try:
+            pod = _newest_started(self.select(PODS, namespace, _selector({JOB_NAME_LABEL: job})))
+            if pod is None:
+                return None
+            container = _first_container_status(pod).get("name")
+            query = [("tailLines", str(LOG_TAIL_LINES))] + ([("container", str(container))] if container else [])
+            log = self._get_text(PODS.path(namespace, str(_meta(pod).get("name", "")), "log"), query)
+        except OptiServeError as e:
+            level = logging.WARNING if isinstance(e, ApiError) and e.status == 403 else logging.DEBUG
+            logger.log(level, "the running pass of job %s/%s is unknown: %s", namespace, job, e)
+            return None
+        return running_pass(log)
 
     def observe_candidate(self, namespace: str, model: str) -> CandidateState | None:
         """The candidate Deployment: its generation, artifact, readiness, and why it is stuck."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 
 from optiserve.api.job import JobRequest, JobResult
-from optiserve.api.spec import TORCH_PASSES, ExportPass, ModelFormat
+from optiserve.api.spec import ExportPass, ModelFormat, first_onnx_pass
 from optiserve_jobs import repository
 from optiserve_jobs.benchmark import evidence, run_benchmark
 from optiserve_jobs.datasets import Dataset, load_dataset
@@ -72,8 +72,7 @@ class _Job:
     def _run_passes(self, source: SourceModel, validation: Dataset) -> Path:
         configs = list(self.request.passes)
         if source.format is not ModelFormat.ONNX and not any(isinstance(c, ExportPass) for c in configs):
-            first_onnx = next((i for i, c in enumerate(configs) if not isinstance(c, TORCH_PASSES)), len(configs))
-            configs.insert(first_onnx, ExportPass(type="export"))
+            configs.insert(first_onnx_pass(configs), ExportPass(type="export"))
         context = PassContext(
             work_dir=self.work_dir,
             source=source,

@@ -32,8 +32,8 @@ def _tiny_bert(seed: int = 0) -> SentenceEmbedding:
         intermediate_size=64,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
-        attn_implementation="eager",
     )
+    config._attn_implementation = "eager"
     return SentenceEmbedding(BertModel(config), NAMES).eval()
 
 
@@ -49,7 +49,8 @@ def _tokens(count: int, seed: int = 1) -> Dataset:
 
 def _embed(module: torch.nn.Module, data: Dataset) -> torch.Tensor:
     with torch.inference_mode():
-        return module(*(torch.from_numpy(data.inputs[n]) for n in NAMES))
+        output: torch.Tensor = module(*(torch.from_numpy(data.inputs[n]) for n in NAMES))
+    return output
 
 
 def test_a_removed_head_equals_a_head_whose_output_is_zeroed() -> None:

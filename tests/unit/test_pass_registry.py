@@ -12,12 +12,20 @@ from optiserve_jobs.passes import REGISTRY, build_pass
 
 def test_every_pass_of_the_spec_is_registered_and_nothing_else() -> None:
     assert set(REGISTRY) == set(PASS_CONFIGS)
-    assert PASS_TYPES == ("export", "graph", "fp16", "quantize", "tensorrt")
+    assert PASS_TYPES == ("prune", "distill", "export", "graph", "fp16", "quantize", "tensorrt")
+
+
+REQUIRED_FIELDS = {
+    "prune": {"heads": 4, "importance": "magnitude"},
+    "distill": {"datasetUri": "train.txt", "maxTrainingSeconds": 60},
+}
+"""The fields a pass cannot do without (a prune target, a distill corpus and budget)."""
 
 
 def test_each_configuration_builds_its_own_implementation() -> None:
     for config_model, implementation in REGISTRY.items():
-        config = OptimizationSpec.model_validate({"passes": [{"type": pass_type(config_model)}]}).passes[0]
+        tag = pass_type(config_model)
+        config = OptimizationSpec.model_validate({"passes": [{"type": tag, **REQUIRED_FIELDS.get(tag, {})}]}).passes[0]
         assert type(config) is config_model
         built = build_pass(config)
         assert type(built) is implementation

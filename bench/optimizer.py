@@ -1,10 +1,14 @@
 """Benchmark the optimization job's variants side by side, in one run, on the same threads.
 
 MiniLM (batch 1 and 8, sequence 128): PyTorch FP32 eager, ONNX Runtime FP32, fused FP32, plain
-dynamic INT8 (per-channel), and OptiServe's pipeline (fusion + smoothing + dynamic INT8), each in
-its own worker process, alternating rounds; plus fidelity of each to the PyTorch embeddings on the
-validation sentences (never used for calibration). Digits: PyTorch against static INT8, with
-label accuracy. Prints JSON and a markdown table; `--out DIR` also writes results.json/results.md.
+dynamic INT8 (per-channel), OptiServe's pipeline (smoothing + dynamic INT8), and the compressed
+variants: pruned (heads and FFN neurons) + recovery distillation + the same INT8, and a layer-dropped
+student (3 of 6 layers) distilled + INT8; each in its own worker process, alternating rounds; plus
+fidelity of each to the PyTorch embeddings on the validation sentences (never used for calibration
+or training) and the Spearman correlation of their pairwise similarities with the teacher's.
+Digits: PyTorch against static INT8, and channel-pruned + distilled + static INT8, with label
+accuracy. `--training-seconds` sets each distillation's budget. Prints JSON and a markdown table;
+`--out DIR` also writes results.json/results.md.
 
 `--busy N` times every variant twice in the same run: as the machine is, then beside N processes
 that only spin (a shared machine). Each row then says under which load it was measured, the paired
@@ -24,7 +28,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from optiserve.api.spec import BenchmarkSpec, ExportPass, GraphPass, ModelSpec, QuantizePass
+import numpy as np
+
+from optiserve.api.compression import DistillPass, PrunePass
+from optiserve.api.spec import BenchmarkSpec, ExportPass, GraphPass, ModelSpec, QuantizePass, Task
 from optiserve.local.processes import busy_processes
 from optiserve_jobs.benchmark import evidence, run_benchmark
 from optiserve_jobs.datasets import Dataset, load_dataset
@@ -38,6 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MINILM = ROOT / "examples/minilm"
 DIGITS = ROOT / "examples/digits"
 OPTISERVE = "optiserve int8 (smoothed)"  # the pipeline of examples/minilm/optimizedmodel.yaml
+PRUNED = "pruned + distilled + int8"
+STUDENT = "3-layer student + int8"
+DIGITS_PRUNED = "pruned + distilled + static int8"
 
 
 def _context(work: Path, source: SourceModel, validation: Dataset, threads: int) -> PassContext:
@@ -57,12 +67,31 @@ def _chain(context: PassContext, start: Path, configs: list[Any]) -> Path:
     return current
 
 
-def _minilm_variants(work: Path, threads: int) -> tuple[SourceModel, Dataset, dict[str, Path]]:
+def _compressed(calibration: dict[str, Any], seconds: int, quantize: QuantizePass) -> dict[str, list[Any]]:
+    train = {"datasetUri": str(MINILM / "data/train.txt"), "maxTrainingSeconds": seconds, "epochs": 3}
+    prune = {"type": "prune", "heads": 8, "ffnRatio": 0.5, "datasetUri": calibration["datasetUri"]}
+    return {
+        PRUNED: [
+            PrunePass.model_validate(prune),
+            DistillPass.model_validate({"type": "distill", **train}),
+            ExportPass(type="export"),
+            quantize,
+        ],
+        STUDENT: [
+            DistillPass.model_validate({"type": "distill", "layers": 3, "learningRate": 2e-4, **train}),
+            ExportPass(type="export"),
+            quantize,
+        ],
+    }
+
+
+def _minilm_variants(work: Path, threads: int, seconds: int) -> tuple[SourceModel, Dataset, dict[str, Path]]:
     spec = ModelSpec.model_validate({"uri": str(MINILM / "model"), "format": "huggingface", "task": "embedding"})
     source = load_source_model(spec, base_dir=None, download_dir=work)
     validation = load_dataset(MINILM / "data/validation.txt", source, limit=200)
     calibration = {"datasetUri": str(MINILM / "data/calibration.txt"), "samples": 200}
     variants: dict[str, Path] = {}
+    smoothed = QuantizePass.model_validate({"type": "quantize", "smoothing": {"alpha": 0.75}, "calibration": calibration})
     pipelines: dict[str, list[Any]] = {
         "onnxruntime fp32": [ExportPass(type="export")],
         "onnxruntime fp32 fused": [ExportPass(type="export"), GraphPass(type="graph")],
@@ -78,11 +107,9 @@ def _minilm_variants(work: Path, threads: int) -> tuple[SourceModel, Dataset, di
                 {"type": "quantize", "smoothing": {"alpha": 0.75, "minOutlierRatio": 0}, "calibration": calibration}
             ),
         ],
-        OPTISERVE: [
-            ExportPass(type="export"),
-            QuantizePass.model_validate({"type": "quantize", "smoothing": {"alpha": 0.75}, "calibration": calibration}),
-        ],
+        OPTISERVE: [ExportPass(type="export"), smoothed],
     }
+    pipelines |= _compressed(calibration, seconds, smoothed)
     for name, configs in pipelines.items():
         variant_dir = work / "".join(c if c.isalnum() else "_" for c in name)
         variant_dir.mkdir()
@@ -107,11 +134,40 @@ def _digits_variants(work: Path, threads: int) -> tuple[SourceModel, Dataset, di
         {"type": "quantize", "mode": "static", "calibration": {"datasetUri": str(DIGITS / "artifacts/calibration.npz")}}
     )
     context = _context(work, source, validation, threads)
-    return (
-        source,
-        validation,
-        {"static int8": _chain(context, source.path, [ExportPass(type="export"), GraphPass(type="graph"), static])},
-    )
+    variants = {"static int8": _chain(context, source.path, [ExportPass(type="export"), GraphPass(type="graph"), static])}
+    pruned_dir = work / "pruned"
+    pruned_dir.mkdir()
+    compress = [
+        PrunePass.model_validate({"type": "prune", "channelRatio": 0.5, "datasetUri": str(DIGITS / "artifacts/calibration.npz")}),
+        DistillPass.model_validate(
+            {
+                "type": "distill",
+                "datasetUri": str(DIGITS / "artifacts/train.npz"),
+                "maxTrainingSeconds": 120,
+                "epochs": 100,
+                "batchSize": 64,
+                "learningRate": 0.002,
+                "temperature": 4,
+                "labelWeight": 0.2,
+            }
+        ),
+    ]
+    chain = [*compress, ExportPass(type="export"), GraphPass(type="graph"), static]
+    variants[DIGITS_PRUNED] = _chain(_context(pruned_dir, source, validation, threads), source.path, chain)
+    return source, validation, variants
+
+
+def similarity_spearman(reference: np.ndarray, outputs: np.ndarray) -> float:
+    """Spearman correlation of the pairwise cosine similarities of the validation sentences: how well a
+    variant keeps the teacher's ranking of which sentences are alike (a retrieval-quality proxy)."""
+    from scipy.stats import spearmanr
+
+    def similarities(embeddings: np.ndarray) -> np.ndarray:
+        unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+        pairs: np.ndarray = (unit @ unit.T)[np.triu_indices(len(unit), 1)]
+        return pairs
+
+    return float(spearmanr(similarities(reference), similarities(outputs)).statistic)
 
 
 def _quality(source: SourceModel, validation: Dataset, variants: dict[str, Path], threads: int) -> dict[str, dict[str, float]]:
@@ -121,6 +177,8 @@ def _quality(source: SourceModel, validation: Dataset, variants: dict[str, Path]
         outputs = reference if path is None else run_all(OrtRunner(path, threads=threads), validation)
         found = fidelity(source.spec.task, reference, outputs)
         row = {"fidelity_mean": found.mean, "fidelity_min": found.min, "max_abs_error": found.max_abs_error}
+        if source.spec.task is Task.EMBEDDING:
+            row["spearman"] = similarity_spearman(reference, outputs)
         if validation.labels is not None:
             row["accuracy"] = accuracy(outputs, validation.labels)
         quality[name] = row
@@ -193,6 +251,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
         "peak_rss_mb",
         "fidelity_mean",
         "fidelity_min",
+        "spearman",
         "accuracy",
     ]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -207,13 +266,14 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--busy", type=int, default=0, help="also time everything beside N spinning processes")
+    parser.add_argument("--training-seconds", type=int, default=420, help="budget of each MiniLM distillation")
     args = parser.parse_args()
     loads = [0, args.busy] if args.busy else [0]
     spec = BenchmarkSpec(batch_sizes=[1, 8], threads=args.threads, warmup=10, iterations=args.iterations, repeats=args.repeats)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="optiserve-bench-") as tmp:
         print("MiniLM: building variants", file=sys.stderr)
-        source, validation, variants = _minilm_variants(Path(tmp), args.threads)
+        source, validation, variants = _minilm_variants(Path(tmp), args.threads, args.training_seconds)
         quality = _quality(source, validation, variants, args.threads)
         for busy in loads:
             with busy_processes(busy):
@@ -232,7 +292,14 @@ def main() -> None:
         "optiserve_vs_plain_dynamic_int8_p50": round(minilm[OPTISERVE]["p50_ms"] / minilm["plain dynamic int8"]["p50_ms"], 3),
         "optiserve_speedup_vs_pytorch_batch1": minilm[OPTISERVE]["speedup_vs_pytorch"],
         "plain_dynamic_int8_speedup_vs_pytorch_batch1": minilm["plain dynamic int8"]["speedup_vs_pytorch"],
+        "pruned_vs_optiserve_int8_p50_batch1": round(minilm[PRUNED]["p50_ms"] / minilm[OPTISERVE]["p50_ms"], 3),
+        "student_speedup_vs_optiserve_int8_batch1": round(minilm[OPTISERVE]["p50_ms"] / minilm[STUDENT]["p50_ms"], 3),
+        "student_speedup_vs_pytorch_batch1": minilm[STUDENT]["speedup_vs_pytorch"],
     }
+    digits = {r["variant"]: r for r in rows if r["model"] == "digits" and r["batch"] == 32 and r["busy"] == 0}
+    ratios["digits_pruned_vs_static_int8_p50_batch32"] = round(
+        digits[DIGITS_PRUNED]["p50_ms"] / digits["static int8"]["p50_ms"], 3
+    )
     result = {
         "machine": machine_report().model_dump(),
         "threads": args.threads,

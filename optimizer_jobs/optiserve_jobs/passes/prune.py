@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,18 +74,19 @@ class Prune:
         parts = []
         if self.config.heads is not None:
             counts = targets.head_counts(self.config.heads, encoder.num_heads, f"{field}.heads")
-            chosen = targets.choose([s.heads for s in scores], counts, self.config.scope)
-            for layer, kept in zip(encoder.bert_layers, chosen, strict=True):
-                heads.keep_heads(layer, kept)
-            parts.append("heads kept per layer " + "/".join(str(len(k)) for k in chosen))
+            parts.append("heads " + self._keep(encoder, [s.heads for s in scores], counts, heads.keep_heads))
         if self.config.ffn_ratio is not None:
             counts = targets.ratio_counts(self.config.ffn_ratio, encoder.ffn_sizes, f"{field}.ffnRatio")
-            chosen = targets.choose([s.neurons for s in scores], counts, self.config.scope)
-            for layer, kept in zip(encoder.bert_layers, chosen, strict=True):
-                heads.keep_neurons(layer, kept)
-            parts.append("FFN neurons kept per layer " + "/".join(str(len(k)) for k in chosen))
+            parts.append("FFN neurons " + self._keep(encoder, [s.neurons for s in scores], counts, heads.keep_neurons))
         how = "activation importance" if data is not None else "weight magnitude"
         return f"{', '.join(parts)} ({how}, scope {self.config.scope.value})"
+
+    def _keep(self, encoder: Encoder, scores: list[np.ndarray], counts: list[int], keep: Callable[[Any, list[int]], None]) -> str:
+        """Keep the chosen units of each layer; says how many each kept."""
+        chosen = targets.choose(scores, counts, self.config.scope)
+        for layer, kept in zip(encoder.bert_layers, chosen, strict=True):
+            keep(layer, kept)
+        return "kept per layer " + "/".join(str(len(k)) for k in chosen)
 
     def _prune_channels(self, module: nn.Module, data: Dataset | None, names: list[str], context: PassContext) -> str:
         assert self.config.channel_ratio is not None

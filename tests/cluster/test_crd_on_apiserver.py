@@ -181,6 +181,9 @@ def test_object_read_back_from_the_server_parses_with_the_operator_models(object
 # --- CEL rules (x-kubernetes-validations) enforced by the server -----------------------------------------------------
 
 _PASSES = "spec.optimization.passes"
+_HF = {"uri": "model", "format": "huggingface", "task": "embedding"}
+_PRUNE = {"type": "prune", "heads": 8, "importance": "magnitude"}
+_DISTILL = {"type": "distill", "datasetUri": "train.txt", "maxTrainingSeconds": 600}
 CEL_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     (
         "static-quantize-without-calibration",
@@ -204,7 +207,43 @@ CEL_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "export-not-first",
         {"optimization": {"passes": [{"type": "graph"}, {"type": "export"}]}},
         _PASSES,
-        "export must be the first pass, and only once",
+        "export must be the first pass after prune and distill, and only once",
+    ),
+    (
+        "export-twice",
+        {"optimization": {"passes": [{"type": "export"}, {"type": "export"}]}},
+        _PASSES,
+        "export must be the first pass after prune and distill, and only once",
+    ),
+    (
+        "export-after-graph-behind-prune",
+        {"model": _HF, "optimization": {"passes": [_PRUNE, {"type": "graph"}, {"type": "export"}]}},
+        _PASSES,
+        "export must be the first pass after prune and distill, and only once",
+    ),
+    (
+        "prune-after-export",
+        {"model": _HF, "optimization": {"passes": [{"type": "export"}, _PRUNE]}},
+        _PASSES,
+        "prune and distill change the PyTorch model",
+    ),
+    (
+        "distill-without-data",
+        {"model": _HF, "optimization": {"passes": [{"type": "distill", "maxTrainingSeconds": 60}]}},
+        f"{_PASSES}[0]",
+        "datasetUri: required for a distill pass",
+    ),
+    (
+        "budget-over-the-deadline",
+        {"model": _HF, "optimization": {"deadlineSeconds": 900, "passes": [{**_DISTILL, "maxTrainingSeconds": 600}]}},
+        "spec.optimization",
+        "deadlineSeconds: must hold every maxTrainingSeconds",
+    ),
+    (
+        "prune-on-an-onnx-model",
+        {"optimization": {"passes": [_PRUNE]}},
+        "spec",
+        "optimization.passes: prune and distill need the PyTorch model",
     ),
     (
         "steps-decreasing",
@@ -282,8 +321,23 @@ def test_cel_rule_rejects_with_its_message(objects: Any, case: str, patch: dict[
             }
         },
         {"rollout": {"analysis": {"metrics": [{"name": "queue", "query": "sum(x)", "max": 3}]}}},
+        {
+            "model": _HF,
+            "optimization": {
+                "deadlineSeconds": 1200,
+                "passes": [_PRUNE, _DISTILL, {"type": "export"}, {"type": "quantize"}],
+            },
+        },
+        {"model": _HF, "optimization": {"passes": [_PRUNE, {"type": "quantize"}]}},
     ],
-    ids=["steps-10-50-100", "steps-100", "export-then-static-quantize", "custom-metric-with-query"],
+    ids=[
+        "steps-10-50-100",
+        "steps-100",
+        "export-then-static-quantize",
+        "custom-metric-with-query",
+        "prune-distill-export-quantize",
+        "prune-then-quantize-export-implied",
+    ],
 )
 def test_cel_rules_let_valid_objects_through(objects: Any, patch: dict[str, Any], request: pytest.FixtureRequest) -> None:
     name = "valid-" + str(request.node.callspec.id)

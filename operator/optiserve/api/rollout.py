@@ -79,6 +79,7 @@ class MetricName(StrEnum):
 class AnalysisMetric(ApiModel):
     name: str = Field(
         min_length=1,
+        max_length=63,
         description="latency, errorRate, agreement, accuracy (built-in Triton and comparator queries) or any name with a query.",
     )
     query: str | None = Field(default=None, description="Custom PromQL; {{variant}} is replaced by baseline or candidate.")
@@ -136,7 +137,9 @@ class AnalysisSpec(ApiModel):
     )
     prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec, description="Where the metrics are.")
     metrics: list[AnalysisMetric] = Field(
-        default_factory=list, description="What is judged; candidate against the baseline running at the same time."
+        default_factory=list,
+        max_length=16,
+        description="What is judged; candidate against the baseline running at the same time."
     )
     failure_limit: int = Field(default=1, ge=0, description="Roll back when a metric failed in more intervals than this.")
     inconclusive_limit: int = Field(

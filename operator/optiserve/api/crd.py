@@ -267,6 +267,12 @@ def _untyped(node: Schema) -> Schema:
     return {**kept, "x-kubernetes-preserve-unknown-fields": True}
 
 
+def _bound_enum_length(node: Schema) -> None:
+    """The API server bounds a CEL rule's cost by each string's maxLength; an enum's longest value is one."""
+    if node.get("type") == "string" and "enum" in node and "maxLength" not in node:
+        node["maxLength"] = max(len(str(value)) for value in node["enum"])
+
+
 def _structural(node: Any) -> Any:
     if isinstance(node, list):
         return [_structural(item) for item in node]
@@ -275,9 +281,7 @@ def _structural(node: Any) -> Any:
     node = dict(node)
     if "const" in node:
         node["enum"] = [node.pop("const")]
-    if node.get("type") == "string" and "enum" in node and "maxLength" not in node:
-        # The API server bounds a CEL rule's cost by each string's maxLength; an enum's longest value is one.
-        node["maxLength"] = max(len(str(value)) for value in node["enum"])
+    _bound_enum_length(node)
     if "oneOf" in node or ("anyOf" in node and not any(v.get("type") == "null" for v in node["anyOf"])):
         variants = [_structural(v) for v in node.pop("oneOf", None) or node.pop("anyOf")]
         node = {**_merge_variants(variants), **{k: v for k, v in node.items() if k not in _DROP}}

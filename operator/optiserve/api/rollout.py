@@ -139,7 +139,7 @@ class AnalysisSpec(ApiModel):
     metrics: list[AnalysisMetric] = Field(
         default_factory=list,
         max_length=16,
-        description="What is judged; candidate against the baseline running at the same time."
+        description="What is judged; candidate against the baseline running at the same time.",
     )
     failure_limit: int = Field(default=1, ge=0, description="Roll back when a metric failed in more intervals than this.")
     inconclusive_limit: int = Field(

@@ -57,12 +57,19 @@ def _context(work: Path, source: SourceModel, validation: Dataset, threads: int)
     return PassContext(work, source, source.path.parent, threads, validation.take(8), load)
 
 
+PASS_LOG: list[dict[str, Any]] = []
+"""Every pass the run made: variant, pass, detail and facts (training steps and seconds among them)."""
+
+
 def _chain(context: PassContext, start: Path, configs: list[Any]) -> Path:
     current = start
     for index, config in enumerate(configs):
         outcome = build_pass(config).run(current, context, index + 10 * len(context.work_dir.name))
         if outcome.output is None:
             raise RuntimeError(f"{config.type}: {outcome.status.value}: {outcome.detail}")
+        if config.type in ("prune", "distill"):
+            print(f"  {context.work_dir.name}: {config.type}: {outcome.detail}", file=sys.stderr, flush=True)
+        PASS_LOG.append({"variant": context.work_dir.name, "pass": config.type, "detail": outcome.detail, **outcome.facts})
         current = outcome.output
     return current
 
@@ -331,6 +338,7 @@ def main() -> None:
         "busy": args.busy,
         "ratios": ratios,
         "rows": rows,
+        "passes": PASS_LOG,
     }
     table = _markdown(rows)
     print(json.dumps(result, indent=2))

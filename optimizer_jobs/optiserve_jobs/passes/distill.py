@@ -53,6 +53,7 @@ class Distill:
             output,
             self._detail(result, kept, len(data), agreement),
             training_seconds=result.seconds,
+            teacher_seconds=result.teacher_seconds,
             training_steps=result.steps,
             planned_steps=result.planned_steps,
             first_loss=round(result.first_loss or 0.0, 6),

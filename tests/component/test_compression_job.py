@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from optiserve.cli import main
 from optiserve_jobs import repository
-from tests.support.models import FAST_BENCHMARK, NO_SPEED_GATE, manifest
+from tests.support.models import DIGITS_MODEL, FAST_BENCHMARK, NO_SPEED_GATE, manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples/digits"
@@ -23,14 +23,7 @@ TORCH_FACTORIES = Path(__file__).with_name("torch_factories.py")
 
 def _digits_spec(passes: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "model": {
-            "uri": str(DIGITS / "artifacts/digits_cnn.pt"),
-            "format": "pytorch",
-            "entrypoint": f"{DIGITS / 'model.py'}:build",
-            "task": "classification",
-            "inputs": [{"name": "image", "shape": [1, 8, 8]}],
-            "outputs": ["logits"],
-        },
+        "model": dict(DIGITS_MODEL),
         "optimization": {"passes": passes},
         "validation": {"datasetUri": str(DIGITS / "artifacts/validation.npz"), "maxDegradation": 0.03, **NO_SPEED_GATE},
         "benchmark": FAST_BENCHMARK | {"batchSizes": [1, 32]},

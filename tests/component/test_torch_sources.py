@@ -12,7 +12,7 @@ import yaml
 
 from optiserve.cli import main
 from tests.component.torch_factories import TinyClassifier
-from tests.support.models import FAST_BENCHMARK, NO_SPEED_GATE, manifest, tiny_dataset
+from tests.support.models import DIGITS_MODEL, FAST_BENCHMARK, NO_SPEED_GATE, manifest, tiny_dataset
 
 INPUTS = [{"name": "x", "shape": [8], "dtype": "float32"}]
 
@@ -83,14 +83,7 @@ def test_export_numerical_check_fails_beyond_tolerance(tmp_path: Path) -> None:
     """The digits CNN exports with a max abs error around 1e-6: a zero tolerance must fail the pass."""
     digits = Path(__file__).resolve().parents[2] / "examples/digits"
     spec = {
-        "model": {
-            "uri": str(digits / "artifacts/digits_cnn.pt"),
-            "format": "pytorch",
-            "entrypoint": f"{digits / 'model.py'}:build",
-            "task": "classification",
-            "inputs": [{"name": "image", "shape": [1, 8, 8]}],
-            "outputs": ["logits"],
-        },
+        "model": dict(DIGITS_MODEL),
         "optimization": {"passes": [{"type": "export", "atol": 0.0, "rtol": 0.0}]},
         "validation": {"datasetUri": str(digits / "artifacts/validation.npz"), **NO_SPEED_GATE},
         "benchmark": FAST_BENCHMARK,

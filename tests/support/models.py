@@ -48,6 +48,16 @@ def manifest(spec: dict[str, Any], name: str = "tiny") -> dict[str, Any]:
     return {"apiVersion": "optiserve.io/v1alpha1", "kind": "OptimizedModel", "metadata": {"name": name}, "spec": spec}
 
 
+DIGITS = REPO_ROOT / "examples/digits"
+DIGITS_MODEL = {
+    "uri": str(DIGITS / "artifacts/digits_cnn.pt"),
+    "format": "pytorch",
+    "entrypoint": f"{DIGITS / 'model.py'}:build",
+    "task": "classification",
+    "inputs": [{"name": "image", "shape": [1, 8, 8]}],
+    "outputs": ["logits"],
+}
+"""The digits example's CNN as a `spec.model`: a PyTorch module from its factory, labelled classes."""
 FAST_BENCHMARK = {"batchSizes": [1, 4], "threads": 2, "warmup": 2, "iterations": 3, "repeats": 2, "profile": True}
 NO_SPEED_GATE = {"minSpeedup": 0}
 """For jobs in tests that are not about speed: their verdict must not hang on this machine's load."""

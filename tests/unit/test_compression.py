@@ -11,7 +11,7 @@ from transformers import BertConfig, BertModel
 
 from optiserve.api.compression import DistillPass, PruneScope
 from optiserve.api.spec import Task
-from optiserve_jobs.compression import channels, heads, refit, targets
+from optiserve_jobs.compression import channels, heads, targets
 from optiserve_jobs.compression.encoder import find_encoder
 from optiserve_jobs.compression.training import Distiller, epoch_batches
 from optiserve_jobs.datasets import Dataset
@@ -191,23 +191,3 @@ def test_channel_pruning_slices_coupled_layers_and_keeps_the_output_shape() -> N
     assert model.features[1].num_features == 4  # the BatchNorm after the first conv
     assert model.head[1].in_features == 4 * 4 * 4  # the Linear after the Flatten
     assert model(*example).shape == (2, 10)
-
-
-def test_refitting_the_output_projections_brings_a_pruned_encoder_closer_to_its_source() -> None:
-    source = _tiny_bert()
-    calibration, held_out = _tokens(200, seed=3), _tokens(64, seed=4)
-    pruned = copy.deepcopy(source)
-    encoder = find_encoder(pruned)
-    assert encoder is not None
-    for layer in encoder.bert_layers:
-        heads.keep_heads(layer, [0, 2])
-        heads.keep_neurons(layer, list(range(0, 64, 2)))
-    shapes = [tuple(p.shape) for p in pruned.parameters()]
-    reference = _embed(source, held_out)
-    removed_error = float((_embed(pruned, held_out) - reference).norm())
-    result = refit.refit_encoder(source, pruned, calibration, NAMES)
-    refitted_error = float((_embed(pruned, held_out) - reference).norm())
-    assert result.projections == 6
-    assert result.tokens == int(calibration.inputs["attention_mask"].sum())
-    assert refitted_error < 0.8 * removed_error, (removed_error, refitted_error)
-    assert [tuple(p.shape) for p in pruned.parameters()] == shapes

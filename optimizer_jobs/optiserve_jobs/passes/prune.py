@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from optiserve.api.compression import Importance, PrunePass
-from optiserve_jobs.compression import channels, heads, refit, targets
+from optiserve_jobs.compression import channels, heads, targets
 from optiserve_jobs.compression.encoder import Encoder, find_encoder, tensors
 from optiserve_jobs.datasets import Dataset
 from optiserve_jobs.errors import PassError, SourceError
@@ -37,8 +37,6 @@ class Prune:
         params = parameter_count(module)
         if encoder is not None:
             detail = self._prune_encoder(module, encoder, data, names, field)
-            if data is not None:
-                detail += self._refit(before, module, data, context)
         else:
             detail = self._prune_channels(module, data, names, context)
         agreement = output_agreement(before, module, context)
@@ -82,15 +80,6 @@ class Prune:
             parts.append("FFN neurons " + self._keep(encoder, [s.neurons for s in scores], counts, heads.keep_neurons))
         how = "activation importance" if data is not None else "weight magnitude"
         return f"{', '.join(parts)} ({how}, scope {self.config.scope.value})"
-
-    def _refit(self, before: nn.Module, module: nn.Module, data: Dataset, context: PassContext) -> str:
-        """Refit the output projections towards the model before this pass; says how close it was before the refit."""
-        removed = output_agreement(before, module, context)
-        result = refit.refit_encoder(before, module, data, [i.name for i in context.source.inputs])
-        return (
-            f"; {result.projections} output projections refitted by least squares on {result.tokens} "
-            f"calibration tokens ({removed} before the refit)"
-        )
 
     def _keep(self, encoder: Encoder, scores: list[np.ndarray], counts: list[int], keep: Callable[[Any, list[int]], None]) -> str:
         """Keep the chosen units of each layer; says how many each kept."""

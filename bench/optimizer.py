@@ -17,6 +17,7 @@ interval (`vs_1x`: above, below, within-noise, or too-few undisturbed pairs for 
 
     python bench/optimizer.py --out bench/results
     python bench/optimizer.py --busy 2
+    python bench/optimizer.py --model smollm --out bench/results   (the language model: bench/smollm.py)
 """
 
 from __future__ import annotations
@@ -297,7 +298,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--busy", type=int, default=0, help="also time everything beside N spinning processes")
     parser.add_argument("--training-seconds", type=int, default=420, help="budget of each MiniLM distillation")
+    parser.add_argument(
+        "--model",
+        choices=["encoders", "smollm"],
+        default="encoders",
+        help="encoders: MiniLM and digits (default); smollm: the language model's weight-only variants",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="smollm: clean paired benchmark rounds")
     args = parser.parse_args()
+    if args.model == "smollm":
+        _smollm(args)
+        return
     loads = [0, args.busy] if args.busy else [0]
     spec = BenchmarkSpec(batch_sizes=[1, 8], threads=args.threads, warmup=10, iterations=args.iterations, repeats=args.repeats)
     rows: list[dict[str, Any]] = []
@@ -348,6 +359,20 @@ def main() -> None:
         (args.out / "optimizer.json").write_text(json.dumps(result, indent=2))
         (args.out / "optimizer.md").write_text(table + "\n\n" + json.dumps(ratios, indent=2) + "\n")
         pareto_chart(rows, args.out / "pareto.png")
+
+
+def _smollm(args: argparse.Namespace) -> None:
+    from smollm import run  # beside this script
+
+    with tempfile.TemporaryDirectory(prefix="optiserve-bench-smollm-") as tmp:
+        found, table = run(Path(tmp), args.threads, args.rounds)
+    result = {"machine": machine_report().model_dump(), "threads": args.threads, **found}
+    print(json.dumps(result, indent=2))
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "smollm.json").write_text(json.dumps(result, indent=2))
+        (args.out / "smollm.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -38,5 +38,6 @@ fi
 
 "$VENV/bin/python" examples/minilm/prepare.py
 "$VENV/bin/python" examples/digits/prepare.py
+"$VENV/bin/python" examples/smollm/prepare.py
 scripts/setup_triton.sh
 scripts/setup_helm.sh

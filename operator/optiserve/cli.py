@@ -55,7 +55,7 @@ def _validate(args: argparse.Namespace) -> int:
         return 1
     console.print(f"{args.file}: OptimizedModel '{manifest.metadata.name}' is valid", highlight=False)
     console.print("offline gates the job applies:", highlight=False)
-    for gate in manifest.spec.validation.gates():
+    for gate in manifest.spec.validation.gates(manifest.spec.model.task):
         console.print(f"  {gate}", highlight=False)
     _print_canary_timing(manifest)
     return 0
@@ -134,6 +134,31 @@ def _print_summary(report: dict[str, Any]) -> None:
         )
 
 
+def _print_generation(report: dict[str, Any]) -> None:
+    """A text-generation job's benchmark: time to first token, inter-token latency, decode speed."""
+    benchmark = (report.get("generation") or {}).get("benchmark")
+    if not benchmark:
+        return
+    variants = benchmark["variants"]
+    lengths = sorted(variants[0]["ttft_ms"], key=int)
+    batches = sorted(variants[0]["decode_tokens_per_s"], key=int)
+    rows = [
+        [
+            v["name"],
+            v["runtime"],
+            *(f"{v['ttft_ms'][n]:.1f}" for n in lengths),
+            f"{v['itl_ms_p50']:.2f}",
+            f"{v['itl_ms_p90']:.2f}",
+            *(f"{v['decode_tokens_per_s'][b]:.1f}" for b in batches),
+            f"{v['size_bytes'] / 1e6:.1f}",
+        ]
+        for v in variants
+    ]
+    columns = ["variant", "runtime", *(f"TTFT@{n} ms" for n in lengths), "ITL p50 ms", "ITL p90 ms"]
+    columns += [*(f"tok/s x{b}" for b in batches), "MB"]
+    console.print(_table(f"generation benchmark ({benchmark['threads']} threads)", columns, rows))
+
+
 def _optimize(args: argparse.Namespace) -> int:
     from optiserve_jobs.job import run_job  # the data plane: heavy imports only for this command
 
@@ -143,14 +168,17 @@ def _optimize(args: argparse.Namespace) -> int:
     request = job_request_from_manifest(manifest, base_dir=str(args.file.resolve().parent))
     with console.status("optimizing") as status:
         report, result = run_job(request, args.out, progress=lambda msg: status.update(f"optimizing: {msg}"))
-    _print_summary(report.model_dump(mode="json"))
+    summary = report.model_dump(mode="json")
+    _print_summary(summary)
+    _print_generation(summary)
     if not result.passed:
         console.print(f"[red]failed[/red]: {result.reason}", highlight=False)
         console.print(f"report: {args.out / 'report.json'} (no model repository was published)", highlight=False)
         return 1
     speedup = f"{result.speedup_p50:.2f}x" if result.speedup_p50 else "n/a"
+    size_ratio = f"{result.size_ratio:.3f}" if result.size_ratio is not None else "n/a"
     console.print(
-        f"[green]passed[/green]: speedup {speedup}, size ratio {result.size_ratio:.3f}; "
+        f"[green]passed[/green]: speedup {speedup}, size ratio {size_ratio}; "
         f"repository {result.artifact.uri if result.artifact else '-'}",
         highlight=False,
     )

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import onnx
 
-from optiserve.api.job import JobRequest, JobResult
-from optiserve.api.spec import ExportPass, ModelFormat, first_onnx_pass
+from optiserve.api.job import ArtifactRef, JobRequest, JobResult
+from optiserve.api.spec import ExportPass, ModelFormat, Task, first_onnx_pass
 from optiserve_jobs import repository
 from optiserve_jobs.benchmark import evidence, run_benchmark
 from optiserve_jobs.datasets import Dataset, load_dataset
@@ -199,32 +199,54 @@ def run_job(request: JobRequest, out_dir: Path, progress: Progress = lambda _: N
     job = _Job(request, out_dir, work_dir, progress)
     report = job.report
     try:
-        candidate, validation = job.run()
-        progress("publishing the Triton model repository")
-        text_inputs = job_source_is_text(request)
-        served_inputs = repository.read_model_io(candidate, text_inputs).inputs
-        report.artifact = repository.publish(
-            out_dir,
-            candidate,
-            repository.PublishSettings(
-                name=request.name,
-                triton=request.triton,
-                benchmark_batch_sizes=request.benchmark.batch_sizes,
-                sequence_length=request.model.sequence_length,
-                text_inputs=text_inputs,
-            ),
-            golden_samples(validation, served_inputs, text_inputs=text_inputs),
-        )
+        run = _run_generative if request.model.task is Task.TEXT_GENERATION else _run_encoder
+        report.artifact = run(job)
         report.passed = True
     except JobError as e:
         report.reason = str(e)
     except Exception as e:  # an unexpected failure still ends in a report and a clear reason
         report.reason = f"{type(e).__name__}: {e}"
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    return _finish(report, out_dir, work_dir, started)
+
+
+def _run_encoder(job: _Job) -> ArtifactRef:
+    request = job.request
+    candidate, validation = job.run()
+    job.progress("publishing the Triton model repository")
+    text_inputs = job_source_is_text(request)
+    served_inputs = repository.read_model_io(candidate, text_inputs).inputs
+    return repository.publish(
+        job.out_dir,
+        candidate,
+        repository.PublishSettings(
+            name=request.name,
+            triton=request.triton,
+            benchmark_batch_sizes=request.benchmark.batch_sizes,
+            sequence_length=request.model.sequence_length,
+            text_inputs=text_inputs,
+        ),
+        golden_samples(validation, served_inputs, text_inputs=text_inputs),
+    )
+
+
+def _finish(report: Report, out_dir: Path, work_dir: Path, started: float) -> tuple[Report, JobResult]:
+    shutil.rmtree(work_dir, ignore_errors=True)
     report.seconds = round(time.perf_counter() - started, 2)
     report_path = write_report(report, out_dir)
     return report, _job_result(report, report_path)
+
+
+def _run_generative(job: _Job) -> ArtifactRef:
+    """The text-generation job (`generative.job`); its gates decide like the encoder job's."""
+    from optiserve_jobs.generative.job import GenerativeRun, run_generative_job
+    from optiserve_jobs.generative.publish import publish_generative
+
+    run = GenerativeRun(job.request, job.out_dir, job.work_dir, job.threads, job.report, job.progress)
+    candidate = run_generative_job(run)
+    _raise_on_failed(job.report.gates)
+    job.progress("publishing the generative model repository")
+    greedy = job.report.generation.greedy if job.report.generation else None
+    return publish_generative(job.out_dir, job.request.name, candidate.model, run.spec, greedy)
 
 
 def job_source_is_text(request: JobRequest) -> bool:

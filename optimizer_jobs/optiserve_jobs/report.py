@@ -18,6 +18,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field
 
 from optiserve.api.job import ArtifactRef
+from optiserve_jobs.generative.report import GenerationReport
 from optiserve_jobs.interference import cpu_allowance
 from optiserve_jobs.stability import Round
 
@@ -152,6 +153,8 @@ class Report(BaseModel):
     artifact: ArtifactRef | None = None
     validation_samples: int = 0
     seconds: float = 0.0
+    generation: GenerationReport | None = None
+    """Task text-generation: quality against the baseline, greedy agreement, flips, generation benchmark."""
 
 
 def machine_report() -> MachineReport:

@@ -26,6 +26,8 @@ from optiserve.golden import GOLDEN_FILE, GoldenSample, write_golden
 from optiserve.resources.triton_config import ModelIO, build_model_config, render_model_config
 
 READY_REQUEST = "ready_request.json"
+GOLDEN_GENERATION = "golden_generation.jsonl"
+"""A generative model's golden prompts with the baseline's greedy answers (`generative.publish`)."""
 _KSERVE_TYPES = {DType.FLOAT32: "FP32", DType.FLOAT16: "FP16", DType.INT64: "INT64", DType.INT32: "INT32"}
 REPOSITORIES = {backend: backend.repository for backend in TritonBackend}
 _PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
@@ -86,7 +88,7 @@ def ready_request(io: ModelIO, sequence_length: int) -> dict[str, object]:
     return {"inputs": inputs}
 
 
-def _manifest(root: Path) -> dict[str, dict[str, str | int]]:
+def file_manifest(root: Path) -> dict[str, dict[str, str | int]]:
     return {
         str(path.relative_to(root)): {"sha256": sha256_file(path), "size": path.stat().st_size}
         for path in sorted(root.rglob("*"))
@@ -108,7 +110,7 @@ def publish(out_dir: Path, model_path: Path, settings: PublishSettings, golden: 
         (staging / READY_REQUEST).write_text(json.dumps(ready_request(io, settings.sequence_length)))
         if golden:
             write_golden(staging / GOLDEN_FILE, golden)
-        manifest_text = json.dumps({"model": settings.name, "files": _manifest(staging)}, indent=2, sort_keys=True)
+        manifest_text = json.dumps({"model": settings.name, "files": file_manifest(staging)}, indent=2, sort_keys=True)
         (staging / MANIFEST).write_text(manifest_text)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # the old manifest goes first: no reader trusts a mix
         for directory in REPOSITORIES.values():
@@ -137,7 +139,7 @@ def seal(out_dir: Path, model: str) -> None:
     regression injected into its config.pbtxt): the copy is then checked like any published
     repository before it is served, and a later change to it is caught.
     """
-    text = json.dumps({"model": model, "files": _manifest(out_dir)}, indent=2, sort_keys=True)
+    text = json.dumps({"model": model, "files": file_manifest(out_dir)}, indent=2, sort_keys=True)
     staged = out_dir / f".{MANIFEST}.tmp"
     staged.write_text(text)
     staged.replace(out_dir / MANIFEST)
@@ -148,5 +150,6 @@ def remove_published(out_dir: Path) -> None:
     (out_dir / MANIFEST).unlink(missing_ok=True)
     (out_dir / READY_REQUEST).unlink(missing_ok=True)
     (out_dir / GOLDEN_FILE).unlink(missing_ok=True)
+    (out_dir / GOLDEN_GENERATION).unlink(missing_ok=True)
     for directory in REPOSITORIES.values():
         shutil.rmtree(out_dir / directory, ignore_errors=True)

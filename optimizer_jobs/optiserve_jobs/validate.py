@@ -35,12 +35,12 @@ def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
     return float((outputs.argmax(axis=-1) == labels).mean())
 
 
-def _at_least(name: str, value: float | None, threshold: float) -> Gate:
+def at_least(name: str, value: float | None, threshold: float) -> Gate:
     passed = value is not None and np.isfinite(value) and value >= threshold
     return Gate(name, bool(passed), value, threshold, ">=")
 
 
-def _at_most(name: str, value: float | None, threshold: float) -> Gate:
+def at_most(name: str, value: float | None, threshold: float) -> Gate:
     passed = value is not None and np.isfinite(value) and value <= threshold
     return Gate(name, bool(passed), value, threshold, "<=")
 
@@ -52,7 +52,7 @@ def speed_threshold(spec: ValidationSpec) -> float | None:
     return 1.0 if spec.min_speedup is None else spec.min_speedup
 
 
-def _speed_gate(spec: ValidationSpec, speed: SpeedEvidence | None) -> Gate | None:
+def speed_gate(spec: ValidationSpec, speed: SpeedEvidence | None) -> Gate | None:
     """The speed gate the spec asks for (or the default one), judged on the paired rounds' interval.
 
     Explicit `minSpeedup`: passed above the interval's reach, failed below it, inconclusive when
@@ -84,16 +84,16 @@ def evaluate_gates(
     size_ratio: float,
 ) -> list[Gate]:
     """Every gate the spec asks for; a missing or non-finite measurement fails its gate, and speed
-    figures that cannot decide make the speed gate inconclusive (`_speed_gate`)."""
-    gates = [_at_least("fidelity_mean", found.mean, 1.0 - spec.max_degradation)]
+    figures that cannot decide make the speed gate inconclusive (`speed_gate`)."""
+    gates = [at_least("fidelity_mean", found.mean, 1.0 - spec.max_degradation)]
     if spec.min_worst_fidelity is not None:
-        gates.append(_at_least("fidelity_worst", found.min, spec.min_worst_fidelity))
+        gates.append(at_least("fidelity_worst", found.min, spec.min_worst_fidelity))
     if accuracy_pair is not None:
         baseline, candidate = accuracy_pair
-        gates.append(_at_most("accuracy_drop", baseline - candidate, spec.max_degradation))
-    speed_gate = _speed_gate(spec, speed)
-    if speed_gate is not None:
-        gates.append(speed_gate)
+        gates.append(at_most("accuracy_drop", baseline - candidate, spec.max_degradation))
+    judged = speed_gate(spec, speed)
+    if judged is not None:
+        gates.append(judged)
     if spec.max_size_ratio is not None:
-        gates.append(_at_most("size_ratio", size_ratio, spec.max_size_ratio))
+        gates.append(at_most("size_ratio", size_ratio, spec.max_size_ratio))
     return gates

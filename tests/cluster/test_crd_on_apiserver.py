@@ -183,6 +183,7 @@ def test_object_read_back_from_the_server_parses_with_the_operator_models(object
 _PASSES = "spec.optimization.passes"
 _HF = {"uri": "model", "format": "huggingface", "task": "embedding"}
 _PRUNE = {"type": "prune", "heads": 8, "importance": "magnitude"}
+_LLM = {"uri": "model", "format": "huggingface", "task": "text-generation"}
 _DISTILL = {"type": "distill", "datasetUri": "train.txt", "maxTrainingSeconds": 600}
 CEL_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     (
@@ -244,6 +245,51 @@ CEL_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         {"optimization": {"passes": [_PRUNE]}},
         "spec",
         "optimization.passes: prune and distill need the PyTorch model",
+    ),
+    (
+        "weightonly-on-an-encoder",
+        {"model": _HF, "optimization": {"passes": [{"type": "export"}, {"type": "weightonly"}]}},
+        "spec",
+        "optimization.passes: weightonly needs model.task text-generation",
+    ),
+    (
+        "an-encoder-pass-on-a-decoder",
+        {"model": _LLM, "optimization": {"passes": [{"type": "export"}, {"type": "quantize"}]}},
+        "spec",
+        "optimization.passes: a text-generation model takes only export and weightonly passes",
+    ),
+    (
+        "a-decoder-as-onnx",
+        {"model": {"uri": "m.onnx", "format": "onnx", "task": "text-generation"}},
+        "spec.model",
+        "format: task text-generation takes format huggingface",
+    ),
+    (
+        "gptq-without-calibration",
+        {"model": _LLM, "optimization": {"passes": [{"type": "weightonly", "bits": 4, "algorithm": "gptq"}]}},
+        f"{_PASSES}[0]",
+        "calibration: required for algorithm gptq",
+    ),
+    (
+        "gptq-at-8-bits",
+        {
+            "model": _LLM,
+            "optimization": {"passes": [{"type": "weightonly", "algorithm": "gptq", "calibration": {"datasetUri": "c.txt"}}]},
+        },
+        f"{_PASSES}[0]",
+        "bits: algorithm gptq writes 4-bit weights only",
+    ),
+    (
+        "keep-int8-at-8-bits",
+        {"model": _LLM, "optimization": {"passes": [{"type": "weightonly", "keepInt8": ["/lm_head/MatMul"]}]}},
+        f"{_PASSES}[0]",
+        "keepInt8: only with bits 4",
+    ),
+    (
+        "two-weightonly-passes",
+        {"model": _LLM, "optimization": {"passes": [{"type": "weightonly"}, {"type": "weightonly", "bits": 4}]}},
+        _PASSES,
+        "at most one weightonly pass",
     ),
     (
         "steps-decreasing",
@@ -329,6 +375,16 @@ def test_cel_rule_rejects_with_its_message(objects: Any, case: str, patch: dict[
             },
         },
         {"model": _HF, "optimization": {"passes": [_PRUNE, {"type": "quantize"}]}},
+        {
+            "model": _LLM,
+            "optimization": {
+                "passes": [
+                    {"type": "export"},
+                    {"type": "weightonly", "bits": 4, "algorithm": "kquant", "keepInt8": ["/lm_head/MatMul"]},
+                ]
+            },
+            "validation": {"datasetUri": "v.txt", "generation": {"tasksUri": "t.jsonl", "gates": {"maxKl": 0.02}}},
+        },
     ],
     ids=[
         "steps-10-50-100",
@@ -337,6 +393,7 @@ def test_cel_rule_rejects_with_its_message(objects: Any, case: str, patch: dict[
         "custom-metric-with-query",
         "prune-distill-export-quantize",
         "prune-then-quantize-export-implied",
+        "llm-export-then-int4-kquant",
     ],
 )
 def test_cel_rules_let_valid_objects_through(objects: Any, patch: dict[str, Any], request: pytest.FixtureRequest) -> None:

@@ -12,7 +12,7 @@ from optiserve_jobs.passes import REGISTRY, build_pass
 
 def test_every_pass_of_the_spec_is_registered_and_nothing_else() -> None:
     assert set(REGISTRY) == set(PASS_CONFIGS)
-    assert PASS_TYPES == ("prune", "distill", "export", "graph", "fp16", "quantize", "tensorrt")
+    assert PASS_TYPES == ("prune", "distill", "export", "graph", "fp16", "quantize", "tensorrt", "weightonly")
 
 
 REQUIRED_FIELDS = {

@@ -15,18 +15,41 @@ from typing import Any
 import yaml
 
 from optiserve.api.compression import TRAINING_PASS_TYPES, DistillPass
-from optiserve.api.spec import API_GROUP, API_VERSION, JOB_RESERVE_SECONDS, KIND, TORCH_PASS_TYPES, OptimizedModelSpec
+from optiserve.api.spec import (
+    API_GROUP,
+    API_VERSION,
+    GENERATIVE_PASS_TYPES,
+    JOB_RESERVE_SECONDS,
+    KIND,
+    TORCH_PASS_TYPES,
+    OptimizedModelSpec,
+)
 from optiserve.api.status import OptimizedModelStatus
 
 PLURAL = "optimizedmodels"
 Schema = dict[str, Any]
 
 _TORCH = "[" + ", ".join(f"'{tag}'" for tag in TORCH_PASS_TYPES) + "]"
+_GENERATIVE = "[" + ", ".join(f"'{tag}'" for tag in GENERATIVE_PASS_TYPES) + "]"
 _TRAINING = "[" + ", ".join(f"'{tag}'" for tag in TRAINING_PASS_TYPES) + "]"
 _DISTILL_SAMPLES = DistillPass.model_fields["samples"].default
 _DISTILL_MIN_SAMPLES = DistillPass.model_fields["min_samples"].default
 
 PASS_RULES = [
+    {
+        "rule": "self.type != 'weightonly' || !has(self.algorithm) || self.algorithm != 'gptq' || has(self.calibration)",
+        "message": "calibration: required for algorithm gptq",
+    },
+    {
+        "rule": "self.type != 'weightonly' || !has(self.algorithm) || self.algorithm != 'gptq' "
+        "|| (has(self.bits) && self.bits == 4)",
+        "message": "bits: algorithm gptq writes 4-bit weights only; set bits: 4",
+    },
+    {
+        "rule": "self.type != 'weightonly' || !has(self.keepInt8) || size(self.keepInt8) == 0 "
+        "|| (has(self.bits) && self.bits == 4)",
+        "message": "keepInt8: only with bits 4",
+    },
     {
         "rule": "self.type != 'quantize' || ((!has(self.mode) || self.mode != 'static') && !has(self.smoothing)) "
         "|| has(self.calibration)",
@@ -48,6 +71,7 @@ PASS_RULES = [
 _IS_TORCH = f"self.map(p, p.type in {_TORCH})"
 PASSES_RULES = [
     {"rule": "self.filter(p, p.type == 'quantize').size() <= 1", "message": "at most one quantize pass"},
+    {"rule": "self.filter(p, p.type == 'weightonly').size() <= 1", "message": "at most one weightonly pass"},
     {
         "rule": f"!self.exists(p, !(p.type in {_TORCH})) || {_IS_TORCH}.lastIndexOf(true) < {_IS_TORCH}.indexOf(false)",
         "message": "prune and distill change the PyTorch model: they come before export and the ONNX passes",
@@ -75,6 +99,16 @@ SPEC_RULES = [
         f"|| !self.optimization.passes.exists(p, p.type in {_TORCH})",
         "message": "optimization.passes: prune and distill need the PyTorch model; model.format onnx has none",
     },
+    {
+        "rule": "(has(self.model.task) && self.model.task == 'text-generation') || !has(self.optimization) "
+        "|| !has(self.optimization.passes) || !self.optimization.passes.exists(p, p.type == 'weightonly')",
+        "message": "optimization.passes: weightonly needs model.task text-generation",
+    },
+    {
+        "rule": "!has(self.model.task) || self.model.task != 'text-generation' || !has(self.optimization) "
+        f"|| !has(self.optimization.passes) || self.optimization.passes.all(p, p.type in {_GENERATIVE})",
+        "message": "optimization.passes: a text-generation model takes only export and weightonly passes",
+    },
 ]
 MODEL_RULES = [
     {
@@ -82,6 +116,10 @@ MODEL_RULES = [
         "message": "inputs: required for formats torchscript and pytorch (the export needs example inputs)",
     },
     {"rule": "self.format != 'pytorch' || has(self.entrypoint)", "message": "entrypoint: required for format pytorch"},
+    {
+        "rule": "!has(self.task) || self.task != 'text-generation' || self.format == 'huggingface'",
+        "message": "format: task text-generation takes format huggingface",
+    },
 ]
 STEPS_RULES = [
     {

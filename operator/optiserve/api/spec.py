@@ -13,7 +13,10 @@ from typing import Annotated, Final, Literal, get_args
 from pydantic import Field, model_validator
 
 from optiserve.api.base import ApiModel
+from optiserve.api.calibration import Calibration as Calibration  # re-exported: the spec's public names
+from optiserve.api.calibration import CalibrationMethod as CalibrationMethod
 from optiserve.api.compression import TRAINING_PASS_TYPES, DistillPass, PrunePass
+from optiserve.api.generation import GenerationValidation, WeightOnlyPass
 from optiserve.api.rollout import RolloutSpec
 
 API_GROUP = "optiserve.io"
@@ -32,6 +35,7 @@ class Task(StrEnum):
     EMBEDDING = "embedding"
     CLASSIFICATION = "classification"
     GENERIC = "generic"
+    TEXT_GENERATION = "text-generation"
 
 
 class DType(StrEnum):
@@ -64,7 +68,8 @@ class ModelSpec(ApiModel):
         default=Task.GENERIC,
         description=(
             "What the outputs mean; chooses the fidelity metric: embedding (cosine), "
-            "classification (top-1 agreement and label accuracy), generic (max abs error)."
+            "classification (top-1 agreement and label accuracy), generic (max abs error), text-generation "
+            "(a causal language model: exported with its KV cache, judged on perplexity, KL and top-1 agreement)."
         ),
     )
     entrypoint: str | None = Field(
@@ -139,19 +144,6 @@ class Fp16Pass(ApiModel):
     op_block_list: list[str] = Field(default_factory=list, description="Operator types kept in float32.")
 
 
-class CalibrationMethod(StrEnum):
-    MINMAX = "minmax"
-    ENTROPY = "entropy"
-    PERCENTILE = "percentile"
-
-
-class Calibration(ApiModel):
-    dataset_uri: str = Field(description="Calibration data (.txt, .jsonl or .npz); never the validation set.")
-    samples: int = Field(default=200, ge=1, le=100_000, description="How many calibration samples to use at most.")
-    method: CalibrationMethod = Field(default=CalibrationMethod.MINMAX, description="Range estimation method.")
-    percentile: float = Field(default=99.999, gt=90, le=100, description="Percentile for method percentile.")
-
-
 class Smoothing(ApiModel):
     alpha: float = Field(
         default=0.75,
@@ -207,7 +199,7 @@ class TensorRTPass(ApiModel):
 
 
 Pass = Annotated[
-    PrunePass | DistillPass | ExportPass | GraphPass | Fp16Pass | QuantizePass | TensorRTPass,
+    PrunePass | DistillPass | ExportPass | GraphPass | Fp16Pass | QuantizePass | TensorRTPass | WeightOnlyPass,
     Field(discriminator="type"),
 ]
 """Every optimization pass: the one list of them. A new pass is a configuration model added here
@@ -309,17 +301,25 @@ class ValidationSpec(ApiModel):
         ),
     )
     max_size_ratio: float | None = Field(default=None, gt=0, description="Largest allowed candidate/baseline size.")
+    generation: GenerationValidation = Field(
+        default_factory=GenerationValidation,
+        description="Task text-generation: how the language model is judged (the validation data is plain text).",
+    )
 
-    def gates(self) -> list[str]:
+    def gates(self, task: Task = Task.GENERIC) -> list[str]:
         """The gates this spec sets, defaults included, in words (`optiserve validate` prints them)."""
-        lines = [f"fidelity_mean >= {1.0 - self.max_degradation:g} (maxDegradation {self.max_degradation:g})"]
-        if self.min_worst_fidelity is not None:
-            lines.append(f"fidelity_worst >= {self.min_worst_fidelity:g}")
-        lines.append(f"accuracy_drop <= {self.max_degradation:g} (when the validation data has labels)")
+        if task is Task.TEXT_GENERATION:
+            lines = self.generation.gate_lines()
+        else:
+            lines = [f"fidelity_mean >= {1.0 - self.max_degradation:g} (maxDegradation {self.max_degradation:g})"]
+            if self.min_worst_fidelity is not None:
+                lines.append(f"fidelity_worst >= {self.min_worst_fidelity:g}")
+            lines.append(f"accuracy_drop <= {self.max_degradation:g} (when the validation data has labels)")
         if self.min_speedup is None:
             lines.append(f"{DEFAULT_SPEED_GATE} > 1 ({DEFAULT_SPEED_GATE_DETAIL})")
         elif self.min_speedup > 0:
-            lines.append(f"speedup_p50 >= {self.min_speedup:g} (median of the undisturbed paired rounds)")
+            measure = "decode tokens/s at batch 1" if task is Task.TEXT_GENERATION else "p50"
+            lines.append(f"speedup_p50 >= {self.min_speedup:g} ({measure}, median of the undisturbed paired rounds)")
         else:
             lines.append("no speed gate (minSpeedup: 0)")
         if self.max_size_ratio is not None:
@@ -466,7 +466,32 @@ class OptimizedModelSpec(ApiModel):
         _refuse_torch_passes_without_torch_model(passes, self.model.format)
         _refuse_torch_passes_after_onnx_passes(passes)
         _refuse_export_out_of_place(passes)
+        _check_generative(passes, self.model)
         return self
+
+
+GENERATIVE_PASSES: Final[tuple[type[ApiModel], ...]] = (ExportPass, WeightOnlyPass)
+"""What a text-generation model's pipeline may hold: the decoder export and weight-only quantization."""
+GENERATIVE_PASS_TYPES: Final[tuple[str, ...]] = tuple(pass_type(config) for config in GENERATIVE_PASSES)
+
+
+def _check_generative(passes: Sequence[Pass], model: ModelSpec) -> None:
+    generative = model.task is Task.TEXT_GENERATION
+    if generative and model.format is not ModelFormat.HUGGINGFACE:
+        raise ValueError(
+            f"model.format: task text-generation takes format huggingface (a model directory, or a GGUF file in one), "
+            f"not {model.format.value}"
+        )
+    for index, step in enumerate(passes):
+        if isinstance(step, WeightOnlyPass) and not generative:
+            raise ValueError(f"optimization.passes[{index}]: weightonly needs model.task text-generation")
+        if generative and not isinstance(step, GENERATIVE_PASSES):
+            raise ValueError(
+                f"optimization.passes[{index}]: {step.type} does not apply to a text-generation model "
+                "(its passes are export and weightonly)"
+            )
+    if sum(isinstance(step, WeightOnlyPass) for step in passes) > 1:
+        raise ValueError("optimization.passes: at most one weightonly pass")
 
 
 def _refuse_torch_passes_without_torch_model(passes: Sequence[Pass], model_format: ModelFormat) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from optiserve.api.base import ApiModel
 from optiserve.api.compression import DistillPass, PrunePass
+from optiserve.api.generation import WeightOnlyPass
 from optiserve.api.spec import ExportPass, Fp16Pass, GraphPass, Pass, QuantizePass, TensorRTPass, pass_type
 from optiserve_jobs.errors import PassError
 from optiserve_jobs.passes.base import OptimizationPass, PassContext, PassOutcome, PassStatus
@@ -23,6 +24,7 @@ from optiserve_jobs.passes.graph import Graph
 from optiserve_jobs.passes.prune import Prune
 from optiserve_jobs.passes.quantize import Quantize
 from optiserve_jobs.passes.tensorrt import TensorRT
+from optiserve_jobs.passes.weight_only import WeightOnly
 
 PassFactory = Callable[[Any], OptimizationPass]
 """An implementation's constructor; it takes its own configuration model (hence `Any` here)."""
@@ -35,6 +37,7 @@ REGISTRY: dict[type[ApiModel], PassFactory] = {
     Fp16Pass: Fp16,
     QuantizePass: Quantize,
     TensorRTPass: TensorRT,
+    WeightOnlyPass: WeightOnly,
 }
 
 

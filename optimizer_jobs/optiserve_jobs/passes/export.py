@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 import onnx
 
-from optiserve.api.spec import ExportPass, ModelFormat
+from optiserve.api.spec import ExportPass, ModelFormat, Task
 from optiserve_jobs.passes.base import PassContext, PassOutcome, save_model
 from optiserve_jobs.runners import OrtRunner, TorchRunner
 
@@ -342,6 +342,10 @@ class Export:
         self.config = config
 
     def run(self, model: Path, context: PassContext, index: int) -> PassOutcome:
+        if context.source.spec.task is Task.TEXT_GENERATION:
+            from optiserve_jobs.generative.export_pass import export_decoder
+
+            return export_decoder(self.config, context, index)
         import torch
 
         from optiserve_jobs.torch_models import load_torch_module

@@ -305,6 +305,7 @@ def main() -> None:
         help="encoders: MiniLM and digits (default); smollm: the language model's weight-only variants",
     )
     parser.add_argument("--rounds", type=int, default=3, help="smollm: clean paired benchmark rounds")
+    parser.add_argument("--gptq", action="store_true", help="smollm: also INT4 GPTQ (slow on a few cores)")
     args = parser.parse_args()
     if args.model == "smollm":
         _smollm(args)
@@ -362,10 +363,10 @@ def main() -> None:
 
 
 def _smollm(args: argparse.Namespace) -> None:
-    from smollm import run  # beside this script
+    from smollm import quality_speed_chart, run  # beside this script
 
     with tempfile.TemporaryDirectory(prefix="optiserve-bench-smollm-") as tmp:
-        found, table = run(Path(tmp), args.threads, args.rounds)
+        found, table = run(Path(tmp), args.threads, args.rounds, gptq=args.gptq)
     result = {"machine": machine_report().model_dump(), "threads": args.threads, **found}
     print(json.dumps(result, indent=2))
     print(table)
@@ -373,6 +374,7 @@ def _smollm(args: argparse.Namespace) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "smollm.json").write_text(json.dumps(result, indent=2))
         (args.out / "smollm.md").write_text(table + "\n")
+        quality_speed_chart(result, args.out / "smollm.png")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Variants: the source on PyTorch (FP32 weights dequantized from the Q4_1 GGUF: the baseline), the
 ONNX FP32 export, INT8 round-to-nearest, INT4 round-to-nearest (alone, and with the LM head kept
-at 8 bits), INT4 k-quant with the LM head at 8 bits, and INT4 GPTQ (calibrated on fortunes never
-used for validation). Quality of each against the baseline on held-out text (perplexity ratio, mean
+at 8 bits), INT4 k-quant with the LM head at 8 bits, and INT4 GPTQ (with --gptq; calibrated on
+fortunes never used for validation). Quality of each against the baseline on held-out text (perplexity ratio, mean
 KL, teacher-forced top-1), greedy agreement on the golden prompts, task flips, and whether the
 default gates pass; then one generation benchmark of all of them (each in its own process,
 alternating rounds): time to first token at 32/128/512-token prompts, inter-token latency, decode
@@ -34,6 +34,7 @@ from optiserve_jobs.generative.bench import (
 )
 from optiserve_jobs.generative.decoder import DecoderShape, OrtDecoder
 from optiserve_jobs.generative.evaluation import (
+    BaselineAnswers,
     PromptSettings,
     golden_answers,
     language_quality,
@@ -67,8 +68,10 @@ QUANTIZED: dict[str, WeightOnlyPass] = {
     "int4 rtn": _weight_only(4, WeightOnlyAlgorithm.RTN),
     "int4 rtn, lm_head int8": _weight_only(4, WeightOnlyAlgorithm.RTN, keep_int8=[LM_HEAD]),
     "int4 k-quant, lm_head int8": _weight_only(4, WeightOnlyAlgorithm.KQUANT, keep_int8=[LM_HEAD]),
-    "int4 gptq": _weight_only(4, WeightOnlyAlgorithm.GPTQ, calibration=CALIBRATION),
 }
+GPTQ = {"int4 gptq": _weight_only(4, WeightOnlyAlgorithm.GPTQ, calibration=CALIBRATION)}
+"""Only with --gptq: ONNX Runtime's GPTQ runs the whole model once per calibration sample for every
+MatMul it corrects, which takes long on 2 cores."""
 
 
 class _BaselineLogits:
@@ -91,7 +94,9 @@ class _BaselineLogits:
         return self._cache[key]
 
 
-def _variants(work: Path, threads: int, windows: list[np.ndarray]) -> tuple[Path, dict[str, Path], dict[str, dict[str, Any]]]:
+def _variants(
+    work: Path, threads: int, windows: list[np.ndarray], gptq: bool
+) -> tuple[Path, dict[str, Path], dict[str, dict[str, Any]]]:
     source = load_generative_source(SMOLLM / "model", work)
     spec = ModelSpec(uri=str(SMOLLM / "model"), format=ModelFormat.HUGGINGFACE, task=Task.TEXT_GENERATION)
     context = PassContext(
@@ -106,7 +111,8 @@ def _variants(work: Path, threads: int, windows: list[np.ndarray]) -> tuple[Path
     exported = build_pass(ExportPass(type="export", atol=1e-3, rtol=1e-3)).run(source.hf_dir, context, 0)
     assert exported.output is not None, exported.detail
     paths, passes = {FP32: exported.output}, {FP32: {"detail": exported.detail, "facts": exported.facts}}
-    for index, (name, config) in enumerate(QUANTIZED.items(), start=1):
+    configs = QUANTIZED | (GPTQ if gptq else {})
+    for index, (name, config) in enumerate(configs.items(), start=1):
         print(f"smollm: {name}", file=sys.stderr)
         outcome = build_pass(config).run(exported.output, context, index)
         passes[name] = {"status": outcome.status.value, "detail": outcome.detail, "facts": outcome.facts}
@@ -117,6 +123,7 @@ def _variants(work: Path, threads: int, windows: list[np.ndarray]) -> tuple[Path
 
 def _quality(hf_dir: Path, paths: dict[str, Path], windows: list[np.ndarray], threads: int) -> dict[str, dict[str, Any]]:
     baseline = _BaselineLogits(TorchDecoder(hf_dir, threads))
+    answers = BaselineAnswers(baseline)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
@@ -129,8 +136,8 @@ def _quality(hf_dir: Path, paths: dict[str, Path], windows: list[np.ndarray], th
         shape = DecoderShape.read(path.parent)
         settings = PromptSettings(True, SPEC.max_new_tokens, shape.context_length, shape.eos_token_ids)
         quality = language_quality(baseline, decoder, windows, lambda _: None)
-        greedy = golden_answers(baseline, decoder, tokenizer, prompts, settings, "golden prompts")
-        flips = task_flips(baseline, decoder, tokenizer, tasks, settings)
+        greedy = golden_answers(answers, decoder, tokenizer, prompts, settings, "golden prompts")
+        flips = task_flips(answers, decoder, tokenizer, tasks, settings)
         found[name] = {
             "quality": asdict(quality),
             "greedy_mean_agreeing_tokens": greedy.mean_agreeing_tokens,
@@ -147,7 +154,7 @@ def _passes(quality: LanguageQuality, flips: int, gates: GenerationGates = SPEC.
     return within and quality.top1_agreement >= gates.min_top1 and flips <= gates.max_flips_to_wrong
 
 
-def run(work: Path, threads: int, rounds: int) -> tuple[dict[str, Any], str]:
+def run(work: Path, threads: int, rounds: int, gptq: bool = False) -> tuple[dict[str, Any], str]:
     from transformers import AutoTokenizer
 
     source_texts = read_texts(SMOLLM / "data/validation.txt")
@@ -155,7 +162,7 @@ def run(work: Path, threads: int, rounds: int) -> tuple[dict[str, Any], str]:
     hf_probe = load_generative_source(SMOLLM / "model", work / "probe")
     tokenizer = AutoTokenizer.from_pretrained(str(hf_probe.hf_dir), local_files_only=True)
     windows = token_windows(source_texts, tokenizer, SPEC.context_tokens, SPEC.windows, "validation")
-    hf_dir, paths, passes = _variants(work / "variants", threads, windows)
+    hf_dir, paths, passes = _variants(work / "variants", threads, windows, gptq)
     quality = _quality(hf_dir, paths, windows, threads)
     variants = [GenerationVariant(BASELINE, hf_dir=hf_dir)] + [GenerationVariant(n, onnx_path=p) for n, p in paths.items()]
     settings = GenerationBenchSettings(rounds=rounds, max_rounds=rounds * 2)
@@ -188,3 +195,30 @@ def _quality_table(quality: dict[str, dict[str, Any]], ratios: dict[str, dict[st
             f"{r['decode_vs_onnx_fp32_batch1']:.2f}x / {r['decode_vs_onnx_fp32_batch8']:.2f}x |"
         )
     return "\n".join(lines)
+
+
+def quality_speed_chart(result: dict[str, Any], path: Path) -> None:
+    """Every ONNX variant: decode tokens/s at batch 1 against mean KL from the source (log scale;
+    right and down is better), the default gates' KL limit as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    speeds = {v["name"]: v["decode_tokens_per_s"]["1"] for v in result["benchmark"]["variants"]}
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for name, found in result["quality"].items():
+        kl = max(found["quality"]["mean_kl"], 1e-6)
+        marker = "o" if found["passes_default_gates"] else "x"
+        axes.scatter(speeds[name], kl, marker=marker)
+        axes.annotate(name, (speeds[name], kl), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    axes.axhline(SPEC.gates.max_kl, linestyle="--", linewidth=1, label=f"default gate: KL <= {SPEC.gates.max_kl:g}")
+    axes.set_yscale("log")
+    axes.set_xlabel("decode tokens/s at batch 1 (2 threads)")
+    axes.set_ylabel("mean KL from the source, nats per token")
+    axes.set_title("SmolLM2-135M: weight-only variants, quality against speed (x: refused by the gates)")
+    axes.legend(loc="upper left")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -126,13 +126,38 @@ class PromptSettings:
     eos: tuple[int, ...]
 
 
+class BaselineAnswers:
+    """The baseline's greedy answers, each computed once: several candidates are compared with the
+    same baseline (the benchmark's variants), and the source on PyTorch is the slowest decoder."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+        self._answers: dict[tuple[bytes, int], list[int]] = {}
+
+    def __call__(self, ids: np.ndarray, max_new: int, eos: Sequence[int]) -> list[int]:
+        key = (ids.tobytes(), max_new)
+        if key not in self._answers:
+            self._answers[key] = greedy(self.decoder, ids, max_new, eos)
+        return self._answers[key]
+
+
+def _answerer(baseline: Decoder | BaselineAnswers) -> BaselineAnswers:
+    return baseline if isinstance(baseline, BaselineAnswers) else BaselineAnswers(baseline)
+
+
 def golden_answers(
-    baseline: Decoder, candidate: Decoder, tokenizer: Any, prompts: Sequence[str], settings: PromptSettings, where: str
+    baseline: Decoder | BaselineAnswers,
+    candidate: Decoder,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    settings: PromptSettings,
+    where: str,
 ) -> GreedyAgreement:
+    answer = _answerer(baseline)
     answers = []
     for number, text in enumerate(prompts, start=1):
         ids = _prompt(tokenizer, text, settings, f"{where} prompt {number}")
-        base = greedy(baseline, ids, settings.max_new_tokens, settings.eos)
+        base = answer(ids, settings.max_new_tokens, settings.eos)
         cand = greedy(candidate, ids, settings.max_new_tokens, settings.eos)
         answers.append(GoldenAnswer(text, tokenizer.decode(base), tokenizer.decode(cand), base, agreeing_prefix(base, cand)))
     identical = sum(a.baseline_text == a.candidate_text for a in answers)
@@ -141,12 +166,17 @@ def golden_answers(
 
 
 def task_flips(
-    baseline: Decoder, candidate: Decoder, tokenizer: Any, tasks: Sequence[tuple[str, str]], settings: PromptSettings
+    baseline: Decoder | BaselineAnswers,
+    candidate: Decoder,
+    tokenizer: Any,
+    tasks: Sequence[tuple[str, str]],
+    settings: PromptSettings,
 ) -> Flips:
+    answer_of = _answerer(baseline)
     base_right, cand_right = [], []
     for number, (text, answer) in enumerate(tasks, start=1):
         ids = _prompt(tokenizer, text, settings, f"validation.generation.tasksUri task {number}")
-        base_right.append(answer_is_right(tokenizer.decode(greedy(baseline, ids, settings.max_new_tokens, settings.eos)), answer))
+        base_right.append(answer_is_right(tokenizer.decode(answer_of(ids, settings.max_new_tokens, settings.eos)), answer))
         cand_right.append(
             answer_is_right(tokenizer.decode(greedy(candidate, ids, settings.max_new_tokens, settings.eos)), answer)
         )

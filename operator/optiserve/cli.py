@@ -14,7 +14,7 @@ from rich.table import Table
 
 from optiserve.api.job import job_request_from_manifest
 from optiserve.api.manifest import ManifestError, load_manifest
-from optiserve.api.spec import OptimizedModel
+from optiserve.api.spec import OptimizedModel, Task
 from optiserve.comparator.command import add_comparator_arguments
 from optiserve.domain.analysis_spec import analysis_timing
 from optiserve.local.run_command import add_run_arguments
@@ -57,7 +57,14 @@ def _validate(args: argparse.Namespace) -> int:
     console.print("offline gates the job applies:", highlight=False)
     for gate in manifest.spec.validation.gates(manifest.spec.model.task):
         console.print(f"  {gate}", highlight=False)
-    _print_canary_timing(manifest)
+    if manifest.spec.model.task is Task.TEXT_GENERATION:
+        console.print(
+            "[yellow]warning[/yellow]: text-generation models are optimized and published, not yet served: "
+            "the operator stops after the job (ServingNotSupported) and `optiserve run` refuses them",
+            highlight=False,
+        )
+    else:
+        _print_canary_timing(manifest)
     return 0
 
 

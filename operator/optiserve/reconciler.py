@@ -22,7 +22,7 @@ from typing import Any, Literal
 from optiserve.api.job import ArtifactRef, JobResult, job_request_from_manifest
 from optiserve.api.manifest import ManifestError, parse_manifest
 from optiserve.api.rollout import TrafficProvider
-from optiserve.api.spec import API_GROUP, API_VERSION, KIND, OptimizedModel
+from optiserve.api.spec import API_GROUP, API_VERSION, KIND, OptimizedModel, Task
 from optiserve.api.status import OptimizedModelStatus, Phase
 from optiserve.canary_reconcile import SIGNAL_ANNOTATIONS, CanaryInputs, MetricsFactory, canary_decision_for, prometheus_metrics
 from optiserve.domain.lifecycle import (
@@ -263,11 +263,18 @@ def _observe(resource: Resource, context: ReconcileContext) -> Observation:
         baseline_exists=baseline is not None,
         replica_split=resource.manifest is not None
         and resource.manifest.spec.rollout.traffic.provider is TrafficProvider.REPLICAS,
+        serving_unsupported=_serving_unsupported(resource.manifest),
     )
     router, weight, error = None, None, ""
     if resource.manifest is not None and (ours or baseline is not None):
         router, weight, error = _observe_router(resource, context)
     return Observation(replace(observed, traffic_error=error), job, router, weight)
+
+
+def _serving_unsupported(manifest: OptimizedModel | None) -> str:
+    if manifest is not None and manifest.spec.model.task is Task.TEXT_GENERATION:
+        return "serving text-generation models (streaming Triton model, canary on time to first token) is not supported yet"
+    return ""
 
 
 def _canary_step(resource: Resource, context: ReconcileContext) -> CanaryStep:

@@ -3,13 +3,16 @@ naming its field, in the models and in `optiserve validate -f`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from optiserve.api.generation import AccuracyLevel, WeightOnlyAlgorithm, WeightOnlyPass
 from optiserve.api.manifest import ManifestError, parse_manifest
 from optiserve.api.spec import Task
+from optiserve.cli import main
 from tests.support.models import manifest
 
 LLM = {"uri": "model", "format": "huggingface", "task": "text-generation"}
@@ -89,3 +92,27 @@ def test_a_valid_llm_spec_parses_to_typed_passes_and_gates() -> None:
 def test_encoder_specs_keep_their_gates() -> None:
     spec = parse_manifest(manifest(_spec(model=ENCODER))).spec
     assert spec.validation.gates(spec.model.task)[0].startswith("fidelity_mean >= 0.99")
+
+
+def _manifest_file(tmp_path: Path) -> Path:
+    path = tmp_path / "om.yaml"
+    path.write_text(yaml.safe_dump(manifest(_spec(INT8))))
+    return path
+
+
+def test_validate_lists_the_llm_gates_and_says_the_model_is_not_served(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", "-f", str(_manifest_file(tmp_path))]) == 0
+    captured = capsys.readouterr()
+    out = " ".join((captured.out + captured.err).split())
+    assert "kl_mean <= 0.05" in out and "top1_agreement >= 0.9" in out
+    assert "not yet served: the operator stops after the job (ServingNotSupported)" in out
+
+
+def test_run_refuses_a_text_generation_model_before_starting_anything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "report"
+    assert main(["run", "-f", str(_manifest_file(tmp_path)), "--report", str(report)]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "spec.model.task: text-generation models cannot be served and canaried yet" in err
+    assert not report.exists()

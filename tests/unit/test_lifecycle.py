@@ -152,6 +152,18 @@ def test_failure_message_names_the_gate_and_keeps_the_baseline() -> None:
     assert decision.promote is None
 
 
+def test_a_model_that_cannot_be_served_yet_stops_after_its_job_naming_the_artifact() -> None:
+    why = "serving text-generation models is not supported yet"
+    running = decide(observed(Phase.OPTIMIZING, job=job(JobState.RUNNING), serving_unsupported=why), NOW)
+    assert running.phase is Phase.OPTIMIZING  # the job still runs: optimizing it is supported
+    decision = decide(observed(Phase.VALIDATING, job=job(JobState.SUCCEEDED, PASSED), serving_unsupported=why), NOW)
+    assert (decision.phase, decision.reason) == (Phase.FAILED, "ServingNotSupported")
+    assert "published at pvc://m/3" in decision.message and why in decision.message
+    assert Child.CANDIDATE not in decision.want and decision.promote is None and decision.weight is None
+    failed = decide(observed(Phase.VALIDATING, job=job(JobState.SUCCEEDED, GATE_FAILED), serving_unsupported=why), NOW)
+    assert failed.reason == "OptimizationFailed"  # a failed job says why it failed, not why serving would
+
+
 def test_first_promotion_carries_the_artifact() -> None:
     state = observed(Phase.DEPLOYING, promoted_sha256=None, job=job(JobState.SUCCEEDED, PASSED), candidate=candidate(True))
     decision = decide(state, NOW)

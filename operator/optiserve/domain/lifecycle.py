@@ -84,6 +84,8 @@ class Observed:
     replica_split: bool = False
     """The traffic split is the replica ratio: an unready pod gets no traffic, so a failing candidate's
     weight is left alone (see `guard_failing_candidate`)."""
+    serving_unsupported: str = ""
+    """Why this resource's model can be optimized but not served yet (a text-generation model); empty otherwise."""
 
     @property
     def candidate_deployed(self) -> bool:
@@ -212,6 +214,10 @@ def _decide(observed: Observed, now: datetime, deploy_deadline_s: float, canary:
         reason = (result.reason if result and result.reason else job.failure) or "the optimization job failed"
         gates = f" (failed gates: {', '.join(result.failed_gates)})" if result and result.failed_gates else ""
         return Decision(Phase.FAILED, "OptimizationFailed", reason + gates, remove_stale=True)
+    if observed.serving_unsupported:
+        where = f"; the optimized model is published at {result.artifact.uri}" if result.artifact else ""
+        message = f"optimization passed{where}, but {observed.serving_unsupported}; nothing was deployed"
+        return Decision(Phase.FAILED, "ServingNotSupported", message, remove_stale=True)
     decision = _deploying(observed, result, now, deploy_deadline_s)
     if decision.phase is not Phase.CANARY or canary is None:
         return decision

@@ -78,6 +78,19 @@ def _display(console: Console, live: bool) -> Iterator[tuple[Callable[[str], Non
         yield (lambda message: screen.update(f"[bold]{message}[/bold]")), (lambda view: screen.update(_live_table(view)))
 
 
+def _refuse_what_cannot_be_served(path: Path) -> None:
+    """A text-generation model can be optimized (`optiserve optimize`) but not served yet: refused
+    before anything starts (ValueError), naming the field and the command that does work."""
+    from optiserve.api.manifest import load_manifest
+    from optiserve.api.spec import Task
+
+    if load_manifest(path).spec.model.task is Task.TEXT_GENERATION:
+        raise ValueError(
+            f"{path}: spec.model.task: text-generation models cannot be served and canaried yet; "
+            f"`optiserve optimize -f {path} --out DIR` optimizes and publishes one"
+        )
+
+
 def run_command(args: argparse.Namespace) -> int:
     # Imported here: the CLI (and the operator image) loads this module only for its arguments.
     from optiserve.local.run import RunOptions, run_pipeline
@@ -88,6 +101,7 @@ def run_command(args: argparse.Namespace) -> int:
     from optiserve.local.inject import parse_injections
 
     parse_injections(args.inject)  # a bad --inject value is refused before anything starts (ValueError)
+    _refuse_what_cannot_be_served(args.file)
     options = RunOptions(
         manifest=args.file,
         report_dir=args.report,

@@ -18,12 +18,12 @@ from optiserve_jobs.datasets import Dataset, load_dataset
 from optiserve_jobs.errors import JobError, SourceError
 from optiserve_jobs.golden_set import golden_samples
 from optiserve_jobs.interference import benchmark_threads
-from optiserve_jobs.passes import PassContext, PassOutcome, PassStatus, build_pass
+from optiserve_jobs.pass_runner import run_pass
+from optiserve_jobs.passes import PassContext
 from optiserve_jobs.report import (
     AccuracyReport,
     BenchmarkReport,
     Gate,
-    PassReport,
     Report,
     SpeedReport,
     machine_report,
@@ -85,20 +85,7 @@ class _Job:
         )
         current = source.path
         for index, config in enumerate(configs):
-            self.progress(f"pass {index + 1}/{len(configs)}: {config.type}")
-            started = time.perf_counter()
-            try:
-                outcome = build_pass(config).run(current, context, index)
-            except JobError:
-                raise
-            except Exception as e:  # a library failure inside a pass is that pass's failure
-                outcome = PassOutcome.failed(f"{type(e).__name__}: {e}")
-            seconds = round(time.perf_counter() - started, 2)
-            self.report.passes.append(
-                PassReport(name=config.type, status=outcome.status.value, seconds=seconds, detail=outcome.detail)
-            )
-            if outcome.status is PassStatus.FAILED:
-                raise JobError(f"pass {config.type} failed: {outcome.detail}")
+            outcome = run_pass(config, current, context, index, len(configs), self.report.passes)
             if outcome.output is not None and outcome.output.suffix == ".onnx":
                 current = outcome.output
         if current.suffix != ".onnx":

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import onnx
 import pytest
-import yaml
 from onnx import numpy_helper
 
-from optiserve.cli import main
 from optiserve_jobs import repository
-from tests.support.models import DIGITS_MODEL, FAST_BENCHMARK, NO_SPEED_GATE, manifest
+from tests.support.models import DIGITS_MODEL, FAST_BENCHMARK, NO_SPEED_GATE, optimize_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples/digits"
@@ -39,14 +36,6 @@ def _minilm_spec(passes: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _optimize(tmp_path: Path, spec: dict[str, Any]) -> tuple[int, dict[str, Any], Path]:
-    path = tmp_path / "om.yaml"
-    path.write_text(yaml.safe_dump(manifest(spec)))
-    out = tmp_path / "out"
-    code = main(["optimize", "-f", str(path), "--out", str(out)])
-    return code, json.loads((out / "report.json").read_text()), out
-
-
 def _conv_output_channels(model: Path) -> list[int]:
     graph = onnx.load(str(model)).graph
     weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
@@ -67,7 +56,7 @@ def test_a_pruned_and_distilled_cnn_is_served_with_half_its_channels(tmp_path: P
             "labelWeight": 0.2,
         },
     ]
-    code, report, out = _optimize(tmp_path, _digits_spec(passes))
+    code, report, out = optimize_spec(tmp_path, _digits_spec(passes))
     assert code == 0, report["reason"]
     assert [p["name"] for p in report["passes"]] == ["prune", "distill", "export"]
     assert "features.0 16/32, features.2 32/64" in report["passes"][0]["detail"]
@@ -78,7 +67,7 @@ def test_a_pruned_and_distilled_cnn_is_served_with_half_its_channels(tmp_path: P
 
 
 def _refused(tmp_path: Path, spec: dict[str, Any]) -> str:
-    code, report, out = _optimize(tmp_path, spec)
+    code, report, out = optimize_spec(tmp_path, spec)
     assert code == 1
     assert not report["passed"]
     assert not (out / "model_repository").exists() and not (out / repository.MANIFEST).exists()

@@ -10,15 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
 from optiserve.artifact import MANIFEST
-from optiserve.cli import main
 from optiserve_jobs.generative.builder import build_decoder
 from optiserve_jobs.generative.decoder import OrtDecoder
 from optiserve_jobs.generative.evaluation import greedy
 from optiserve_jobs.generative.source import load_generative_source
-from tests.support.models import manifest
+from tests.support.models import optimize_spec
 from tests.support.tiny_llm import smollm_gguf, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,17 +56,9 @@ def _spec(model: Path, texts: Path, passes: list[dict[str, Any]], **generation: 
     }
 
 
-def _optimize(tmp_path: Path, spec: dict[str, Any]) -> tuple[int, dict[str, Any], Path]:
-    path = tmp_path / "om.yaml"
-    path.write_text(yaml.safe_dump(manifest(spec)))
-    out = tmp_path / "out"
-    code = main(["optimize", "-f", str(path), "--out", str(out)])
-    return code, json.loads((out / "report.json").read_text()), out
-
-
 def test_an_int8_decoder_passes_every_gate_and_is_published(tiny_model: Path, texts: Path, tmp_path: Path) -> None:
     passes: list[dict[str, Any]] = [{"type": "export"}, {"type": "weightonly", "bits": 8}]
-    code, report, out = _optimize(tmp_path, _spec(tiny_model, texts, passes))
+    code, report, out = optimize_spec(tmp_path, _spec(tiny_model, texts, passes))
     assert code == 0, report["reason"]
     assert [p["name"] for p in report["passes"]] == ["export", "weightonly"]
     gates = {g["name"]: g for g in report["gates"]}
@@ -92,7 +82,7 @@ def test_an_int8_decoder_passes_every_gate_and_is_published(tiny_model: Path, te
 
 def test_a_4_bit_decoder_beyond_the_kl_gate_is_refused_with_figures(tiny_model: Path, texts: Path, tmp_path: Path) -> None:
     passes: list[dict[str, Any]] = [{"type": "export"}, {"type": "weightonly", "bits": 4, "blockSize": 128}]
-    code, report, out = _optimize(tmp_path, _spec(tiny_model, texts, passes, gates={"maxKl": 0.0, "minTop1": 1.0}))
+    code, report, out = optimize_spec(tmp_path, _spec(tiny_model, texts, passes, gates={"maxKl": 0.0, "minTop1": 1.0}))
     assert code == 1
     assert report["reason"].startswith("gate failed: kl_mean = ")
     assert "needs <= 0" in report["reason"]
@@ -104,7 +94,7 @@ def test_a_prompt_longer_than_the_context_is_refused(tiny_model: Path, texts: Pa
     long_prompt = tmp_path / "long.txt"
     long_prompt.write_text("word " * 1100 + "\n")
     spec = _spec(tiny_model, texts, [{"type": "export"}], goldenPromptsUri=str(long_prompt))
-    code, report, out = _optimize(tmp_path, spec)
+    code, report, out = optimize_spec(tmp_path, spec)
     assert code == 1
     assert report["reason"].startswith("validation.generation.goldenPromptsUri prompt 1: the prompt is ")
     assert "exceeds the model's context of 1024" in report["reason"]
@@ -116,7 +106,7 @@ def test_a_model_family_the_export_does_not_support_is_refused(texts: Path, tmp_
 
     model = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(str(model))
-    code, report, _ = _optimize(tmp_path, _spec(model, texts, [{"type": "export"}]))
+    code, report, _ = optimize_spec(tmp_path, _spec(model, texts, [{"type": "export"}]))
     assert code == 1
     assert "model family GPT2LMHeadModel is not supported by the decoder export" in report["reason"]
 
@@ -126,7 +116,7 @@ def test_a_folder_with_two_gguf_files_is_refused(texts: Path, tmp_path: Path) ->
     folder.mkdir()
     for name in ("a.gguf", "b.gguf"):
         (folder / name).write_bytes(b"")
-    code, report, _ = _optimize(tmp_path, _spec(folder, texts, [{"type": "export"}]))
+    code, report, _ = optimize_spec(tmp_path, _spec(folder, texts, [{"type": "export"}]))
     assert code == 1
     assert "holds several GGUF files (a.gguf, b.gguf); name one file" in report["reason"]
 

@@ -16,11 +16,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optiserve.api.job import JobRequest, JobResult, RunningPass, running_pass
 from optiserve.artifact import verify_artifact
-from optiserve.cli import main
 from optiserve.golden import GOLDEN_FILE, load_golden
 from optiserve_jobs import repository
 from optiserve_jobs.runners import OrtRunner
-from tests.support.models import manifest, tiny_dataset
+from tests.support.models import manifest, optimize_spec, tiny_dataset
 
 REPORT_KEYS = {"passed", "speedup_p50", "speed", "size_ratio", "fidelity", "accuracy", "gates", "passes", "benchmark"}
 NOISE_TOLERATED = {"stability": {"maxWaitFraction": 1.0}}
@@ -33,15 +32,8 @@ def _write(tmp_path: Path, spec: dict[str, Any]) -> Path:
     return path
 
 
-def _optimize(tmp_path: Path, spec: dict[str, Any]) -> tuple[int, dict[str, Any], Path]:
-    out = tmp_path / "out"
-    code = main(["optimize", "-f", str(_write(tmp_path, spec)), "--out", str(out)])
-    report_path = out / "report.json"
-    return code, json.loads(report_path.read_text()) if report_path.exists() else {}, out
-
-
 def test_tiny_model_is_optimized_published_and_reported(tmp_path: Path, tiny_onnx_spec: dict[str, Any]) -> None:
-    code, report, out = _optimize(tmp_path, tiny_onnx_spec)
+    code, report, out = optimize_spec(tmp_path, tiny_onnx_spec)
     assert code == 0, report.get("reason")
     assert set(report) >= REPORT_KEYS
     assert report["passed"] and report["accuracy"] is None
@@ -73,7 +65,7 @@ def test_bad_input_fails_with_a_reason_and_leaves_no_repository(
     tmp_path: Path, tiny_onnx_spec: dict[str, Any], case: str, expected: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A previous good run published a repository; the failing run must not leave it behind.
-    assert _optimize(tmp_path, tiny_onnx_spec)[0] == 0
+    assert optimize_spec(tmp_path, tiny_onnx_spec)[0] == 0
     spec = json.loads(json.dumps(tiny_onnx_spec))
     if case == "missing_model":
         spec["model"]["uri"] = "absent.onnx"
@@ -92,7 +84,7 @@ def test_bad_input_fails_with_a_reason_and_leaves_no_repository(
     elif case == "nan_in_model":
         spec["optimization"]["passes"] = [{"type": "fp16", "keepIoTypes": False}]
         spec["validation"]["datasetUri"] = str(_huge_inputs(tmp_path))
-    code, report, out = _optimize(tmp_path, spec)
+    code, report, out = optimize_spec(tmp_path, spec)
     captured = capsys.readouterr()
     assert code == 1
     assert expected in report["reason"] and expected in captured.err
@@ -104,7 +96,7 @@ def test_bad_input_fails_with_a_reason_and_leaves_no_repository(
 
 def test_golden_set_is_published_under_the_manifest(tmp_path: Path, tiny_onnx_spec: dict[str, Any]) -> None:
     tiny_dataset(tmp_path / "validation.npz", labels=True)  # the same rows, now with labels
-    code, report, out = _optimize(tmp_path, tiny_onnx_spec)
+    code, report, out = optimize_spec(tmp_path, tiny_onnx_spec)
     assert code == 0, report.get("reason")
     assert GOLDEN_FILE in verify_artifact(out)["files"]
     samples = load_golden(out / GOLDEN_FILE)
@@ -129,7 +121,7 @@ def _huge_inputs(tmp_path: Path) -> Path:
 
 def test_fp16_keeps_fidelity_and_io_types(tmp_path: Path, tiny_onnx_spec: dict[str, Any]) -> None:
     tiny_onnx_spec["optimization"]["passes"] = [{"type": "fp16"}]
-    code, report, out = _optimize(tmp_path, tiny_onnx_spec)
+    code, report, out = optimize_spec(tmp_path, tiny_onnx_spec)
     assert code == 0, report["reason"]
     assert report["fidelity"]["min"] > 0.999 and report["passes"][0]["detail"].startswith("float16")
     config = (out / "model_repository_python/tiny/config.pbtxt").read_text()
@@ -138,14 +130,14 @@ def test_fp16_keeps_fidelity_and_io_types(tmp_path: Path, tiny_onnx_spec: dict[s
 
 def test_unknown_pass_is_refused_before_anything_runs(tmp_path: Path, tiny_onnx_spec: dict[str, Any]) -> None:
     tiny_onnx_spec["optimization"]["passes"] = [{"type": "prune"}]
-    code, report, out = _optimize(tmp_path, tiny_onnx_spec)
+    code, report, out = optimize_spec(tmp_path, tiny_onnx_spec)
     assert code == 1 and report == {} and not out.exists()
 
 
 def test_gate_failure_report_names_value_and_threshold(tmp_path: Path, tiny_onnx_spec: dict[str, Any]) -> None:
     tiny_onnx_spec["validation"]["minSpeedup"] = 1000.0
     tiny_onnx_spec["benchmark"] = tiny_onnx_spec["benchmark"] | NOISE_TOLERATED
-    _, report, _ = _optimize(tmp_path, tiny_onnx_spec)
+    _, report, _ = optimize_spec(tmp_path, tiny_onnx_spec)
     gate = next(g for g in report["gates"] if g["name"] == "speedup_p50")
     assert gate == {
         "name": "speedup_p50",
@@ -200,7 +192,7 @@ def test_a_candidate_slower_than_its_source_is_not_published_by_default(tmp_path
         # runs with two the source's worker came out 2x slower throughout (a per-process effect).
         "benchmark": {"batchSizes": [1], "threads": 1, "warmup": 5, "iterations": 400, "repeats": 5, "profile": False},
     }
-    code, report, out = _optimize(tmp_path, spec)
+    code, report, out = optimize_spec(tmp_path, spec)
     assert code == 1 and not report["passed"]
     gate = next(g for g in report["gates"] if g["name"] == "faster_than_baseline")
     assert not gate["passed"] and gate["threshold"] == 1.0 and "minSpeedup: 0" in gate["detail"]

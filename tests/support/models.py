@@ -48,6 +48,21 @@ def manifest(spec: dict[str, Any], name: str = "tiny") -> dict[str, Any]:
     return {"apiVersion": "optiserve.io/v1alpha1", "kind": "OptimizedModel", "metadata": {"name": name}, "spec": spec}
 
 
+def optimize_spec(tmp_path: Path, spec: dict[str, Any]) -> tuple[int, dict[str, Any], Path]:
+    """`optiserve optimize` on `spec` written as a manifest in `tmp_path`: exit code, report.json
+    ({} when none was written) and the output directory."""
+    import json
+
+    from optiserve.cli import main
+
+    path = tmp_path / "om.yaml"
+    path.write_text(yaml.safe_dump(manifest(spec)))
+    out = tmp_path / "out"
+    code = main(["optimize", "-f", str(path), "--out", str(out)])
+    report_path = out / "report.json"
+    return code, json.loads(report_path.read_text()) if report_path.exists() else {}, out
+
+
 DIGITS = REPO_ROOT / "examples/digits"
 DIGITS_MODEL = {
     "uri": str(DIGITS / "artifacts/digits_cnn.pt"),

@@ -8,7 +8,6 @@ held-out text, and a benchmark of time to first token and decode speed.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +40,9 @@ from optiserve_jobs.generative.evaluation import (
 from optiserve_jobs.generative.report import GenerationReport, GenerationSourceReport
 from optiserve_jobs.generative.source import GenerativeSource, load_generative_source
 from optiserve_jobs.generative.torch_decoder import TorchDecoder
-from optiserve_jobs.passes import PassContext, PassOutcome, PassStatus, build_pass
-from optiserve_jobs.report import Gate, PassReport, Report
+from optiserve_jobs.pass_runner import run_pass
+from optiserve_jobs.passes import PassContext
+from optiserve_jobs.report import Gate, Report
 from optiserve_jobs.source_model import SourceModel
 from optiserve_jobs.sources import resolve_uri
 from optiserve_jobs.validate import at_least, at_most, speed_gate
@@ -130,20 +130,7 @@ def _run_passes(run: GenerativeRun, source: GenerativeSource, windows: list[np.n
     )
     current, exported = source.hf_dir, None
     for index, config in enumerate(configs):
-        run.progress(f"pass {index + 1}/{len(configs)}: {config.type}")
-        started = time.perf_counter()
-        try:
-            outcome = build_pass(config).run(current, context, index)
-        except JobError:
-            raise
-        except Exception as e:  # a library failure inside a pass is that pass's failure
-            outcome = PassOutcome.failed(f"{type(e).__name__}: {e}")
-        seconds = round(time.perf_counter() - started, 2)
-        run.report.passes.append(
-            PassReport(name=config.type, status=outcome.status.value, seconds=seconds, detail=outcome.detail)
-        )
-        if outcome.status is PassStatus.FAILED:
-            raise JobError(f"pass {config.type} failed: {outcome.detail}")
+        outcome = run_pass(config, current, context, index, len(configs), run.report.passes)
         if outcome.output is not None:
             current = outcome.output
             exported = exported or outcome.output

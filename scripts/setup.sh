@@ -32,7 +32,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "$VENV/bin/pip" install -q --upgrade pip
     # torch first and pinned: nothing later may float it.
     "$VENV/bin/pip" install -q "torch==${TORCH_VERSION}"
-    "$VENV/bin/pip" install -q -c constraints.txt -e '.[optimizer,dev,examples]'
+    "$VENV/bin/pip" install -q -c constraints.txt -e '.[optimizer,llm,dev,examples]'
     echo "$want" >"$stamp"
 fi
 

@@ -107,7 +107,8 @@ def test_gpu_image_installs_what_its_base_does_not_carry() -> None:
     installed: set[str] = set()
     for run in instructions(OPTIMIZER_GPU, "RUN"):
         installed |= requirement_names(re.findall(r'"([A-Za-z0-9_.\-\[\],]+[<>=!~][^"]*)"', run))
-    needed = requirement_names(PYPROJECT["project"]["optional-dependencies"]["optimizer"]) - GPU_BASE_PROVIDES
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    needed = requirement_names(extras["optimizer"] + extras["llm"]) - GPU_BASE_PROVIDES
     needed = (needed - {"onnxruntime"}) | {"onnxruntime-gpu"}
     assert needed <= installed, f"Dockerfile.gpu misses {sorted(needed - installed)}"
     assert {"pydantic", "tritonclient"} <= installed  # what optiserve.api and the Triton config need at import
@@ -117,7 +118,7 @@ def test_cpu_image_pins_torch_as_the_project_does() -> None:
     runs = " ".join(instructions(OPTIMIZER_CPU, "RUN"))
     pinned = next(line for line in (REPO_ROOT / "constraints.txt").read_text().splitlines() if line.startswith("torch=="))
     assert pinned in runs
-    assert "-c constraints.txt '.[optimizer]'" in runs
+    assert "-c constraints.txt '.[optimizer,llm]'" in runs
 
 
 @pytest.mark.parametrize("dockerfile", ALL, ids=lambda p: p.name)

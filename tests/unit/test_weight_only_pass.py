@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
-from optiserve.api.generation import WeightOnlyPass
+from optiserve.api.calibration import Calibration
+from optiserve.api.generation import WeightOnlyAlgorithm, WeightOnlyPass
 from optiserve.api.spec import ModelSpec
 from optiserve_jobs.datasets import Dataset
 from optiserve_jobs.errors import PassError
@@ -221,8 +222,11 @@ def test_gptq_calibrates_on_text_and_honours_exclusions(
 
 
 def test_gptq_at_8_bits_is_refused(decoder: Path, tmp_path: Path) -> None:
-    config = WeightOnlyPass.model_validate(
-        {"type": "weightonly", "bits": 8, "algorithm": "gptq", "calibration": {"datasetUri": "calibration.txt"}}
+    """The spec refuses it (tests/unit/test_generation_spec.py); the pass refuses it too, for a
+    configuration built without the spec's validation."""
+    calibration = Calibration(dataset_uri="calibration.txt")
+    config = WeightOnlyPass.model_construct(
+        type="weightonly", bits=8, algorithm=WeightOnlyAlgorithm.GPTQ, calibration=calibration
     )
     with pytest.raises(PassError, match=r"^optimization\.passes\[2\]\.bits: gptq quantizes to 4 bits only"):
         WeightOnly(config).run(decoder, _context(decoder, tmp_path), 2)

@@ -301,15 +301,22 @@ class ValidationSpec(ApiModel):
         ),
     )
     max_size_ratio: float | None = Field(default=None, gt=0, description="Largest allowed candidate/baseline size.")
-    generation: GenerationValidation = Field(
-        default_factory=GenerationValidation,
-        description="Task text-generation: how the language model is judged (the validation data is plain text).",
+    generation: GenerationValidation | None = Field(
+        default=None,
+        description=(
+            "Task text-generation: how the language model is judged (the validation data is plain text); "
+            "unset: the defaults."
+        ),
     )
+
+    @property
+    def generation_or_default(self) -> GenerationValidation:
+        return self.generation or GenerationValidation()
 
     def gates(self, task: Task = Task.GENERIC) -> list[str]:
         """The gates this spec sets, defaults included, in words (`optiserve validate` prints them)."""
         if task is Task.TEXT_GENERATION:
-            lines = self.generation.gate_lines()
+            lines = self.generation_or_default.gate_lines()
         else:
             lines = [f"fidelity_mean >= {1.0 - self.max_degradation:g} (maxDegradation {self.max_degradation:g})"]
             if self.min_worst_fidelity is not None:

@@ -68,7 +68,7 @@ class GenerativeRun:
 
     @property
     def spec(self) -> GenerationValidation:
-        return self.request.validation.generation
+        return self.request.validation.generation_or_default
 
     def resolve(self, uri: str) -> Path:
         return resolve_uri(uri, base_dir=self.base_dir, download_dir=self.work_dir / "downloads")

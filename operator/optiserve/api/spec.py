@@ -304,8 +304,7 @@ class ValidationSpec(ApiModel):
     generation: GenerationValidation | None = Field(
         default=None,
         description=(
-            "Task text-generation: how the language model is judged (the validation data is plain text); "
-            "unset: the defaults."
+            "Task text-generation: how the language model is judged (the validation data is plain text); unset: the defaults."
         ),
     )
 

@@ -18,6 +18,7 @@ from optiserve_jobs.datasets import Dataset
 from optiserve_jobs.errors import PassError
 from optiserve_jobs.generative.decoder import OrtDecoder
 from optiserve_jobs.generative.quality import log_softmax
+from optiserve_jobs.passes import base as passes_base
 from optiserve_jobs.passes import build_pass, weight_only
 from optiserve_jobs.passes.base import PassContext, PassOutcome, PassStatus
 from optiserve_jobs.passes.weight_only import WeightOnly, accuracy_level_problem
@@ -148,7 +149,7 @@ def test_int4_rtn_keeps_the_named_nodes_at_8_bits(
     reference_logits: np.ndarray,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(weight_only, "EXTERNAL_DATA_THRESHOLD", 0)  # save as a large model would be saved
+    monkeypatch.setattr(passes_base, "EXTERNAL_DATA_THRESHOLD", 0)  # save as a large model would be saved
     outcome = run(bits=4, keepInt8=[LM_HEAD], blockSize=64, accuracyLevel=1)
 
     quantized = _nbits(outcome)

@@ -69,10 +69,17 @@ class OptimizationPass(Protocol):
     def run(self, model: Path, context: PassContext, index: int) -> PassOutcome: ...
 
 
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+"""Initializer bytes above which a model is saved with external data (a protobuf holds 2 GB at most)."""
+
+
 def save_model(model: onnx.ModelProto, path: Path) -> Path:
-    """Save with weights inline when they fit in one protobuf, external data otherwise."""
-    large = model.ByteSize() > 1_800_000_000
-    onnx.save_model(model, str(path), save_as_external_data=large)
+    """Save with weights inline when they fit in one protobuf, else in `<name>.data` beside it.
+    Counted on the initializers' bytes: a proto over 2 GB cannot always report its own size."""
+    if sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.data")
+    else:
+        onnx.save_model(model, str(path))
     return path
 
 

@@ -37,14 +37,11 @@ import onnx
 from optiserve.api.generation import AccuracyLevel, WeightOnlyAlgorithm, WeightOnlyPass
 from optiserve_jobs.errors import PassError
 from optiserve_jobs.generative.decoder import DECODER_CONFIG, DecoderShape
-from optiserve_jobs.passes.base import PassContext, PassOutcome
+from optiserve_jobs.passes.base import PassContext, PassOutcome, save_model
 from optiserve_jobs.sources import resolve_uri
 
 MAX_CALIBRATION_TOKENS = 128
 """Tokens kept of each calibration text: GPTQ needs activation statistics, not long contexts."""
-
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
-"""Initializer bytes above which the model is saved with external data (a protobuf holds 2 GB at most)."""
 
 GPTQ_IN_MEMORY_LIMIT = 2**31
 """Initializer bytes up to which GPTQ gets the model in memory; above, a path (the library's own 2 GB line)."""
@@ -218,15 +215,6 @@ def quantized_model(quantizer: Any) -> onnx.ModelProto:
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return model
-
-
-def save_decoder(model: onnx.ModelProto, path: Path) -> None:
-    """Weights inline when they fit one protobuf, else in `<name>.data` beside it."""
-    size = sum(len(t.raw_data) for t in model.graph.initializer)
-    if size > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.data")
-    else:
-        onnx.save_model(model, str(path))
 
 
 def copy_companions(source_dir: Path, skip: set[str], target_dir: Path) -> list[str]:
@@ -414,7 +402,7 @@ class WeightOnly:
         shutil.rmtree(output_dir, ignore_errors=True)
         output_dir.mkdir(parents=True)
         output = output_dir / model.name
-        save_decoder(proto, output)
+        save_model(proto, output)
         copy_companions(model.parent, {model.name, *external_data_files(graph)}, output_dir)
         return output
 
